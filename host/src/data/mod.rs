@@ -1,0 +1,210 @@
+//! Datasets as plain bytes: readers for IDX files and the built-in synthetic dataset.
+//!
+//! Nothing here knows about libtorch or the training loop; the trainer turns an [`ImageSet`]
+//! into tensors once, at start-up.
+
+pub mod idx;
+pub mod synthetic;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{DataKind, DataSettings};
+use crate::error::{Error, Result};
+
+/// Fashion-MNIST's ten classes, in label order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// A split of labelled images: `len()` images of `channels × height × width` bytes, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSet {
+    pub images: Vec<u8>,
+    pub labels: Vec<i64>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes per image.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Per-channel mean and standard deviation of the pixels, scaled to [0, 1].
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let plane = self.height * self.width;
+        let mut sums = vec![0f64; self.channels];
+        let mut squares = vec![0f64; self.channels];
+        for image in self.images.chunks_exact(self.image_len().max(1)) {
+            for (channel, pixels) in image.chunks_exact(plane.max(1)).enumerate() {
+                for &pixel in pixels {
+                    let value = f64::from(pixel) / 255.0;
+                    sums[channel] += value;
+                    squares[channel] += value * value;
+                }
+            }
+        }
+        let count = (self.len() * plane).max(1) as f64;
+        let mean: Vec<f32> = sums.iter().map(|s| (s / count) as f32).collect();
+        let std = squares
+            .iter()
+            .zip(&mean)
+            .map(|(sq, &m)| ((sq / count - f64::from(m).powi(2)).max(1e-12).sqrt()) as f32)
+            .collect();
+        (mean, std)
+    }
+}
+
+/// A dataset ready to train on: both splits and the class names.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Human-readable name, e.g. "Fashion-MNIST".
+    pub name: String,
+    pub train: ImageSet,
+    pub test: ImageSet,
+    pub class_names: Vec<String>,
+}
+
+impl Dataset {
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+}
+
+/// Load the dataset the settings describe.
+pub fn load(settings: &DataSettings) -> Result<Dataset> {
+    match settings {
+        DataSettings::Synthetic(synthetic) => Ok(synthetic::generate(synthetic)),
+        DataSettings::Idx { kind, dir } => load_idx_dataset(*kind, dir),
+    }
+}
+
+/// Load an MNIST-layout dataset (train/t10k images and labels) from `dir`.
+pub fn load_idx_dataset(kind: DataKind, dir: &Path) -> Result<Dataset> {
+    let (name, class_names): (&str, Vec<String>) = match kind {
+        DataKind::Mnist => ("MNIST", (0..10).map(|digit| digit.to_string()).collect()),
+        _ => (
+            "Fashion-MNIST",
+            FASHION_MNIST_CLASSES
+                .iter()
+                .map(|&c| c.to_string())
+                .collect(),
+        ),
+    };
+    if !dir.is_dir() {
+        return Err(Error::DataMissing {
+            path: dir.to_path_buf(),
+            what: format!("{name} data directory"),
+            hint: missing_data_hint(kind),
+        });
+    }
+    let split = |prefix: &str| -> Result<ImageSet> {
+        let images_path = find_idx_file(dir, &format!("{prefix}-images-idx3-ubyte"), kind)?;
+        let labels_path = find_idx_file(dir, &format!("{prefix}-labels-idx1-ubyte"), kind)?;
+        let images = idx::read_idx(&images_path, 3)?;
+        let labels = idx::read_idx(&labels_path, 1)?;
+        let (count, height, width) = (images.dims[0], images.dims[1], images.dims[2]);
+        if labels.dims[0] != count {
+            return Err(Error::DataCorrupt {
+                path: labels_path,
+                reason: format!(
+                    "holds {} labels but {} holds {count} images",
+                    labels.dims[0],
+                    images_path.display()
+                ),
+            });
+        }
+        if count == 0 {
+            return Err(Error::DataCorrupt {
+                path: images_path,
+                reason: "holds zero images".into(),
+            });
+        }
+        let classes = class_names.len();
+        if let Some((index, &label)) = labels
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, &label)| usize::from(label) >= classes)
+        {
+            return Err(Error::DataCorrupt {
+                path: labels_path,
+                reason: format!(
+                    "label {label} at index {index} is out of range: {name} has {classes} classes (0-{})",
+                    classes - 1
+                ),
+            });
+        }
+        Ok(ImageSet {
+            images: images.data,
+            labels: labels.data.iter().map(|&label| i64::from(label)).collect(),
+            channels: 1,
+            height,
+            width,
+        })
+    };
+    let train = split("train")?;
+    let test = split("t10k")?;
+    if (train.height, train.width) != (test.height, test.width) {
+        return Err(Error::DataCorrupt {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "train images are {}×{} but test images are {}×{}",
+                train.height, train.width, test.height, test.width
+            ),
+        });
+    }
+    Ok(Dataset {
+        name: name.into(),
+        train,
+        test,
+        class_names,
+    })
+}
+
+/// `stem.gz` if present, else `stem`.
+fn find_idx_file(dir: &Path, stem: &str, kind: DataKind) -> Result<PathBuf> {
+    let compressed = dir.join(format!("{stem}.gz"));
+    if compressed.is_file() {
+        return Ok(compressed);
+    }
+    let plain = dir.join(stem);
+    if plain.is_file() {
+        return Ok(plain);
+    }
+    Err(Error::DataMissing {
+        path: compressed,
+        what: format!("IDX file (nor {stem} uncompressed)"),
+        hint: missing_data_hint(kind),
+    })
+}
+
+fn missing_data_hint(kind: DataKind) -> String {
+    match kind {
+        DataKind::FashionMnist => "install it with `apt-get install dataset-fashion-mnist` \
+            (scripts/bootstrap.sh does), point `data_dir` at the directory holding the IDX files, \
+            or set data = \"synthetic\""
+            .into(),
+        _ => "point `data_dir` at the directory holding the IDX files, or set data = \"synthetic\""
+            .into(),
+    }
+}

@@ -1,0 +1,66 @@
+//! The one error type of the `vigil` crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the host. Each variant names the file (or setting) at fault
+/// and says what would be valid, so that the CLI can print it as one clear line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file (or a `--set` override) is not valid TOML, does not match the schema,
+    /// or holds a value out of range. `location` is `file:line:column` where known.
+    #[error("{location}: {message}")]
+    Config { location: String, message: String },
+
+    /// A dataset file or directory is missing.
+    #[error("{path}: {what} not found ({hint})")]
+    DataMissing {
+        path: PathBuf,
+        what: String,
+        hint: String,
+    },
+
+    /// A dataset file exists but its contents are not what its format promises.
+    #[error("{path}: {reason}")]
+    DataCorrupt { path: PathBuf, reason: String },
+
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Serialising a record failed.
+    #[error("cannot encode {what} as JSON: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+
+    /// Training produced a value that makes further training meaningless.
+    #[error("training diverged at epoch {epoch}, step {step}: {what}")]
+    Diverged {
+        epoch: usize,
+        step: u64,
+        what: String,
+    },
+}
+
+impl Error {
+    /// Wrap an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,28 @@
+//! vigil: a libtorch training host whose monitors are shared-library plugins.
+//!
+//! The binary `vigil` is a thin CLI over this library. The pieces, by concept:
+//!
+//! - [`config`]: TOML → validated [`config::Settings`], with errors that point at the line;
+//! - [`data`]: IDX (MNIST, Fashion-MNIST) and the built-in synthetic dataset, as plain bytes;
+//! - [`model`]: the networks (MLP, small CNN);
+//! - [`train`]: the loop, evaluation, the run directory;
+//! - [`sink`]: where metrics go (`metrics.jsonl`, the console).
+//!
+//! Arrows run one way: the CLI calls the trainer; the trainer uses data, models and sinks;
+//! data, models and sinks know nothing of the loop.
+//!
+//! ```no_run
+//! let outcome = vigil::train::train_from_file(std::path::Path::new("configs/quickstart.toml"))?;
+//! println!("test accuracy {:.4}", outcome.summary.last().unwrap().test.accuracy);
+//! # Ok::<(), vigil::Error>(())
+//! ```
+
+pub mod config;
+pub mod data;
+mod error;
+pub mod model;
+pub mod rng;
+pub mod sink;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,142 @@
+//! The networks vigil trains. Each takes a batch of `N × C × H × W` images and returns
+//! `N × classes` logits.
+
+use tch::nn::{self, ModuleT};
+
+use crate::config::{ModelKind, ModelSettings};
+
+/// The shape of one input image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl InputShape {
+    pub fn pixels(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// Build the model the settings describe, registering its parameters under `root`.
+pub fn build(
+    root: &nn::Path,
+    settings: &ModelSettings,
+    input: InputShape,
+    classes: usize,
+) -> Box<dyn ModuleT + Send> {
+    match settings.kind {
+        ModelKind::Mlp => Box::new(mlp(root, &settings.hidden, input, classes)),
+        ModelKind::Cnn => Box::new(small_cnn(root, input, classes)),
+    }
+}
+
+/// Fully connected network: flatten, then `hidden` ReLU layers, then a linear classifier.
+pub fn mlp(
+    root: &nn::Path,
+    hidden: &[usize],
+    input: InputShape,
+    classes: usize,
+) -> nn::SequentialT {
+    let mut net = nn::seq_t().add_fn(|xs| xs.flat_view());
+    let mut width = input.pixels() as i64;
+    for (index, &out) in hidden.iter().enumerate() {
+        net = net
+            .add(nn::linear(
+                root / format!("fc{}", index + 1),
+                width,
+                out as i64,
+                Default::default(),
+            ))
+            .add_fn(|xs| xs.relu());
+        width = out as i64;
+    }
+    net.add(nn::linear(
+        root / "classifier",
+        width,
+        classes as i64,
+        Default::default(),
+    ))
+}
+
+/// The small CNN: conv32 → pool → conv64 → pool → fc128 → classifier (3×3 convs, ReLU).
+pub fn small_cnn(root: &nn::Path, input: InputShape, classes: usize) -> nn::SequentialT {
+    let same = nn::ConvConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    let pooled = (input.height / 4) * (input.width / 4);
+    nn::seq_t()
+        .add(nn::conv2d(
+            root / "conv1",
+            input.channels as i64,
+            32,
+            3,
+            same,
+        ))
+        .add_fn(|xs| xs.relu().max_pool2d_default(2))
+        .add(nn::conv2d(root / "conv2", 32, 64, 3, same))
+        .add_fn(|xs| xs.relu().max_pool2d_default(2).flat_view())
+        .add(nn::linear(
+            root / "fc1",
+            64 * pooled as i64,
+            128,
+            Default::default(),
+        ))
+        .add_fn(|xs| xs.relu())
+        .add(nn::linear(
+            root / "classifier",
+            128,
+            classes as i64,
+            Default::default(),
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind, Tensor};
+
+    fn parameter_count(vs: &nn::VarStore) -> i64 {
+        vs.trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
+    }
+
+    #[test]
+    fn small_cnn_has_the_expected_shape_and_size() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let input = InputShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        };
+        let net = small_cnn(&vs.root(), input, 10);
+        let logits = net.forward_t(
+            &Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)),
+            false,
+        );
+        assert_eq!(logits.size(), vec![3, 10]);
+        // conv1 320 + conv2 18,496 + fc1 401,536 + classifier 1,290
+        assert_eq!(parameter_count(&vs), 320 + 18_496 + 401_536 + 1_290);
+    }
+
+    #[test]
+    fn mlp_has_the_expected_shape_and_size() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let input = InputShape {
+            channels: 3,
+            height: 8,
+            width: 8,
+        };
+        let net = mlp(&vs.root(), &[16], input, 4);
+        let logits = net.forward_t(
+            &Tensor::zeros([2, 3, 8, 8], (Kind::Float, Device::Cpu)),
+            false,
+        );
+        assert_eq!(logits.size(), vec![2, 4]);
+        assert_eq!(parameter_count(&vs), 192 * 16 + 16 + 16 * 4 + 4);
+    }
+}

@@ -1,0 +1,141 @@
+//! The run directory: created fresh for each run, never reused by accident.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+
+/// Create the directory the run writes to.
+///
+/// With `run_dir` set in the config, that directory must not exist yet or be empty, so that
+/// nothing from an earlier run is overwritten. Otherwise the run gets
+/// `runs/<name>-<UTC timestamp>` (with a numeric suffix if two runs start in one second).
+pub fn create_run_dir(settings: &Settings) -> Result<PathBuf> {
+    if let Some(dir) = &settings.run_dir {
+        let occupied = std::fs::read_dir(dir)
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(false);
+        if occupied {
+            return Err(Error::Config {
+                location: dir.display().to_string(),
+                message: "run directory is not empty; choose another `run_dir` or remove the \
+                          setting to get a fresh timestamped directory under runs/"
+                    .into(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
+        return Ok(dir.clone());
+    }
+    let base = PathBuf::from("runs");
+    std::fs::create_dir_all(&base).map_err(|source| Error::io(&base, source))?;
+    let stem = format!("{}-{}", sanitize(&settings.name), utc_timestamp());
+    for attempt in 1.. {
+        let candidate = if attempt == 1 {
+            base.join(&stem)
+        } else {
+            base.join(format!("{stem}-{attempt}"))
+        };
+        match std::fs::create_dir(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(Error::io(candidate, source)),
+        }
+    }
+    unreachable!("the attempt counter is unbounded")
+}
+
+/// Write `bytes` to `path` so that readers see either the old file or the whole new one:
+/// write a temporary file beside it, sync it, and rename it over the target.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&temporary);
+        Error::io(path, source)
+    })
+}
+
+/// Keep a run name usable as a directory name.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC.
+fn utc_timestamp() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
+    let time = seconds % 86_400;
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        time / 3600,
+        time / 60 % 60,
+        time % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn names_become_safe_directory_names() {
+        assert_eq!(sanitize("cnn lr=0.1/a"), "cnn_lr_0.1_a");
+    }
+}

@@ -1,0 +1,129 @@
+//! The `vigil` binary: a real run, and bad input that must fail with one clear line.
+
+use std::path::Path;
+
+use crate::util::{stderr, stdout, vigil, write_idx_dataset, TINY_SYNTHETIC};
+
+/// The single `error: …` line a failed run prints, after checking it failed with exit code 2
+/// and created no run directory.
+fn expect_input_error(dir: &Path, config: &str) -> String {
+    let output = vigil(dir, &["train", config]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "stderr: {message}");
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {message}");
+    assert!(lines[0].starts_with("error: "), "{message}");
+    assert!(
+        !dir.join("runs").exists(),
+        "nothing may be written on bad input"
+    );
+    lines[0].to_string()
+}
+
+#[test]
+fn trains_on_synthetic_data_and_writes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY_SYNTHETIC).unwrap();
+    let output = vigil(dir.path(), &["train", "tiny.toml"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert!(stdout(&output).contains("epoch 2/2"), "{}", stdout(&output));
+
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let run_dir = runs[0].as_ref().unwrap().path();
+    assert!(run_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("tiny-"));
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+        .collect();
+    assert_eq!(records.len(), 2);
+    for (index, record) in records.iter().enumerate() {
+        assert_eq!(record["kind"], "epoch");
+        assert_eq!(record["epoch"], index + 1);
+        assert_eq!(record["global_step"], 16 * (index + 1));
+        for key in ["train_loss", "train_acc", "test_loss", "test_acc"] {
+            assert!(
+                record[key].as_f64().is_some_and(f64::is_finite),
+                "{key} in {record}"
+            );
+        }
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(summary["final"]["test_acc"], records[1]["test_acc"]);
+    assert!(run_dir.join("config.toml").is_file());
+}
+
+#[test]
+fn typo_in_a_key_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TINY_SYNTHETIC.replace("batch_size = 32", "bacth_size = 32");
+    std::fs::write(dir.path().join("typo.toml"), config).unwrap();
+    let line = expect_input_error(dir.path(), "typo.toml");
+    assert!(line.contains("typo.toml:4:1"), "{line}");
+    assert!(line.contains("unknown field `bacth_size`"), "{line}");
+    assert!(line.contains("`batch_size`"), "{line}");
+}
+
+#[test]
+fn missing_data_dir_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "data = \"fashion-mnist\"\ndata_dir = \"no/such/dir\"\n";
+    std::fs::write(dir.path().join("missing.toml"), config).unwrap();
+    let line = expect_input_error(dir.path(), "missing.toml");
+    assert!(
+        line.contains("no/such/dir: Fashion-MNIST data directory not found"),
+        "{line}"
+    );
+}
+
+#[test]
+fn truncated_idx_file_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let [train_images, ..] = write_idx_dataset(&data_dir, 20, 10, 8);
+    let bytes = std::fs::read(&train_images).unwrap();
+    std::fs::write(&train_images, &bytes[..bytes.len() / 2]).unwrap();
+    let config = "data = \"mnist\"\ndata_dir = \"data\"\nepochs = 1\n";
+    std::fs::write(dir.path().join("cut.toml"), config).unwrap();
+    let line = expect_input_error(dir.path(), "cut.toml");
+    assert!(line.contains("data/train-images-idx3-ubyte.gz"), "{line}");
+    assert!(line.contains("truncated"), "{line}");
+}
+
+#[test]
+fn missing_config_file_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = expect_input_error(dir.path(), "nope.toml");
+    assert_eq!(line, "error: nope.toml: config file not found");
+}
+
+#[test]
+fn explicit_run_dir_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("run_dir = \"out\"\n{TINY_SYNTHETIC}").replace("epochs = 2", "epochs = 1");
+    std::fs::write(dir.path().join("fixed.toml"), config).unwrap();
+    let first = vigil(dir.path(), &["train", "fixed.toml"]);
+    assert!(first.status.success(), "stderr: {}", stderr(&first));
+    let before = std::fs::read(dir.path().join("out/metrics.jsonl")).unwrap();
+
+    let second = vigil(dir.path(), &["train", "fixed.toml"]);
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        stderr(&second).contains("out: run directory is not empty"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("out/metrics.jsonl")).unwrap(),
+        before
+    );
+}

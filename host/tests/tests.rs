@@ -1,0 +1,6 @@
+//! Integration tests: real files on disk, the real `vigil` binary, real training.
+
+mod cli;
+mod idx_files;
+mod training;
+mod util;

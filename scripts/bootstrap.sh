@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Set up everything vigil needs on a bare machine, idempotently:
+#   1. a Python venv with torch==2.13.0 (libtorch for tch 0.26), cached OUTSIDE the repo;
+#   2. the git-ignored symlink `.libtorch` -> that venv's `site-packages/torch`,
+#      which `.cargo/config.toml` points LIBTORCH at;
+#   3. Fashion-MNIST from Debian's `dataset-fashion-mnist` package, when apt is usable.
+#
+# Environment:
+#   VIGIL_CACHE_DIR   where the venv lives (default: ${XDG_CACHE_HOME:-$HOME/.cache}/vigil)
+#   VIGIL_SKIP_DATA=1 do not try to install Fashion-MNIST
+# A second run finds everything in place and takes seconds.
+set -euo pipefail
+
+TORCH_VERSION="2.13.0"
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache_dir="${VIGIL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vigil}"
+venv="$cache_dir/torch-$TORCH_VERSION"
+marker="$venv/.vigil-torch-ok"
+
+say() { printf 'bootstrap: %s\n' "$*"; }
+die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
+
+find_python() {
+    local candidate
+    for candidate in python3.12 python3.11 python3.10 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+install_torch() {
+    if [[ -f "$marker" && -x "$venv/bin/python" ]] &&
+        [[ "$(cat "$marker")" == "$TORCH_VERSION" ]]; then
+        say "torch $TORCH_VERSION already cached in $venv"
+        return 0
+    fi
+    local python
+    python="$(find_python)" || die "need Python >= 3.10 with the venv module (Debian: apt-get install python3 python3-venv)"
+    say "installing torch==$TORCH_VERSION into $venv (about 4.7 GB, once)"
+    rm -rf "$venv"
+    mkdir -p "$cache_dir"
+    "$python" -m venv "$venv" || die "could not create a venv at $venv (Debian: apt-get install python3-venv)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+        "torch==$TORCH_VERSION" || die "pip could not install torch==$TORCH_VERSION into $venv"
+    local got
+    got="$("$venv/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')" ||
+        die "torch was installed into $venv but does not import"
+    [[ "$got" == "$TORCH_VERSION" ]] || die "expected torch $TORCH_VERSION in $venv, found $got"
+    echo "$TORCH_VERSION" >"$marker"
+    say "torch $TORCH_VERSION installed"
+}
+
+link_libtorch() {
+    local torch_dir
+    torch_dir="$("$venv/bin/python" -W ignore -c 'import os, torch; print(os.path.dirname(torch.__file__))')" ||
+        die "cannot locate the torch package inside $venv"
+    [[ -f "$torch_dir/lib/libtorch_cpu.so" ]] || die "$torch_dir/lib/libtorch_cpu.so is missing: delete $venv and run again"
+    ln -sfn "$torch_dir" "$repo_root/.libtorch"
+    say "linked .libtorch -> $torch_dir"
+}
+
+install_fashion_mnist() {
+    local dir=/usr/share/datasets/fashion-mnist
+    if [[ "${VIGIL_SKIP_DATA:-0}" == "1" ]]; then
+        say "VIGIL_SKIP_DATA=1: not installing Fashion-MNIST"
+        return 0
+    fi
+    if [[ -f "$dir/train-images-idx3-ubyte.gz" && -f "$dir/t10k-labels-idx1-ubyte.gz" ]]; then
+        say "Fashion-MNIST already present in $dir"
+        return 0
+    fi
+    local sudo=""
+    if [[ "$(id -u)" != "0" ]]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            say "skipping Fashion-MNIST: not root and no password-less sudo (install the Debian package dataset-fashion-mnist by hand, or train with data = \"synthetic\")"
+            return 0
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "skipping Fashion-MNIST: apt-get not found (train with data = \"synthetic\", or put the IDX .gz files in a directory and set data_dir)"
+        return 0
+    fi
+    say "installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null ||
+            { say "could not install dataset-fashion-mnist; the tests use synthetic data, quickstart needs it"; return 0; }
+    fi
+    say "Fashion-MNIST installed in $dir"
+}
+
+install_torch
+link_libtorch
+install_fashion_mnist
+say "done"
