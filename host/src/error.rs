@@ -11,6 +11,19 @@ pub enum Error {
     #[error("{location}: {message}")]
     Config { location: String, message: String },
 
+    /// Plugins could not be found, loaded or built; one line per problem.
+    #[error("cannot set up monitors:\n  {}", problems.join("\n  "))]
+    Plugins { problems: Vec<String> },
+
+    /// A monitor with `on_error = "abort"` failed.
+    #[error("monitor `{monitor}` failed in {event} at step {step} (on_error = \"abort\"): {reason}")]
+    MonitorFailed {
+        monitor: String,
+        event: &'static str,
+        step: u64,
+        reason: String,
+    },
+
     /// A dataset file or directory is missing.
     #[error("{path}: {what} not found ({hint})")]
     DataMissing {
@@ -38,6 +51,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+
+    /// A capability a monitor asked for could not be computed.
+    #[error("{0}")]
+    Capability(String),
 
     /// libtorch reported an error.
     #[error("libtorch: {0}")]

@@ -6,6 +6,7 @@
 //! - [`data`]: IDX (MNIST, Fashion-MNIST) and the built-in synthetic dataset, as plain bytes;
 //! - [`model`]: the networks (MLP, small CNN);
 //! - [`train`]: the loop, evaluation, the run directory;
+//! - [`plugin`]: monitor plugins — find, check, load, dispatch, time, isolate;
 //! - [`sink`]: where metrics go (`metrics.jsonl`, the console).
 //!
 //! Arrows run one way: the CLI calls the trainer; the trainer uses data, models and sinks;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod model;
+pub mod plugin;
 pub mod rng;
 pub mod sink;
 pub mod train;

@@ -1,18 +1,100 @@
 //! The stable boundary between the vigil training host and its monitor plugins.
 //!
 //! A monitor plugin is a `cdylib` that links this crate and nothing else: it never links
-//! libtorch. The host hands a plugin scalars, CPU copies of the data it subscribed to, and
-//! capabilities such as a Hessian-vector product; the plugin hands back metrics and artifacts.
+//! libtorch. The host hands a monitor scalars, CPU copies of the data it subscribed to, and
+//! capabilities such as a Hessian-vector product; the monitor hands back metrics and
+//! artifacts, all through [`Context`].
 //!
-//! This first release fixes the version contract only; the monitor interface, the host
-//! capabilities and the SDK land with the plugin-ABI work.
+//! ```no_run
+//! use vigil_plugin_api::{export_monitor, Context, Error, EventKind, EventSet, Monitor,
+//!     MonitorInfo, Subscriptions};
+//!
+//! /// Logs the training loss in bits every `every` steps.
+//! pub struct LossInBits {
+//!     every: u64,
+//! }
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct Settings {
+//!     every: u64,
+//! }
+//!
+//! impl Default for Settings {
+//!     fn default() -> Self {
+//!         Settings { every: 10 }
+//!     }
+//! }
+//!
+//! impl Monitor for LossInBits {
+//!     fn info() -> MonitorInfo {
+//!         MonitorInfo {
+//!             name: "loss-in-bits",
+//!             version: env!("CARGO_PKG_VERSION"),
+//!             description: "training loss in bits",
+//!             events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
+//!             subscriptions: Subscriptions::NONE,
+//!         }
+//!     }
+//!
+//!     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+//!         let settings: Settings = vigil_plugin_api::parse_settings(settings)?;
+//!         Ok(LossInBits { every: settings.every.max(1) })
+//!     }
+//!
+//!     fn on_train_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+//!         if ctx.counters().global_step % self.every == 0 {
+//!             if let Some(loss) = ctx.metric("train_loss") {
+//!                 ctx.log("example/loss_bits", loss / std::f64::consts::LN_2);
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! export_monitor!(LossInBits);
+//! ```
+//!
+//! # Compatibility
+//!
+//! The types in [`abi`] are frozen for 1.x; the host checks their layout when it loads a
+//! plugin and refuses, with a one-line reason, a plugin whose layout does not match. New
+//! capabilities arrive as data (new [`EventKind`] values, metric names, [`Subscriptions`]
+//! bits, [`Context::query`] names), so a plugin built against 1.0 keeps loading in later 1.x
+//! hosts.
 
-/// The major version of the plugin interface. A host loads plugins of the same major version
-/// that were built against the same or a newer minor release of this crate.
+pub mod abi;
+pub mod sdk;
+
+pub use abi::{
+    ArtifactKind, EventKind, EventSet, ImageBatch, LogLevel, ParameterInfo, ProbeSpec,
+    SamplerDraws, StepCounters, Subscriptions, ValidationBatch, WriteMode,
+};
+pub use sdk::{parse_settings, Context, Monitor, MonitorInfo};
+
+/// Re-exported for [`export_monitor!`]; plugins need not depend on abi_stable themselves.
+#[doc(hidden)]
+pub use abi_stable;
+
+/// The major version of the plugin interface. A host loads plugins of the same major version.
 pub const API_MAJOR_VERSION: u32 = 1;
 
 /// This crate's version, as the host reports it in `vigil plugins`.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a monitor could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The monitor's settings are invalid.
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    /// The host refused or failed a request (an artifact write, a Hessian-vector product…).
+    #[error("host: {0}")]
+    Host(String),
+    /// The monitor itself failed.
+    #[error("{0}")]
+    Monitor(String),
+}
 
 #[cfg(test)]
 mod tests {
@@ -20,11 +102,16 @@ mod tests {
 
     #[test]
     fn major_version_matches_the_crate_version() {
-        let major: u32 = API_VERSION
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0);
+        let major: u32 = API_VERSION.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
         assert_eq!(major, API_MAJOR_VERSION);
+    }
+
+    #[test]
+    fn event_sets_hold_their_members_only() {
+        let set = EventSet::of(&[EventKind::FIT_START, EventKind::VALIDATION_END]);
+        assert!(set.contains(EventKind::FIT_START));
+        assert!(set.contains(EventKind::VALIDATION_END));
+        assert!(!set.contains(EventKind::TRAIN_BATCH_END));
+        assert!(!set.contains(EventKind(99)));
     }
 }

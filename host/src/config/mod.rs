@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-pub use raw::{DataKind, ModelKind, OptimKind};
+pub use raw::{DataKind, ModelKind, OnError, OptimKind};
 
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const DEFAULT_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -46,6 +46,23 @@ pub struct Settings {
     pub data: DataSettings,
     pub model: ModelSettings,
     pub optim: OptimSettings,
+    /// Directories searched for plugin libraries, in order.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The `[[monitors]]` entries, in config order.
+    pub monitors: Vec<MonitorSettings>,
+}
+
+/// One `[[monitors]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorSettings {
+    /// The monitor name a plugin provides.
+    pub name: String,
+    pub enabled: bool,
+    pub on_error: OnError,
+    /// Load this library file instead of searching `plugin_dirs`.
+    pub path: Option<PathBuf>,
+    /// The `[monitors.settings]` table as TOML text, handed to the plugin.
+    pub settings_toml: String,
 }
 
 /// Which dataset to train on and where it lives.
@@ -205,6 +222,31 @@ mod tests {
         let message = error_text("batch_size = 0\n");
         assert!(message.contains("`batch_size`"), "{message}");
         assert!(message.starts_with("test.toml:1:1:"), "{message}");
+    }
+
+    #[test]
+    fn monitors_keep_order_options_and_settings() {
+        let text = "[[monitors]]\nname = \"b\"\non_error = \"abort\"\n[monitors.settings]\nevery = 5\n\n\
+                    [[monitors]]\nname = \"a\"\nenabled = false\n";
+        let settings = parse(text).unwrap();
+        let names: Vec<&str> = settings.monitors.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert_eq!(settings.monitors[0].on_error, OnError::Abort);
+        assert_eq!(settings.monitors[0].settings_toml.trim(), "every = 5");
+        assert!(!settings.monitors[1].enabled);
+        assert_eq!(settings.monitors[1].on_error, OnError::Disable);
+    }
+
+    #[test]
+    fn a_monitor_listed_twice_is_an_error() {
+        let message = error_text("[[monitors]]\nname = \"a\"\n[[monitors]]\nname = \"a\"\n");
+        assert!(message.contains("listed twice"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_on_error_value_lists_the_choices() {
+        let message = error_text("[[monitors]]\nname = \"a\"\non_error = \"ignore\"\n");
+        assert!(message.contains("disable") && message.contains("abort"), "{message}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    DataSettings, ModelSettings, OptimSettings, Settings, SyntheticSettings,
+    DataSettings, ModelSettings, MonitorSettings, OptimSettings, Settings, SyntheticSettings,
     DEFAULT_FASHION_MNIST_DIR,
 };
 use crate::error::{Error, Result};
@@ -59,6 +59,37 @@ pub(super) struct RawConfig {
     synthetic: Option<RawSynthetic>,
     model: RawModel,
     optim: RawOptim,
+    plugin_dirs: Option<Vec<PathBuf>>,
+    monitors: Vec<RawMonitor>,
+}
+
+/// One `[[monitors]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    name: String,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+    #[serde(default)]
+    on_error: OnError,
+    path: Option<PathBuf>,
+    #[serde(default)]
+    settings: toml::Table,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// What happens when a monitor fails or panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Disable the monitor, record why, and keep training.
+    #[default]
+    Disable,
+    /// Stop the run with an error.
+    Abort,
 }
 
 impl Default for RawConfig {
@@ -76,6 +107,8 @@ impl Default for RawConfig {
             synthetic: None,
             model: RawModel::default(),
             optim: RawOptim::default(),
+            plugin_dirs: None,
+            monitors: Vec::new(),
         }
     }
 }
@@ -266,6 +299,27 @@ impl RawConfig {
             }
         };
 
+        let mut monitors = Vec::with_capacity(self.monitors.len());
+        for (index, monitor) in self.monitors.into_iter().enumerate() {
+            let key = format!("monitors[{index}].name");
+            if monitor.name.trim().is_empty() {
+                return Err(invalid(&key, "must name a monitor, e.g. \"gradient\"".into()));
+            }
+            if monitors.iter().any(|m: &MonitorSettings| m.name == monitor.name) {
+                return Err(invalid(
+                    &key,
+                    format!("`{}` is listed twice; each monitor may appear once", monitor.name),
+                ));
+            }
+            monitors.push(MonitorSettings {
+                name: monitor.name,
+                enabled: monitor.enabled,
+                on_error: monitor.on_error,
+                path: monitor.path,
+                settings_toml: toml::to_string(&monitor.settings).unwrap_or_default(),
+            });
+        }
+
         let name = match self.name {
             Some(name) if name.trim().is_empty() => {
                 return Err(invalid("name", "must not be empty".into()))
@@ -290,6 +344,8 @@ impl RawConfig {
                 kind: self.model.kind,
                 hidden: self.model.hidden,
             },
+            plugin_dirs: self.plugin_dirs.unwrap_or_else(crate::plugin::default_plugin_dirs),
+            monitors,
             optim: OptimSettings {
                 kind: self.optim.kind,
                 lr: self.optim.lr,

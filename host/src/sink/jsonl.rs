@@ -1,7 +1,7 @@
 //! `metrics.jsonl`: one JSON object per line.
 //!
-//! Schema: `{"kind": "epoch", "epoch": 1, "global_step": 938, "wall_time": 1763900000.5,
-//! <metric>: <number>, …}`. Non-finite values are written as `null`. Each line is written
+//! Schema: `{"kind": "epoch" | "monitor", ["monitor": <name>,] "epoch": 1, "global_step": 938,
+//! "wall_time": 1763900000.5, <metric>: <number>, …}`. Non-finite values are written as `null`. Each line is written
 //! with a single `write` call and flushed, so a crash never leaves a torn line behind a
 //! complete one.
 
@@ -41,6 +41,9 @@ impl JsonlSink {
 pub fn record_to_json(record: &Record) -> Value {
     let mut object = Map::new();
     object.insert("kind".into(), record.kind.as_str().into());
+    if let Some(source) = &record.source {
+        object.insert("monitor".into(), source.as_str().into());
+    }
     object.insert("epoch".into(), record.epoch.into());
     object.insert("global_step".into(), record.global_step.into());
     object.insert("wall_time".into(), number(record.wall_time));

@@ -14,12 +14,15 @@ use crate::error::Result;
 pub enum RecordKind {
     /// The end of a training epoch, with train and test metrics.
     Epoch,
+    /// Scalars one monitor logged at one event.
+    Monitor,
 }
 
 impl RecordKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RecordKind::Epoch => "epoch",
+            RecordKind::Monitor => "monitor",
         }
     }
 }
@@ -28,6 +31,8 @@ impl RecordKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub kind: RecordKind,
+    /// The monitor that produced the record, for `Monitor` records.
+    pub source: Option<String>,
     /// 1-based epoch the record belongs to.
     pub epoch: usize,
     /// Optimizer steps taken so far.

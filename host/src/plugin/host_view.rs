@@ -1,0 +1,395 @@
+//! The host side of [`HostFfi`]: what a monitor can see and do during one event.
+
+use std::cell::{OnceCell, RefCell};
+use std::path::{Component, Path, PathBuf};
+
+use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
+use vigil_plugin_api::abi::{Artifact, HostFfi};
+use vigil_plugin_api::{
+    ArtifactKind, EventKind, ImageBatch, LogLevel, ParameterInfo, ProbeSpec, SamplerDraws,
+    StepCounters, ValidationBatch, WriteMode,
+};
+
+use crate::train::write_atomically;
+
+/// What the training loop computes for monitors on request. Implemented where libtorch lives
+/// (the trainer); everything here runs on the training thread.
+pub trait HostServices {
+    /// L2 norm of each trainable parameter's gradient (0 where there is none).
+    fn grad_norms(&self) -> crate::Result<Vec<f64>>;
+    /// L2 norm of each trainable parameter.
+    fn weight_norms(&self) -> crate::Result<Vec<f64>>;
+    /// All gradients, flattened in parameter order.
+    fn gradient(&self) -> crate::Result<Vec<f32>>;
+    /// `out = H · vector` for the mean loss on the probe subsample; returns the probe loss.
+    fn hessian_vector_product(&self, probe: &ProbeSpec, vector: &[f32], out: &mut [f32]) -> crate::Result<f64>;
+    /// Mean loss on the probe subsample.
+    fn probe_loss(&self, probe: &ProbeSpec) -> crate::Result<f64>;
+}
+
+/// The data of one event, prepared by the trainer.
+#[derive(Debug, Clone, Copy)]
+pub struct EventData<'a> {
+    pub kind: EventKind,
+    pub counters: StepCounters,
+    /// Scalar metrics of this event, by name.
+    pub metrics: &'a [(&'static str, f64)],
+    pub validation: Option<ValidationBatch<'a>>,
+    pub images: Option<ImageBatch<'a>>,
+    pub sampler: Option<SamplerDraws<'a>>,
+}
+
+impl<'a> EventData<'a> {
+    /// An event with counters and metrics only.
+    pub fn new(kind: EventKind, counters: StepCounters, metrics: &'a [(&'static str, f64)]) -> Self {
+        EventData {
+            kind,
+            counters,
+            metrics,
+            validation: None,
+            images: None,
+            sampler: None,
+        }
+    }
+}
+
+/// Facts about the run that do not change from event to event.
+#[derive(Debug, Default)]
+pub struct RunFacts {
+    pub parameters: RVec<ParameterInfo>,
+    pub class_names: RVec<RString>,
+    /// Monitor names, by monitor index.
+    pub monitor_names: Vec<String>,
+}
+
+/// Writes artifacts under `<run_dir>/artifacts/`.
+#[derive(Debug, Default)]
+pub struct ArtifactWriter {
+    root: Option<PathBuf>,
+}
+
+impl ArtifactWriter {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        ArtifactWriter { root }
+    }
+
+    /// Write one artifact; returns the file written.
+    fn write(&self, artifact: &Artifact<'_>) -> Result<PathBuf, String> {
+        let Some(root) = &self.root else {
+            return Err("artifacts cannot be written before training starts".into());
+        };
+        let relative = checked_relative_path(artifact.path.as_str())?;
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
+        }
+        let bytes = artifact.bytes.as_slice();
+        match artifact.mode {
+            WriteMode::APPEND => {
+                use std::io::Write;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut file| file.write_all(bytes))
+                    .map_err(|err| format!("cannot append to {}: {err}", path.display()))?;
+            }
+            WriteMode::REPLACE => write_atomically(&path, bytes).map_err(|err| err.to_string())?,
+            WriteMode(other) => return Err(format!("unknown write mode {other}")),
+        }
+        Ok(path)
+    }
+}
+
+/// A relative path with plain components only.
+fn checked_relative_path(path: &str) -> Result<&Path, String> {
+    let candidate = Path::new(path);
+    let plain = !path.is_empty()
+        && path.len() <= 512
+        && candidate
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)));
+    if plain {
+        Ok(candidate)
+    } else {
+        Err(format!(
+            "artifact path `{path}` must be relative, without `..`, and at most 512 bytes"
+        ))
+    }
+}
+
+/// What monitors produced during events, collected for the trainer to route.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// (monitor index, metric name, value)
+    pub scalars: Vec<(usize, String, f64)>,
+    /// (monitor index, level, message)
+    pub messages: Vec<(usize, LogLevel, String)>,
+    /// (monitor index, file, kind)
+    pub artifacts: Vec<(usize, PathBuf, ArtifactKind)>,
+    /// (monitor index, reason)
+    pub stop_request: Option<(usize, String)>,
+    /// Non-finite scalars dropped, per monitor index.
+    pub dropped_non_finite: Vec<(usize, String, f64)>,
+}
+
+/// The host, as one event's monitors see it.
+pub(super) struct HostView<'a> {
+    pub event: &'a EventData<'a>,
+    pub services: &'a dyn HostServices,
+    pub facts: &'a RunFacts,
+    pub artifacts: &'a ArtifactWriter,
+    pub outputs: &'a mut Outputs,
+    /// The monitor being called.
+    pub monitor: usize,
+    grad_norms: OnceCell<Vec<f64>>,
+    weight_norms: OnceCell<Vec<f64>>,
+    gradient: OnceCell<Vec<f32>>,
+    /// Failures of lazily computed data, reported after the event.
+    pub errors: RefCell<Vec<String>>,
+}
+
+impl<'a> HostView<'a> {
+    pub fn new(
+        event: &'a EventData<'a>,
+        services: &'a dyn HostServices,
+        facts: &'a RunFacts,
+        artifacts: &'a ArtifactWriter,
+        outputs: &'a mut Outputs,
+    ) -> Self {
+        HostView {
+            event,
+            services,
+            facts,
+            artifacts,
+            outputs,
+            monitor: 0,
+            grad_norms: OnceCell::new(),
+            weight_norms: OnceCell::new(),
+            gradient: OnceCell::new(),
+            errors: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn lazily<'s, T>(&'s self, cell: &'s OnceCell<Vec<T>>, what: &str, compute: impl FnOnce() -> crate::Result<Vec<T>>) -> RSlice<'s, T> {
+        let values = cell.get_or_init(|| {
+            compute().unwrap_or_else(|err| {
+                self.errors.borrow_mut().push(format!("computing {what} failed: {err}"));
+                Vec::new()
+            })
+        });
+        RSlice::from_slice(values)
+    }
+
+    fn monitor_name(&self) -> &str {
+        self.facts
+            .monitor_names
+            .get(self.monitor)
+            .map_or("?", String::as_str)
+    }
+}
+
+const EMPTY_VALIDATION: ValidationBatch<'static> = ValidationBatch {
+    logits: RSlice::from_slice(&[]),
+    predictions: RSlice::from_slice(&[]),
+    labels: RSlice::from_slice(&[]),
+    num_classes: 0,
+};
+
+const EMPTY_IMAGES: ImageBatch<'static> = ImageBatch {
+    pixels: RSlice::from_slice(&[]),
+    count: 0,
+    channels: 0,
+    height: 0,
+    width: 0,
+    labels: RSlice::from_slice(&[]),
+    predictions: RSlice::from_slice(&[]),
+};
+
+const EMPTY_SAMPLER: SamplerDraws<'static> = SamplerDraws {
+    indices: RSlice::from_slice(&[]),
+    weights: RSlice::from_slice(&[]),
+    labels: RSlice::from_slice(&[]),
+};
+
+/// Names [`HostFfi::query`] answers.
+const QUERIES: &str = "vigil.version, vigil.artifact_dir";
+
+impl HostFfi for HostView<'_> {
+    fn counters(&self) -> StepCounters {
+        self.event.counters
+    }
+
+    fn metric(&self, name: RStr<'_>) -> ROption<f64> {
+        self.event
+            .metrics
+            .iter()
+            .find(|(key, _)| *key == name.as_str())
+            .map(|&(_, value)| value)
+            .into()
+    }
+
+    fn parameters(&self) -> RSlice<'_, ParameterInfo> {
+        self.facts.parameters.as_rslice()
+    }
+
+    fn grad_norms(&self) -> RSlice<'_, f64> {
+        if self.event.kind != EventKind::TRAIN_BATCH_END {
+            return RSlice::from_slice(&[]);
+        }
+        self.lazily(&self.grad_norms, "gradient norms", || self.services.grad_norms())
+    }
+
+    fn weight_norms(&self) -> RSlice<'_, f64> {
+        self.lazily(&self.weight_norms, "weight norms", || self.services.weight_norms())
+    }
+
+    fn gradient(&self) -> RSlice<'_, f32> {
+        if self.event.kind != EventKind::TRAIN_BATCH_END {
+            return RSlice::from_slice(&[]);
+        }
+        self.lazily(&self.gradient, "the flattened gradient", || self.services.gradient())
+    }
+
+    fn hessian_vector_product(
+        &mut self,
+        probe: ProbeSpec,
+        vector: RSlice<'_, f32>,
+        mut out: RSliceMut<'_, f32>,
+    ) -> RResult<f64, RString> {
+        let expected: u64 = self.facts.parameters.iter().map(|p| p.numel).sum();
+        if vector.len() as u64 != expected || out.len() as u64 != expected {
+            return RErr(
+                format!(
+                    "vector and output must have {expected} elements (one per trainable scalar); got {} and {}",
+                    vector.len(),
+                    out.len()
+                )
+                .into(),
+            );
+        }
+        match self
+            .services
+            .hessian_vector_product(&probe, vector.as_slice(), out.as_mut_slice())
+        {
+            Ok(loss) => ROk(loss),
+            Err(err) => RErr(err.to_string().into()),
+        }
+    }
+
+    fn probe_loss(&mut self, probe: ProbeSpec) -> RResult<f64, RString> {
+        match self.services.probe_loss(&probe) {
+            Ok(loss) => ROk(loss),
+            Err(err) => RErr(err.to_string().into()),
+        }
+    }
+
+    fn validation_batch(&self) -> ValidationBatch<'_> {
+        self.event.validation.unwrap_or(EMPTY_VALIDATION)
+    }
+
+    fn sample_images(&self) -> ImageBatch<'_> {
+        self.event.images.unwrap_or(EMPTY_IMAGES)
+    }
+
+    fn class_names(&self) -> RSlice<'_, RString> {
+        self.facts.class_names.as_rslice()
+    }
+
+    fn sampler_draws(&self) -> SamplerDraws<'_> {
+        self.event.sampler.unwrap_or(EMPTY_SAMPLER)
+    }
+
+    fn log_scalar(&mut self, name: RStr<'_>, value: f64) {
+        if value.is_finite() {
+            self.outputs.scalars.push((self.monitor, name.to_string(), value));
+        } else {
+            self.outputs
+                .dropped_non_finite
+                .push((self.monitor, name.to_string(), value));
+        }
+    }
+
+    fn write_artifact(&mut self, artifact: Artifact<'_>) -> RResult<(), RString> {
+        match self.artifacts.write(&artifact) {
+            Ok(path) => {
+                self.outputs.artifacts.push((self.monitor, path, artifact.kind));
+                ROk(())
+            }
+            Err(reason) => RErr(reason.into()),
+        }
+    }
+
+    fn log_message(&mut self, level: LogLevel, message: RStr<'_>) {
+        self.outputs
+            .messages
+            .push((self.monitor, level, message.to_string()));
+    }
+
+    fn request_stop(&mut self, reason: RStr<'_>) {
+        if self.outputs.stop_request.is_none() {
+            self.outputs.stop_request = Some((self.monitor, reason.to_string()));
+        }
+    }
+
+    fn query(&mut self, name: RStr<'_>, _input: RSlice<'_, u8>) -> RResult<RVec<u8>, RString> {
+        match name.as_str() {
+            "vigil.version" => ROk(env!("CARGO_PKG_VERSION").as_bytes().to_vec().into()),
+            "vigil.artifact_dir" => match &self.artifacts.root {
+                Some(root) => ROk(root.to_string_lossy().as_bytes().to_vec().into()),
+                None => RErr("no artifact directory yet (before training starts)".into()),
+            },
+            other => RErr(
+                format!(
+                    "monitor `{}` asked for unknown capability `{other}`; this host knows: {QUERIES}",
+                    self.monitor_name()
+                )
+                .into(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_paths_must_stay_inside_the_run() {
+        assert!(checked_relative_path("epoch_001/matrix.png").is_ok());
+        for bad in ["", "/etc/passwd", "../escape.png", "a/../../b", "./x"] {
+            assert!(checked_relative_path(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn artifacts_are_replaced_or_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = ArtifactWriter::new(Some(dir.path().to_path_buf()));
+        let artifact = |bytes: &'static [u8], mode| Artifact {
+            path: RStr::from_str("sub/table.csv"),
+            bytes: RSlice::from_slice(bytes),
+            kind: ArtifactKind::TEXT,
+            mode,
+        };
+        writer.write(&artifact(b"a\n", WriteMode::APPEND)).unwrap();
+        writer.write(&artifact(b"b\n", WriteMode::APPEND)).unwrap();
+        let path = dir.path().join("sub/table.csv");
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
+        writer.write(&artifact(b"c\n", WriteMode::REPLACE)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"c\n");
+    }
+
+    #[test]
+    fn artifacts_before_the_run_directory_exists_are_refused() {
+        let writer = ArtifactWriter::new(None);
+        let artifact = Artifact {
+            path: RStr::from_str("x.txt"),
+            bytes: RSlice::from_slice(b"x"),
+            kind: ArtifactKind::TEXT,
+            mode: WriteMode::REPLACE,
+        };
+        assert!(writer.write(&artifact).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! Finding plugin libraries and checking them before anything of theirs runs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use sha2::{Digest, Sha256};
+use vigil_plugin_api::abi::{PluginInfo, PluginModuleRef};
+use vigil_plugin_api::{EventSet, Subscriptions};
+
+/// What a loaded plugin says about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LibraryInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub api_version: String,
+    pub events: EventSet,
+    pub subscriptions: Subscriptions,
+}
+
+impl From<PluginInfo> for LibraryInfo {
+    fn from(info: PluginInfo) -> Self {
+        LibraryInfo {
+            name: info.name.into_string(),
+            version: info.version.into_string(),
+            description: info.description.into_string(),
+            api_version: info.api_version.into_string(),
+            events: info.events,
+            subscriptions: info.subscriptions,
+        }
+    }
+}
+
+/// A plugin library that passed every check.
+#[derive(Clone)]
+pub struct PluginLibrary {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub info: LibraryInfo,
+    pub(super) module: PluginModuleRef,
+}
+
+impl std::fmt::Debug for PluginLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginLibrary")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file that could not be used as a plugin, and why (one line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadFailure {
+    pub path: PathBuf,
+    pub sha256: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// The outcome of scanning plugin directories.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Usable plugins by monitor name; the first directory that provides a name wins.
+    pub libraries: BTreeMap<String, PluginLibrary>,
+    /// Files that were not usable plugins.
+    pub failures: Vec<LoadFailure>,
+    /// Plugins hidden by one of the same name in an earlier directory.
+    pub shadowed: Vec<PluginLibrary>,
+}
+
+/// The directories searched when a config names none: `<exe dir>/plugins`, `<exe dir>`
+/// (where `cargo build` puts the workspace's plugins, beside the binary) and `./plugins`.
+pub fn default_plugin_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        dirs.push(exe_dir.join("plugins"));
+        dirs.push(exe_dir);
+    }
+    dirs.push(PathBuf::from("plugins"));
+    dirs
+}
+
+/// Load every `*.so` file directly inside `dirs` (missing directories are skipped).
+pub fn scan(dirs: &[PathBuf]) -> Scan {
+    let mut scan = Scan::default();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "so") && path.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            match load(&file) {
+                Ok(library) => {
+                    if scan.libraries.contains_key(&library.info.name) {
+                        scan.shadowed.push(library);
+                    } else {
+                        scan.libraries.insert(library.info.name.clone(), library);
+                    }
+                }
+                Err(failure) => scan.failures.push(failure),
+            }
+        }
+    }
+    scan
+}
+
+/// Open `path`, check that it is a vigil plugin whose ABI matches this host, and read its
+/// info. Nothing of the plugin runs before the layout check passes.
+pub fn load(path: &Path) -> Result<PluginLibrary, LoadFailure> {
+    let failure = |sha256: Option<String>, reason: String| LoadFailure {
+        path: path.to_path_buf(),
+        sha256,
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|err| {
+        let reason = match err.kind() {
+            std::io::ErrorKind::NotFound => "file not found".to_string(),
+            _ => format!("cannot read: {err}"),
+        };
+        failure(None, reason)
+    })?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    drop(bytes);
+
+    let header = lib_header_from_path(path).map_err(|err| failure(Some(sha256.clone()), open_reason(&err)))?;
+    let root_name = header.root_mod_consts().name().as_str();
+    if root_name != PluginModuleRef::NAME {
+        return Err(failure(
+            Some(sha256),
+            format!("not a vigil plugin: it exports the abi_stable root module `{root_name}`"),
+        ));
+    }
+    let module = header
+        .init_root_module::<PluginModuleRef>()
+        .map_err(|err| failure(Some(sha256.clone()), init_reason(&err, path, &sha256)))?;
+    let info = LibraryInfo::from((module.info())());
+    if info.name.trim().is_empty() {
+        return Err(failure(Some(sha256), "the plugin reports an empty monitor name".into()));
+    }
+    Ok(PluginLibrary {
+        path: path.to_path_buf(),
+        sha256,
+        info,
+        module,
+    })
+}
+
+fn open_reason(err: &LibraryError) -> String {
+    match err {
+        LibraryError::OpenError { err, .. } => {
+            format!("not a loadable shared library ({})", one_line(&err.to_string()))
+        }
+        LibraryError::GetSymbolError { .. } => {
+            "not a vigil plugin: no abi_stable root module (build it with vigil_plugin_api::export_monitor!)"
+                .into()
+        }
+        other => one_line(&other.to_string()),
+    }
+}
+
+fn init_reason(err: &LibraryError, path: &Path, sha256: &str) -> String {
+    match err {
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => format!(
+            "built against vigil-plugin-api {actual_version}; this host loads {}.x (expected {expected_version}): rebuild the plugin",
+            expected_version.major
+        ),
+        LibraryError::AbiInstability(_) | LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
+            let report = err.to_string();
+            let summary = layout_summary(&report);
+            match write_report(path, sha256, &report) {
+                Some(file) => format!(
+                    "incompatible plugin API layout ({summary}); rebuild the plugin against this host's vigil-plugin-api; full report: {}",
+                    file.display()
+                ),
+                None => format!(
+                    "incompatible plugin API layout ({summary}); rebuild the plugin against this host's vigil-plugin-api"
+                ),
+            }
+        }
+        other => one_line(&other.to_string()),
+    }
+}
+
+/// The most specific mismatch of a (possibly thousand-line) layout report: its last
+/// "expected"/"found" lines.
+fn layout_summary(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let find_last = |needle: &str| {
+        lines
+            .iter()
+            .rposition(|line| line.to_ascii_lowercase().starts_with(needle))
+    };
+    let mut summary = String::new();
+    match (find_last("expected"), find_last("found")) {
+        (Some(expected), Some(found)) => {
+            let _ = write!(summary, "{} / {}", truncate(lines[expected], 120), truncate(lines[found], 120));
+        }
+        _ => summary.push_str(&truncate(lines.first().copied().unwrap_or("no details"), 200)),
+    }
+    summary
+}
+
+/// Write the full layout report where the user can read it; returns its path.
+fn write_report(path: &Path, sha256: &str, report: &str) -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join("vigil-plugin-reports");
+    std::fs::create_dir_all(&dir).ok()?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = dir.join(format!("{stem}-{}.txt", &sha256[..12.min(sha256.len())]));
+    let text = format!("plugin: {}\nsha256: {sha256}\n\n{report}\n", path.display());
+    std::fs::write(&file, text).ok()?;
+    Some(file)
+}
+
+fn one_line(text: &str) -> String {
+    truncate(&text.split_whitespace().collect::<Vec<_>>().join(" "), 300)
+}
+
+fn truncate(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(limit).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_summary_picks_the_last_expected_found_pair() {
+        let report = "Error at Foo\n  expected: u32\n  found: u64\nnested:\n  Expected: field `a`\n  Found: field `b`\n";
+        assert_eq!(layout_summary(report), "Expected: field `a` / Found: field `b`");
+    }
+
+    #[test]
+    fn a_missing_file_is_reported_plainly() {
+        let failure = load(Path::new("/no/such/plugin.so")).unwrap_err();
+        assert_eq!(failure.reason, "file not found");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libfake.so");
+        std::fs::write(&path, b"definitely not ELF").unwrap();
+        let failure = load(&path).unwrap_err();
+        assert!(failure.reason.starts_with("not a loadable shared library"), "{}", failure.reason);
+        assert_eq!(failure.sha256.as_deref().map(str::len), Some(64));
+    }
+
+    #[test]
+    fn hex_is_lower_case_and_padded() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+}

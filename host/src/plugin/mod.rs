@@ -1,0 +1,463 @@
+//! Monitor plugins: find, check, load, build, dispatch, time, isolate.
+//!
+//! A plugin is a shared library built with `vigil-plugin-api`. The host checks its ABI before
+//! running any of its code, builds the monitors a config lists, calls them in config order at
+//! the events they subscribed to, times every call, and turns a failing or panicking monitor
+//! into a disabled one (or a stopped run, if the config says `on_error = "abort"`). Libraries
+//! are never unloaded; every monitor sees `fit_end` before the host drops it.
+
+mod host_view;
+pub mod library;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RErr, RStr};
+use serde_json::json;
+use vigil_plugin_api::abi::{HostFfi_TO, MonitorBox};
+use vigil_plugin_api::{EventKind, EventSet, LogLevel, StepCounters, Subscriptions};
+
+pub use host_view::{ArtifactWriter, EventData, HostServices, Outputs, RunFacts};
+pub use library::{default_plugin_dirs, LibraryInfo, LoadFailure, PluginLibrary};
+
+use crate::config::{MonitorSettings, OnError};
+use crate::error::{Error, Result};
+use host_view::HostView;
+
+/// Calls and time spent in one hook of one monitor.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HookTiming {
+    pub calls: u64,
+    pub total: Duration,
+    pub max: Duration,
+}
+
+impl HookTiming {
+    fn add(&mut self, elapsed: Duration) {
+        self.calls += 1;
+        self.total += elapsed;
+        self.max = self.max.max(elapsed);
+    }
+}
+
+/// Why a monitor stopped being called.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disabled {
+    pub event: &'static str,
+    pub global_step: u64,
+    pub reason: String,
+}
+
+struct ActiveMonitor {
+    name: String,
+    library: PluginLibrary,
+    /// `None` once the run is over and the monitor has been dropped.
+    handle: Option<MonitorBox>,
+    events: EventSet,
+    on_error: OnError,
+    disabled: Option<Disabled>,
+    timings: [HookTiming; EventKind::ALL.len()],
+    dropped_non_finite: u64,
+}
+
+/// The monitors of one run.
+pub struct PluginHost {
+    monitors: Vec<ActiveMonitor>,
+    facts: RunFacts,
+    artifacts: ArtifactWriter,
+    outputs: Outputs,
+    warnings: Vec<String>,
+    /// Union of the enabled monitors' events and subscriptions.
+    events: EventSet,
+    subscriptions: Subscriptions,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("monitors", &self.facts.monitor_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// A host with no monitors.
+    pub fn empty() -> Self {
+        PluginHost {
+            monitors: Vec::new(),
+            facts: RunFacts::default(),
+            artifacts: ArtifactWriter::default(),
+            outputs: Outputs::default(),
+            warnings: Vec::new(),
+            events: EventSet::EMPTY,
+            subscriptions: Subscriptions::NONE,
+        }
+    }
+
+    /// Find, check and build the enabled monitors `specs` lists, in order. Every problem is
+    /// collected and reported at once.
+    pub fn load(
+        specs: &[MonitorSettings],
+        plugin_dirs: &[PathBuf],
+        facts: RunFacts,
+        services: &dyn HostServices,
+        counters: StepCounters,
+    ) -> Result<Self> {
+        let mut host = PluginHost {
+            facts,
+            ..PluginHost::empty()
+        };
+        let enabled: Vec<&MonitorSettings> = specs.iter().filter(|spec| spec.enabled).collect();
+        if enabled.is_empty() {
+            return Ok(host);
+        }
+        let needs_scan = enabled.iter().any(|spec| spec.path.is_none());
+        let scan = if needs_scan {
+            library::scan(plugin_dirs)
+        } else {
+            library::Scan::default()
+        };
+        let mut problems = Vec::new();
+        let mut libraries = Vec::new();
+        for spec in &enabled {
+            let found = match &spec.path {
+                Some(path) => library::load(path).map_err(|failure| failure.to_string()).and_then(|library| {
+                    if library.info.name == spec.name {
+                        Ok(library)
+                    } else {
+                        Err(format!(
+                            "{}: provides monitor `{}`, not `{}`",
+                            path.display(),
+                            library.info.name,
+                            spec.name
+                        ))
+                    }
+                }),
+                None => scan
+                    .libraries
+                    .get(&spec.name)
+                    .cloned()
+                    .ok_or_else(|| unknown_monitor(&spec.name, &scan, plugin_dirs)),
+            };
+            match found {
+                Ok(library) => libraries.push(library),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Plugins { problems });
+        }
+        for failure in &scan.failures {
+            host.warnings.push(format!("skipped plugin file {failure}"));
+        }
+        for shadowed in &scan.shadowed {
+            host.warnings.push(format!(
+                "{} also provides monitor `{}`; using the one found first",
+                shadowed.path.display(),
+                shadowed.info.name
+            ));
+        }
+
+        host.facts.monitor_names = enabled.iter().map(|spec| spec.name.clone()).collect();
+        let event = EventData::new(EventKind::FIT_START, counters, &[]);
+        for (index, (spec, library)) in enabled.iter().zip(libraries).enumerate() {
+            let mut view = HostView::new(&event, services, &host.facts, &host.artifacts, &mut host.outputs);
+            view.monitor = index;
+            let settings = RStr::from_str(&spec.settings_toml);
+            let built = (library.module.new_monitor())(settings, HostFfi_TO::from_ptr(&mut view, TD_Opaque));
+            match built.into_result() {
+                Ok(handle) => {
+                    host.monitors.push(ActiveMonitor {
+                        name: spec.name.clone(),
+                        events: library.info.events,
+                        library,
+                        handle: Some(handle),
+                        on_error: spec.on_error,
+                        disabled: None,
+                        timings: Default::default(),
+                        dropped_non_finite: 0,
+                    });
+                }
+                Err(reason) => problems.push(format!(
+                    "{}: monitor `{}` could not be built: {reason}",
+                    library.path.display(),
+                    spec.name
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Plugins { problems });
+        }
+        host.refresh_interest();
+        host.route_outputs(&mut Vec::new());
+        Ok(host)
+    }
+
+    /// Where artifacts go, once the run directory exists.
+    pub fn set_artifact_dir(&mut self, dir: PathBuf) {
+        self.artifacts = ArtifactWriter::new(Some(dir));
+    }
+
+    /// Whether any enabled monitor wants `kind`; the trainer skips preparing events nobody
+    /// wants.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(kind)
+    }
+
+    /// Whether any enabled monitor subscribed to `data`.
+    pub fn subscribes(&self, data: Subscriptions) -> bool {
+        self.subscriptions.contains(data)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.monitors.is_empty()
+    }
+
+    /// Call every enabled monitor that wants `event.kind`, in config order. Scalars they log
+    /// are appended to `scalars` as (monitor name, metric, value). Returns an error only when
+    /// a monitor with `on_error = "abort"` failed.
+    pub fn dispatch(
+        &mut self,
+        event: &EventData<'_>,
+        services: &dyn HostServices,
+        scalars: &mut Vec<(String, String, f64)>,
+    ) -> Result<()> {
+        if !self.events.contains(event.kind) {
+            return Ok(());
+        }
+        let hook = hook_index(event.kind);
+        let mut failures = Vec::new();
+        let lazy_errors = {
+            let mut view = HostView::new(event, services, &self.facts, &self.artifacts, &mut self.outputs);
+            for (index, monitor) in self.monitors.iter_mut().enumerate() {
+                let Some(handle) = monitor.handle.as_mut() else {
+                    continue;
+                };
+                if monitor.disabled.is_some() || !monitor.events.contains(event.kind) {
+                    continue;
+                }
+                view.monitor = index;
+                let started = Instant::now();
+                let result = handle.on_event(event.kind, HostFfi_TO::from_ptr(&mut view, TD_Opaque));
+                let elapsed = started.elapsed();
+                if let Some(timing) = hook.and_then(|hook| monitor.timings.get_mut(hook)) {
+                    timing.add(elapsed);
+                }
+                if let RErr(reason) = result {
+                    failures.push((index, reason.into_string()));
+                }
+            }
+            view.errors.into_inner()
+        };
+        for error in lazy_errors {
+            self.warn(format!("{}: {error}", event.kind.name()));
+        }
+        let mut abort = None;
+        for (index, reason) in failures {
+            let monitor = &mut self.monitors[index];
+            let step = event.counters.global_step;
+            match monitor.on_error {
+                OnError::Disable => {
+                    let message = format!(
+                        "monitor `{}` disabled: failed in {} at step {step}: {reason}",
+                        monitor.name,
+                        event.kind.name()
+                    );
+                    monitor.disabled = Some(Disabled {
+                        event: event.kind.name(),
+                        global_step: step,
+                        reason,
+                    });
+                    self.warn(message);
+                }
+                OnError::Abort => {
+                    monitor.disabled = Some(Disabled {
+                        event: event.kind.name(),
+                        global_step: step,
+                        reason: reason.clone(),
+                    });
+                    abort.get_or_insert(Error::MonitorFailed {
+                        monitor: monitor.name.clone(),
+                        event: event.kind.name(),
+                        step,
+                        reason,
+                    });
+                }
+            }
+        }
+        self.refresh_interest();
+        self.route_outputs(scalars);
+        abort.map_or(Ok(()), Err)
+    }
+
+    /// Whether a monitor has asked to stop the run.
+    pub fn stop_requested(&self) -> bool {
+        self.outputs.stop_request.is_some()
+    }
+
+    /// A monitor asked to stop the run: (monitor, reason).
+    pub fn take_stop_request(&mut self) -> Option<(String, String)> {
+        self.outputs
+            .stop_request
+            .take()
+            .map(|(index, reason)| (self.facts.monitor_names[index].clone(), reason))
+    }
+
+    /// Artifacts written since the last call: (monitor, file, kind).
+    pub fn take_artifacts(&mut self) -> Vec<(String, PathBuf, vigil_plugin_api::ArtifactKind)> {
+        let names = &self.facts.monitor_names;
+        self.outputs
+            .artifacts
+            .drain(..)
+            .map(|(index, path, kind)| (names[index].clone(), path, kind))
+            .collect()
+    }
+
+    /// Send `fit_end` to every enabled monitor that wants it, then drop all monitors (their
+    /// libraries stay loaded).
+    pub fn finish(
+        &mut self,
+        event: &EventData<'_>,
+        services: &dyn HostServices,
+        scalars: &mut Vec<(String, String, f64)>,
+    ) -> Result<()> {
+        let result = self.dispatch(event, services, scalars);
+        for monitor in &mut self.monitors {
+            monitor.handle = None;
+        }
+        self.events = EventSet::EMPTY;
+        self.subscriptions = Subscriptions::NONE;
+        result
+    }
+
+    /// Warnings so far (skipped files, disabled monitors, dropped values, monitor warnings).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Per-monitor load facts and timings for `run.json`; `loop_seconds` is the wall time of
+    /// the training loop the shares are relative to.
+    pub fn report(&self, loop_seconds: f64) -> serde_json::Value {
+        let monitors: Vec<serde_json::Value> = self
+            .monitors
+            .iter()
+            .map(|monitor| {
+                let total: Duration = monitor.timings.iter().map(|t| t.total).sum();
+                let hooks: serde_json::Map<String, serde_json::Value> = EventKind::ALL
+                    .iter()
+                    .zip(&monitor.timings)
+                    .filter(|(_, timing)| timing.calls > 0)
+                    .map(|(kind, timing)| {
+                        (
+                            kind.name().to_string(),
+                            json!({
+                                "calls": timing.calls,
+                                "total_ms": timing.total.as_secs_f64() * 1e3,
+                                "mean_us": timing.total.as_secs_f64() * 1e6 / timing.calls as f64,
+                                "max_us": timing.max.as_secs_f64() * 1e6,
+                                "share_of_step_time": share(timing.total, loop_seconds),
+                            }),
+                        )
+                    })
+                    .collect();
+                json!({
+                    "name": monitor.name,
+                    "path": monitor.library.path.display().to_string(),
+                    "sha256": monitor.library.sha256,
+                    "version": monitor.library.info.version,
+                    "api_version": monitor.library.info.api_version,
+                    "status": if monitor.disabled.is_some() { "disabled" } else { "ok" },
+                    "disabled": monitor.disabled.as_ref().map(|d| json!({
+                        "event": d.event,
+                        "global_step": d.global_step,
+                        "reason": d.reason,
+                    })),
+                    "dropped_non_finite_metrics": monitor.dropped_non_finite,
+                    "total_ms": total.as_secs_f64() * 1e3,
+                    "share_of_step_time": share(total, loop_seconds),
+                    "hooks": hooks,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(monitors)
+    }
+
+    fn warn(&mut self, message: String) {
+        eprintln!("warning: {message}");
+        self.warnings.push(message);
+    }
+
+    fn refresh_interest(&mut self) {
+        let enabled = self
+            .monitors
+            .iter()
+            .filter(|m| m.disabled.is_none() && m.handle.is_some());
+        let (events, subscriptions) = enabled.fold((0u64, Subscriptions::NONE), |(events, subs), m| {
+            (events | m.events.0, subs.union(m.library.info.subscriptions))
+        });
+        self.events = EventSet(events);
+        self.subscriptions = subscriptions;
+    }
+
+    /// Move what monitors produced to the caller (scalars), the console (messages) and the
+    /// warning list.
+    fn route_outputs(&mut self, scalars: &mut Vec<(String, String, f64)>) {
+        let names = &self.facts.monitor_names;
+        scalars.extend(
+            self.outputs
+                .scalars
+                .drain(..)
+                .map(|(index, metric, value)| (names[index].clone(), metric, value)),
+        );
+        let mut warnings = Vec::new();
+        for (index, level, message) in self.outputs.messages.drain(..) {
+            let name = &names[index];
+            match level {
+                LogLevel::WARN => warnings.push(format!("[{name}] {message}")),
+                LogLevel::DEBUG => {}
+                _ => println!("[{name}] {message}"),
+            }
+        }
+        for (index, metric, value) in self.outputs.dropped_non_finite.drain(..) {
+            let monitor = &mut self.monitors[index];
+            monitor.dropped_non_finite += 1;
+            if monitor.dropped_non_finite == 1 {
+                warnings.push(format!(
+                    "[{}] dropped non-finite metric `{metric}` = {value} (further ones are only counted)",
+                    monitor.name
+                ));
+            }
+        }
+        for warning in warnings {
+            self.warn(warning);
+        }
+    }
+}
+
+fn hook_index(kind: EventKind) -> Option<usize> {
+    EventKind::ALL.iter().position(|&known| known == kind)
+}
+
+fn share(part: Duration, loop_seconds: f64) -> f64 {
+    if loop_seconds > 0.0 {
+        part.as_secs_f64() / loop_seconds
+    } else {
+        0.0
+    }
+}
+
+fn unknown_monitor(name: &str, scan: &library::Scan, dirs: &[PathBuf]) -> String {
+    let available: Vec<&str> = scan.libraries.keys().map(String::as_str).collect();
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let mut message = format!(
+        "unknown monitor `{name}`; available: {} (searched {})",
+        if available.is_empty() { "none".to_string() } else { available.join(", ") },
+        searched.join(", ")
+    );
+    if !scan.failures.is_empty() {
+        let failed: Vec<String> = scan.failures.iter().map(LoadFailure::to_string).collect();
+        message.push_str(&format!("; files that failed to load: {}", failed.join("; ")));
+    }
+    message
+}
