@@ -16,7 +16,9 @@ pub enum Error {
     Plugins { problems: Vec<String> },
 
     /// A monitor with `on_error = "abort"` failed.
-    #[error("monitor `{monitor}` failed in {event} at step {step} (on_error = \"abort\"): {reason}")]
+    #[error(
+        "monitor `{monitor}` failed in {event} at step {step} (on_error = \"abort\"): {reason}"
+    )]
     MonitorFailed {
         monitor: String,
         event: &'static str,

@@ -7,6 +7,7 @@
 //! - [`model`]: the networks (MLP, small CNN);
 //! - [`train`]: the loop, evaluation, the run directory;
 //! - [`plugin`]: monitor plugins — find, check, load, dispatch, time, isolate;
+//! - [`bench`]: what the plugin machinery costs (`vigil bench`);
 //! - [`sink`]: where metrics go (`metrics.jsonl`, the console).
 //!
 //! Arrows run one way: the CLI calls the trainer; the trainer uses data, models and sinks;
@@ -18,6 +19,7 @@
 //! # Ok::<(), vigil::Error>(())
 //! ```
 
+pub mod bench;
 pub mod config;
 pub mod data;
 mod error;

@@ -20,6 +20,27 @@ enum Command {
         /// The experiment config (TOML), e.g. configs/quickstart.toml.
         config: PathBuf,
     },
+    /// List the plugins in the plugin directories, checked as `train` would load them.
+    Plugins {
+        /// A directory to scan (repeatable). Default: <exe dir>/plugins, <exe dir>, ./plugins.
+        #[arg(long = "dir", value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+    },
+    /// Measure plugin load time and hook dispatch cost through the ABI (use a release build).
+    Bench {
+        /// A directory with plugins (repeatable). Default: as for `plugins`.
+        #[arg(long = "dir", value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// Hook calls per repeat.
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+        /// Repeats; the table shows their median, min and max.
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+        /// Also write the results as JSON here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,17 +75,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench {
+            dirs,
+            calls,
+            repeats,
+            json,
+        } => {
+            let dirs = if dirs.is_empty() {
+                vigil::plugin::default_plugin_dirs()
+            } else {
+                dirs
+            };
+            let results = vigil::bench::plugin_costs(&dirs, calls.max(1), repeats.max(1))?;
+            print!("{}", vigil::bench::table(&results));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
+                    .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Plugins { dirs } => {
+            let dirs = if dirs.is_empty() {
+                vigil::plugin::default_plugin_dirs()
+            } else {
+                dirs
+            };
+            print!("{}", vigil::plugin::listing(&dirs));
+            Ok(())
+        }
     }
 }
 
-/// 2 for bad input (config, data), 1 for everything else.
+/// 2 for bad input (config, plugins, data), 3 for a monitor with `on_error = "abort"` that
+/// failed, 1 for everything else.
 fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<vigil::Error>() {
         Some(
             vigil::Error::Config { .. }
+            | vigil::Error::Plugins { .. }
             | vigil::Error::DataMissing { .. }
             | vigil::Error::DataCorrupt { .. },
         ) => 2,
+        Some(vigil::Error::MonitorFailed { .. }) => 3,
         _ => 1,
     }
 }

@@ -2,5 +2,6 @@
 
 mod cli;
 mod idx_files;
+mod plugin_loading;
 mod training;
 mod util;

@@ -13,8 +13,8 @@
 #![allow(non_local_definitions)]
 
 use abi_stable::library::RootModule;
-use abi_stable::sabi_types::VersionStrings;
 use abi_stable::sabi_types::RMut;
+use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
 

@@ -102,7 +102,11 @@ mod tests {
 
     #[test]
     fn major_version_matches_the_crate_version() {
-        let major: u32 = API_VERSION.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+        let major: u32 = API_VERSION
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
         assert_eq!(major, API_MAJOR_VERSION);
     }
 

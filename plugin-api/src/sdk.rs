@@ -13,8 +13,8 @@ use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RSliceMut, RStr, RString
 
 use crate::abi::{
     Artifact, ArtifactKind, EventKind, EventSet, HostRef, ImageBatch, LogLevel, MonitorBox,
-    MonitorFfi, MonitorFfi_TO, ParameterInfo, PluginInfo, PluginModule, PluginModuleRef,
-    ProbeSpec, SamplerDraws, StepCounters, Subscriptions, ValidationBatch, WriteMode,
+    MonitorFfi, MonitorFfi_TO, ParameterInfo, PluginInfo, PluginModule, PluginModuleRef, ProbeSpec,
+    SamplerDraws, StepCounters, Subscriptions, ValidationBatch, WriteMode,
 };
 use crate::Error;
 
@@ -130,7 +130,11 @@ impl<'a> Context<'a> {
         out: &mut [f32],
     ) -> Result<f64, Error> {
         self.host
-            .hessian_vector_product(probe, RSlice::from_slice(vector), RSliceMut::from_mut_slice(out))
+            .hessian_vector_product(
+                probe,
+                RSlice::from_slice(vector),
+                RSliceMut::from_mut_slice(out),
+            )
             .into_result()
             .map_err(|reason| Error::Host(reason.into_string()))
     }
@@ -155,7 +159,12 @@ impl<'a> Context<'a> {
 
     /// Class names, indexed by label.
     pub fn class_names(&self) -> Vec<&str> {
-        self.host.class_names().as_slice().iter().map(RString::as_str).collect()
+        self.host
+            .class_names()
+            .as_slice()
+            .iter()
+            .map(RString::as_str)
+            .collect()
     }
 
     /// The sampler's draws for this epoch (subscription `SAMPLER`).
@@ -169,12 +178,22 @@ impl<'a> Context<'a> {
     }
 
     /// Write (replace) a file under the run's artifact directory.
-    pub fn write_file(&mut self, path: &str, kind: ArtifactKind, bytes: &[u8]) -> Result<(), Error> {
+    pub fn write_file(
+        &mut self,
+        path: &str,
+        kind: ArtifactKind,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
         self.write_artifact(path, kind, WriteMode::REPLACE, bytes)
     }
 
     /// Append to a file under the run's artifact directory.
-    pub fn append_file(&mut self, path: &str, kind: ArtifactKind, bytes: &[u8]) -> Result<(), Error> {
+    pub fn append_file(
+        &mut self,
+        path: &str,
+        kind: ArtifactKind,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
         self.write_artifact(path, kind, WriteMode::APPEND, bytes)
     }
 
@@ -198,12 +217,14 @@ impl<'a> Context<'a> {
 
     /// Log a message under the monitor's name.
     pub fn info(&mut self, message: &str) {
-        self.host.log_message(LogLevel::INFO, RStr::from_str(message));
+        self.host
+            .log_message(LogLevel::INFO, RStr::from_str(message));
     }
 
     /// Log a warning under the monitor's name (also listed in `run.json`).
     pub fn warn(&mut self, message: &str) {
-        self.host.log_message(LogLevel::WARN, RStr::from_str(message));
+        self.host
+            .log_message(LogLevel::WARN, RStr::from_str(message));
     }
 
     /// Ask the host to stop training after the current step.
@@ -241,12 +262,42 @@ impl<M: Monitor> MonitorFfi for Adapter<M> {
     }
 }
 
+thread_local! {
+    /// Where the last panic on this thread happened, recorded by the plugin's panic hook.
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Replace this plugin's panic hook (the plugin has its own copy of std) with one that
+/// records the location instead of printing a backtrace over the host's output: the host
+/// reports the panic as the monitor's failure, with that location.
+fn install_quiet_panic_hook() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
+        }));
+    });
+}
+
 /// Run `body`, turning an error or a panic into `RErr` with a readable reason.
-fn guarded<T>(body: impl FnOnce() -> Result<T, Error> + std::panic::UnwindSafe) -> RResult<T, RString> {
+fn guarded<T>(
+    body: impl FnOnce() -> Result<T, Error> + std::panic::UnwindSafe,
+) -> RResult<T, RString> {
+    install_quiet_panic_hook();
     match catch_unwind(body) {
         Ok(Ok(value)) => ROk(value),
         Ok(Err(err)) => RErr(RString::from(err.to_string())),
-        Err(payload) => RErr(RString::from(format!("panicked: {}", panic_message(&*payload)))),
+        Err(payload) => {
+            let location = PANIC_LOCATION.with(|slot| slot.borrow_mut().take());
+            let message = panic_message(&*payload);
+            RErr(RString::from(match location {
+                Some(location) => format!("panicked at {location}: {message}"),
+                None => format!("panicked: {message}"),
+            }))
+        }
     }
 }
 
@@ -266,7 +317,9 @@ pub extern "C" fn info_entry<M: Monitor>() -> PluginInfo {
     PluginInfo {
         name: info.map_or("", |i| i.name).into(),
         version: info.map_or("", |i| i.version).into(),
-        description: info.map_or("Monitor::info panicked", |i| i.description).into(),
+        description: info
+            .map_or("Monitor::info panicked", |i| i.description)
+            .into(),
         api_version: crate::API_VERSION.into(),
         events: info.map_or(EventSet::EMPTY, |i| i.events),
         subscriptions: info.map_or(Subscriptions::NONE, |i| i.subscriptions),
@@ -337,11 +390,18 @@ mod tests {
     #[test]
     fn panics_and_errors_become_error_values() {
         let panicked = guarded(|| -> Result<(), Error> { panic!("boom") });
-        assert_eq!(panicked.unwrap_err().as_str(), "panicked: boom");
+        let reason = panicked.unwrap_err();
+        assert!(
+            reason
+                .as_str()
+                .starts_with("panicked at plugin-api/src/sdk.rs:"),
+            "{reason}"
+        );
+        assert!(reason.as_str().ends_with(": boom"), "{reason}");
         let failed = guarded(|| -> Result<(), Error> { Err(Error::Monitor("no data".into())) });
         assert_eq!(failed.unwrap_err().as_str(), "no data");
         let formatted = guarded(|| -> Result<(), Error> { panic!("value {}", 3) });
-        assert_eq!(formatted.unwrap_err().as_str(), "panicked: value 3");
+        assert!(formatted.unwrap_err().as_str().ends_with(": value 3"));
     }
 
     #[test]
@@ -356,9 +416,17 @@ mod tests {
                 Settings { every: 50 }
             }
         }
-        assert_eq!(parse_settings::<Settings>("").unwrap(), Settings { every: 50 });
-        assert_eq!(parse_settings::<Settings>("every = 5").unwrap(), Settings { every: 5 });
-        let err = parse_settings::<Settings>("evry = 5").unwrap_err().to_string();
+        assert_eq!(
+            parse_settings::<Settings>("").unwrap(),
+            Settings { every: 50 }
+        );
+        assert_eq!(
+            parse_settings::<Settings>("every = 5").unwrap(),
+            Settings { every: 5 }
+        );
+        let err = parse_settings::<Settings>("evry = 5")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `evry`"), "{err}");
     }
 }

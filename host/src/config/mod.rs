@@ -226,7 +226,8 @@ mod tests {
 
     #[test]
     fn monitors_keep_order_options_and_settings() {
-        let text = "[[monitors]]\nname = \"b\"\non_error = \"abort\"\n[monitors.settings]\nevery = 5\n\n\
+        let text =
+            "[[monitors]]\nname = \"b\"\non_error = \"abort\"\n[monitors.settings]\nevery = 5\n\n\
                     [[monitors]]\nname = \"a\"\nenabled = false\n";
         let settings = parse(text).unwrap();
         let names: Vec<&str> = settings.monitors.iter().map(|m| m.name.as_str()).collect();
@@ -246,7 +247,10 @@ mod tests {
     #[test]
     fn a_bad_on_error_value_lists_the_choices() {
         let message = error_text("[[monitors]]\nname = \"a\"\non_error = \"ignore\"\n");
-        assert!(message.contains("disable") && message.contains("abort"), "{message}");
+        assert!(
+            message.contains("disable") && message.contains("abort"),
+            "{message}"
+        );
     }
 
     #[test]

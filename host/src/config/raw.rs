@@ -303,12 +303,21 @@ impl RawConfig {
         for (index, monitor) in self.monitors.into_iter().enumerate() {
             let key = format!("monitors[{index}].name");
             if monitor.name.trim().is_empty() {
-                return Err(invalid(&key, "must name a monitor, e.g. \"gradient\"".into()));
-            }
-            if monitors.iter().any(|m: &MonitorSettings| m.name == monitor.name) {
                 return Err(invalid(
                     &key,
-                    format!("`{}` is listed twice; each monitor may appear once", monitor.name),
+                    "must name a monitor, e.g. \"gradient\"".into(),
+                ));
+            }
+            if monitors
+                .iter()
+                .any(|m: &MonitorSettings| m.name == monitor.name)
+            {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "`{}` is listed twice; each monitor may appear once",
+                        monitor.name
+                    ),
                 ));
             }
             monitors.push(MonitorSettings {
@@ -344,7 +353,9 @@ impl RawConfig {
                 kind: self.model.kind,
                 hidden: self.model.hidden,
             },
-            plugin_dirs: self.plugin_dirs.unwrap_or_else(crate::plugin::default_plugin_dirs),
+            plugin_dirs: self
+                .plugin_dirs
+                .unwrap_or_else(crate::plugin::default_plugin_dirs),
             monitors,
             optim: OptimSettings {
                 kind: self.optim.kind,

@@ -22,7 +22,12 @@ pub trait HostServices {
     /// All gradients, flattened in parameter order.
     fn gradient(&self) -> crate::Result<Vec<f32>>;
     /// `out = H · vector` for the mean loss on the probe subsample; returns the probe loss.
-    fn hessian_vector_product(&self, probe: &ProbeSpec, vector: &[f32], out: &mut [f32]) -> crate::Result<f64>;
+    fn hessian_vector_product(
+        &self,
+        probe: &ProbeSpec,
+        vector: &[f32],
+        out: &mut [f32],
+    ) -> crate::Result<f64>;
     /// Mean loss on the probe subsample.
     fn probe_loss(&self, probe: &ProbeSpec) -> crate::Result<f64>;
 }
@@ -41,7 +46,11 @@ pub struct EventData<'a> {
 
 impl<'a> EventData<'a> {
     /// An event with counters and metrics only.
-    pub fn new(kind: EventKind, counters: StepCounters, metrics: &'a [(&'static str, f64)]) -> Self {
+    pub fn new(
+        kind: EventKind,
+        counters: StepCounters,
+        metrics: &'a [(&'static str, f64)],
+    ) -> Self {
         EventData {
             kind,
             counters,
@@ -172,10 +181,17 @@ impl<'a> HostView<'a> {
         }
     }
 
-    fn lazily<'s, T>(&'s self, cell: &'s OnceCell<Vec<T>>, what: &str, compute: impl FnOnce() -> crate::Result<Vec<T>>) -> RSlice<'s, T> {
+    fn lazily<'s, T>(
+        &'s self,
+        cell: &'s OnceCell<Vec<T>>,
+        what: &str,
+        compute: impl FnOnce() -> crate::Result<Vec<T>>,
+    ) -> RSlice<'s, T> {
         let values = cell.get_or_init(|| {
             compute().unwrap_or_else(|err| {
-                self.errors.borrow_mut().push(format!("computing {what} failed: {err}"));
+                self.errors
+                    .borrow_mut()
+                    .push(format!("computing {what} failed: {err}"));
                 Vec::new()
             })
         });
@@ -238,18 +254,24 @@ impl HostFfi for HostView<'_> {
         if self.event.kind != EventKind::TRAIN_BATCH_END {
             return RSlice::from_slice(&[]);
         }
-        self.lazily(&self.grad_norms, "gradient norms", || self.services.grad_norms())
+        self.lazily(&self.grad_norms, "gradient norms", || {
+            self.services.grad_norms()
+        })
     }
 
     fn weight_norms(&self) -> RSlice<'_, f64> {
-        self.lazily(&self.weight_norms, "weight norms", || self.services.weight_norms())
+        self.lazily(&self.weight_norms, "weight norms", || {
+            self.services.weight_norms()
+        })
     }
 
     fn gradient(&self) -> RSlice<'_, f32> {
         if self.event.kind != EventKind::TRAIN_BATCH_END {
             return RSlice::from_slice(&[]);
         }
-        self.lazily(&self.gradient, "the flattened gradient", || self.services.gradient())
+        self.lazily(&self.gradient, "the flattened gradient", || {
+            self.services.gradient()
+        })
     }
 
     fn hessian_vector_product(
@@ -303,7 +325,9 @@ impl HostFfi for HostView<'_> {
 
     fn log_scalar(&mut self, name: RStr<'_>, value: f64) {
         if value.is_finite() {
-            self.outputs.scalars.push((self.monitor, name.to_string(), value));
+            self.outputs
+                .scalars
+                .push((self.monitor, name.to_string(), value));
         } else {
             self.outputs
                 .dropped_non_finite
@@ -314,7 +338,9 @@ impl HostFfi for HostView<'_> {
     fn write_artifact(&mut self, artifact: Artifact<'_>) -> RResult<(), RString> {
         match self.artifacts.write(&artifact) {
             Ok(path) => {
-                self.outputs.artifacts.push((self.monitor, path, artifact.kind));
+                self.outputs
+                    .artifacts
+                    .push((self.monitor, path, artifact.kind));
                 ROk(())
             }
             Err(reason) => RErr(reason.into()),
@@ -359,7 +385,10 @@ mod tests {
     fn artifact_paths_must_stay_inside_the_run() {
         assert!(checked_relative_path("epoch_001/matrix.png").is_ok());
         for bad in ["", "/etc/passwd", "../escape.png", "a/../../b", "./x"] {
-            assert!(checked_relative_path(bad).is_err(), "{bad} should be refused");
+            assert!(
+                checked_relative_path(bad).is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 

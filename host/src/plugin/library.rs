@@ -81,7 +81,10 @@ pub struct Scan {
 /// (where `cargo build` puts the workspace's plugins, beside the binary) and `./plugins`.
 pub fn default_plugin_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
         dirs.push(exe_dir.join("plugins"));
         dirs.push(exe_dir);
     }
@@ -135,7 +138,8 @@ pub fn load(path: &Path) -> Result<PluginLibrary, LoadFailure> {
     let sha256 = hex(&Sha256::digest(&bytes));
     drop(bytes);
 
-    let header = lib_header_from_path(path).map_err(|err| failure(Some(sha256.clone()), open_reason(&err)))?;
+    let header = lib_header_from_path(path)
+        .map_err(|err| failure(Some(sha256.clone()), open_reason(&err)))?;
     let root_name = header.root_mod_consts().name().as_str();
     if root_name != PluginModuleRef::NAME {
         return Err(failure(
@@ -148,7 +152,10 @@ pub fn load(path: &Path) -> Result<PluginLibrary, LoadFailure> {
         .map_err(|err| failure(Some(sha256.clone()), init_reason(&err, path, &sha256)))?;
     let info = LibraryInfo::from((module.info())());
     if info.name.trim().is_empty() {
-        return Err(failure(Some(sha256), "the plugin reports an empty monitor name".into()));
+        return Err(failure(
+            Some(sha256),
+            "the plugin reports an empty monitor name".into(),
+        ));
     }
     Ok(PluginLibrary {
         path: path.to_path_buf(),
@@ -198,30 +205,73 @@ fn init_reason(err: &LibraryError, path: &Path, sha256: &str) -> String {
     }
 }
 
-/// The most specific mismatch of a (possibly thousand-line) layout report: its last
-/// "expected"/"found" lines.
+/// The most specific mismatch of a (possibly thousand-line) layout report: the innermost
+/// type it compared, and the errors listed last with their expected and found values, e.g.
+/// "`StepCounters`: incompatible type size (expected 40, found 48)".
 fn layout_summary(report: &str) -> String {
-    let lines: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let find_last = |needle: &str| {
-        lines
+    let lines: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let last_layout = lines
+        .iter()
+        .rposition(|l| l.starts_with("Layout of expected type"));
+    let type_name = last_layout.and_then(|end| {
+        lines[..end]
             .iter()
-            .rposition(|line| line.to_ascii_lowercase().starts_with(needle))
-    };
-    let mut summary = String::new();
-    match (find_last("expected"), find_last("found")) {
-        (Some(expected), Some(found)) => {
-            let _ = write!(summary, "{} / {}", truncate(lines[expected], 120), truncate(lines[found], 120));
+            .rev()
+            .find_map(|l| l.strip_prefix("type:").map(str::trim))
+    });
+    let value_after = |index: usize, label: &str| -> Option<&str> {
+        let at = lines[index..].iter().position(|l| l.starts_with(label))? + index;
+        let inline = lines[at][label.len()..].trim();
+        if inline.is_empty() {
+            lines.get(at + 1).copied()
+        } else {
+            Some(inline)
         }
-        _ => summary.push_str(&truncate(lines.first().copied().unwrap_or("no details"), 200)),
+    };
+    let errors: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .skip(last_layout.unwrap_or(0))
+        .filter_map(|(index, line)| {
+            let error = line.strip_prefix("Error:")?.trim();
+            Some(
+                match (
+                    value_after(index, "Expected:"),
+                    value_after(index, "Found:"),
+                ) {
+                    (Some(expected), Some(found)) => format!(
+                        "{error} (expected {}, found {})",
+                        truncate(expected, 60),
+                        truncate(found, 60)
+                    ),
+                    _ => error.to_string(),
+                },
+            )
+        })
+        .collect();
+    let details = if errors.is_empty() {
+        truncate(lines.first().copied().unwrap_or("no details"), 200)
+    } else {
+        errors.join("; ")
+    };
+    match type_name {
+        Some(name) => format!("`{name}`: {details}"),
+        None => details,
     }
-    summary
 }
 
 /// Write the full layout report where the user can read it; returns its path.
 fn write_report(path: &Path, sha256: &str, report: &str) -> Option<PathBuf> {
     let dir = std::env::temp_dir().join("vigil-plugin-reports");
     std::fs::create_dir_all(&dir).ok()?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let file = dir.join(format!("{stem}-{}.txt", &sha256[..12.min(sha256.len())]));
     let text = format!("plugin: {}\nsha256: {sha256}\n\n{report}\n", path.display());
     std::fs::write(&file, text).ok()?;
@@ -243,10 +293,12 @@ fn truncate(text: &str, limit: usize) -> String {
 
 /// Lower-case hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
 }
 
 #[cfg(test)]
@@ -254,9 +306,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layout_summary_picks_the_last_expected_found_pair() {
-        let report = "Error at Foo\n  expected: u32\n  found: u64\nnested:\n  Expected: field `a`\n  Found: field `b`\n";
-        assert_eq!(layout_summary(report), "Expected: field `a` / Found: field `b`");
+    fn layout_summary_names_the_innermost_type_and_its_errors() {
+        let report = "Layout of expected type:\n  type:PluginModule\n\n    field_name:__returns\n    type:StepCounters\n\
+                      Layout of expected type:\n    null\nLayout of found type:\n    null\n\n\
+                      Error:incompatible type size\nExpected:\n    40\nFound:\n    48\n\n\
+                      Error:too many fields\nExpected:\n    8\nFound:\n    9\n";
+        assert_eq!(
+            layout_summary(report),
+            "`StepCounters`: incompatible type size (expected 40, found 48); too many fields (expected 8, found 9)"
+        );
     }
 
     #[test]
@@ -271,7 +329,11 @@ mod tests {
         let path = dir.path().join("libfake.so");
         std::fs::write(&path, b"definitely not ELF").unwrap();
         let failure = load(&path).unwrap_err();
-        assert!(failure.reason.starts_with("not a loadable shared library"), "{}", failure.reason);
+        assert!(
+            failure.reason.starts_with("not a loadable shared library"),
+            "{}",
+            failure.reason
+        );
         assert_eq!(failure.sha256.as_deref().map(str::len), Some(64));
     }
 

@@ -122,18 +122,20 @@ impl PluginHost {
         let mut libraries = Vec::new();
         for spec in &enabled {
             let found = match &spec.path {
-                Some(path) => library::load(path).map_err(|failure| failure.to_string()).and_then(|library| {
-                    if library.info.name == spec.name {
-                        Ok(library)
-                    } else {
-                        Err(format!(
-                            "{}: provides monitor `{}`, not `{}`",
-                            path.display(),
-                            library.info.name,
-                            spec.name
-                        ))
-                    }
-                }),
+                Some(path) => library::load(path)
+                    .map_err(|failure| failure.to_string())
+                    .and_then(|library| {
+                        if library.info.name == spec.name {
+                            Ok(library)
+                        } else {
+                            Err(format!(
+                                "{}: provides monitor `{}`, not `{}`",
+                                path.display(),
+                                library.info.name,
+                                spec.name
+                            ))
+                        }
+                    }),
                 None => scan
                     .libraries
                     .get(&spec.name)
@@ -162,10 +164,19 @@ impl PluginHost {
         host.facts.monitor_names = enabled.iter().map(|spec| spec.name.clone()).collect();
         let event = EventData::new(EventKind::FIT_START, counters, &[]);
         for (index, (spec, library)) in enabled.iter().zip(libraries).enumerate() {
-            let mut view = HostView::new(&event, services, &host.facts, &host.artifacts, &mut host.outputs);
+            let mut view = HostView::new(
+                &event,
+                services,
+                &host.facts,
+                &host.artifacts,
+                &mut host.outputs,
+            );
             view.monitor = index;
             let settings = RStr::from_str(&spec.settings_toml);
-            let built = (library.module.new_monitor())(settings, HostFfi_TO::from_ptr(&mut view, TD_Opaque));
+            let built = (library.module.new_monitor())(
+                settings,
+                HostFfi_TO::from_ptr(&mut view, TD_Opaque),
+            );
             match built.into_result() {
                 Ok(handle) => {
                     host.monitors.push(ActiveMonitor {
@@ -229,7 +240,13 @@ impl PluginHost {
         let hook = hook_index(event.kind);
         let mut failures = Vec::new();
         let lazy_errors = {
-            let mut view = HostView::new(event, services, &self.facts, &self.artifacts, &mut self.outputs);
+            let mut view = HostView::new(
+                event,
+                services,
+                &self.facts,
+                &self.artifacts,
+                &mut self.outputs,
+            );
             for (index, monitor) in self.monitors.iter_mut().enumerate() {
                 let Some(handle) = monitor.handle.as_mut() else {
                     continue;
@@ -239,7 +256,8 @@ impl PluginHost {
                 }
                 view.monitor = index;
                 let started = Instant::now();
-                let result = handle.on_event(event.kind, HostFfi_TO::from_ptr(&mut view, TD_Opaque));
+                let result =
+                    handle.on_event(event.kind, HostFfi_TO::from_ptr(&mut view, TD_Opaque));
                 let elapsed = started.elapsed();
                 if let Some(timing) = hook.and_then(|hook| monitor.timings.get_mut(hook)) {
                     timing.add(elapsed);
@@ -254,6 +272,7 @@ impl PluginHost {
             self.warn(format!("{}: {error}", event.kind.name()));
         }
         let mut abort = None;
+        let any_failed = !failures.is_empty();
         for (index, reason) in failures {
             let monitor = &mut self.monitors[index];
             let step = event.counters.global_step;
@@ -286,7 +305,9 @@ impl PluginHost {
                 }
             }
         }
-        self.refresh_interest();
+        if any_failed {
+            self.refresh_interest();
+        }
         self.route_outputs(scalars);
         abort.map_or(Ok(()), Err)
     }
@@ -393,9 +414,13 @@ impl PluginHost {
             .monitors
             .iter()
             .filter(|m| m.disabled.is_none() && m.handle.is_some());
-        let (events, subscriptions) = enabled.fold((0u64, Subscriptions::NONE), |(events, subs), m| {
-            (events | m.events.0, subs.union(m.library.info.subscriptions))
-        });
+        let (events, subscriptions) =
+            enabled.fold((0u64, Subscriptions::NONE), |(events, subs), m| {
+                (
+                    events | m.events.0,
+                    subs.union(m.library.info.subscriptions),
+                )
+            });
         self.events = EventSet(events);
         self.subscriptions = subscriptions;
     }
@@ -435,6 +460,69 @@ impl PluginHost {
     }
 }
 
+/// The table `vigil plugins` prints: every `*.so` in `dirs` with its name, versions, file,
+/// sha256 and status.
+pub fn listing(dirs: &[PathBuf]) -> String {
+    let scan = library::scan(dirs);
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut add = |library: &PluginLibrary, status: String| {
+        rows.push([
+            library.info.name.clone(),
+            library.info.version.clone(),
+            library.info.api_version.clone(),
+            library.path.display().to_string(),
+            library.sha256.clone(),
+            status,
+        ]);
+    };
+    for library in scan.libraries.values() {
+        add(library, "ok".into());
+    }
+    for library in &scan.shadowed {
+        add(library, "shadowed by an earlier directory".into());
+    }
+    for failure in &scan.failures {
+        rows.push([
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            failure.path.display().to_string(),
+            failure.sha256.clone().unwrap_or_else(|| "-".into()),
+            failure.reason.clone(),
+        ]);
+    }
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    if rows.is_empty() {
+        return format!("no plugin files (*.so) in {}\n", searched.join(", "));
+    }
+    let header = ["NAME", "VERSION", "API", "FILE", "SHA256", "STATUS"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(column, (cell, width))| {
+                if column == 5 {
+                    cell.clone()
+                } else {
+                    format!("{cell:<width$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!("searched: {}\n", searched.join(", ")));
+    out
+}
+
 fn hook_index(kind: EventKind) -> Option<usize> {
     EventKind::ALL.iter().position(|&known| known == kind)
 }
@@ -452,12 +540,19 @@ fn unknown_monitor(name: &str, scan: &library::Scan, dirs: &[PathBuf]) -> String
     let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     let mut message = format!(
         "unknown monitor `{name}`; available: {} (searched {})",
-        if available.is_empty() { "none".to_string() } else { available.join(", ") },
+        if available.is_empty() {
+            "none".to_string()
+        } else {
+            available.join(", ")
+        },
         searched.join(", ")
     );
     if !scan.failures.is_empty() {
         let failed: Vec<String> = scan.failures.iter().map(LoadFailure::to_string).collect();
-        message.push_str(&format!("; files that failed to load: {}", failed.join("; ")));
+        message.push_str(&format!(
+            "; files that failed to load: {}",
+            failed.join("; ")
+        ));
     }
     message
 }

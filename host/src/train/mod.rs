@@ -74,7 +74,12 @@ pub(crate) struct TensorSplit {
 
 impl TensorSplit {
     fn new(set: &ImageSet, mean: &[f32], std: &[f32], device: Device) -> Result<Self> {
-        let shape = [set.len() as i64, set.channels as i64, set.height as i64, set.width as i64];
+        let shape = [
+            set.len() as i64,
+            set.channels as i64,
+            set.height as i64,
+            set.width as i64,
+        ];
         let channel_shape = [1, set.channels as i64, 1, 1];
         let mean_t = Tensor::f_from_slice(mean)?.f_view(channel_shape)?;
         let std_t = Tensor::f_from_slice(std)?.f_view(channel_shape)?;
@@ -149,7 +154,9 @@ impl Trainer {
         let model = {
             // libtorch's generator is global: seed and initialise under one lock, so that two
             // trainers built at once (tests, an embedding application) stay reproducible.
-            let _guard = SEEDED_INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _guard = SEEDED_INIT
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             tch::manual_seed(settings.seed as i64);
             model::build(&vars.root(), &settings.model, input, dataset.num_classes())
         };
@@ -190,7 +197,11 @@ impl Trainer {
     pub fn run_facts(&self) -> RunFacts {
         RunFacts {
             parameters: RVec::from(parameter_infos(&self.vars, &self.parameters)),
-            class_names: self.class_names.iter().map(|c| RString::from(c.as_str())).collect(),
+            class_names: self
+                .class_names
+                .iter()
+                .map(|c| RString::from(c.as_str()))
+                .collect(),
             monitor_names: Vec::new(),
         }
     }
@@ -220,7 +231,8 @@ impl Trainer {
             total_epochs: self.settings.epochs as u32,
             batch_index,
             batches_per_epoch: batches,
-            epoch_progress: epoch.saturating_sub(1) as f64 + f64::from(batch_index) / f64::from(batches.max(1)),
+            epoch_progress: epoch.saturating_sub(1) as f64
+                + f64::from(batch_index) / f64::from(batches.max(1)),
             validation_pass: self.validation_pass,
             batch_size,
         }
@@ -233,7 +245,11 @@ impl Trainer {
 
     /// Train for the configured number of epochs, writing one record per epoch to every sink
     /// and calling the monitors. `fit_end` reaches every monitor even when training fails.
-    pub fn fit_monitored(&mut self, sinks: &mut [Box<dyn Sink>], plugins: &mut PluginHost) -> Result<FitSummary> {
+    pub fn fit_monitored(
+        &mut self,
+        sinks: &mut [Box<dyn Sink>],
+        plugins: &mut PluginHost,
+    ) -> Result<FitSummary> {
         let started = Instant::now();
         let mut epochs = Vec::with_capacity(self.settings.epochs);
         let result = self.run_epochs(sinks, plugins, &mut epochs);
@@ -262,13 +278,21 @@ impl Trainer {
         plugins: &mut PluginHost,
         epochs: &mut Vec<EpochMetrics>,
     ) -> Result<Option<(String, String)>> {
-        self.notify(plugins, sinks, EventData::new(EventKind::FIT_START, self.counters(1, 0, 0), &[]))?;
+        self.notify(
+            plugins,
+            sinks,
+            EventData::new(EventKind::FIT_START, self.counters(1, 0, 0), &[]),
+        )?;
         for epoch in 1..=self.settings.epochs {
             let epoch_started = Instant::now();
             self.notify(
                 plugins,
                 sinks,
-                EventData::new(EventKind::TRAIN_EPOCH_START, self.counters(epoch, 0, 0), &[]),
+                EventData::new(
+                    EventKind::TRAIN_EPOCH_START,
+                    self.counters(epoch, 0, 0),
+                    &[],
+                ),
             )?;
             let train = self.train_epoch(epoch, plugins, sinks)?;
             if let Some(stop) = plugins.take_stop_request() {
@@ -291,7 +315,11 @@ impl Trainer {
             self.notify(
                 plugins,
                 sinks,
-                EventData::new(EventKind::TRAIN_EPOCH_END, self.counters(epoch, 0, 0), &values),
+                EventData::new(
+                    EventKind::TRAIN_EPOCH_END,
+                    self.counters(epoch, 0, 0),
+                    &values,
+                ),
             )?;
             let record = epoch_record(&metrics);
             for sink in sinks.iter_mut() {
@@ -307,20 +335,36 @@ impl Trainer {
     }
 
     /// Dispatch one event and route what the monitors logged.
-    fn notify(&self, plugins: &mut PluginHost, sinks: &mut [Box<dyn Sink>], event: EventData<'_>) -> Result<()> {
+    fn notify(
+        &self,
+        plugins: &mut PluginHost,
+        sinks: &mut [Box<dyn Sink>],
+        event: EventData<'_>,
+    ) -> Result<()> {
         if !plugins.wants(event.kind) {
             return Ok(());
         }
         let mut scalars = Vec::new();
         let dispatched = plugins.dispatch(&event, &self.services(), &mut scalars);
-        write_monitor_scalars(sinks, scalars, event.counters.epoch as usize, event.counters.global_step)?;
+        write_monitor_scalars(
+            sinks,
+            scalars,
+            event.counters.epoch as usize,
+            event.counters.global_step,
+        )?;
         dispatched
     }
 
-    fn train_epoch(&mut self, epoch: usize, plugins: &mut PluginHost, sinks: &mut [Box<dyn Sink>]) -> Result<PassMetrics> {
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        plugins: &mut PluginHost,
+        sinks: &mut [Box<dyn Sink>],
+    ) -> Result<PassMetrics> {
         let samples = self.train.len();
-        let order = SplitMix64::derived(self.settings.seed.wrapping_add(epoch as u64), "epoch-order")
-            .permutation(samples as usize);
+        let order =
+            SplitMix64::derived(self.settings.seed.wrapping_add(epoch as u64), "epoch-order")
+                .permutation(samples as usize);
         let order = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
         let batch_size = self.settings.batch_size as i64;
         let (mut loss_sum, mut correct) = (0f64, 0f64);
@@ -352,7 +396,11 @@ impl Trainer {
                     ("wd", self.settings.optim.weight_decay),
                 ];
                 let counters = self.counters(epoch, batch_index, size as u32);
-                self.notify(plugins, sinks, EventData::new(EventKind::TRAIN_BATCH_END, counters, &values))?;
+                self.notify(
+                    plugins,
+                    sinks,
+                    EventData::new(EventKind::TRAIN_BATCH_END, counters, &values),
+                )?;
             }
             self.optimizer.step();
             self.global_step += 1;
@@ -387,7 +435,8 @@ impl Trainer {
         let batch_size = self.settings.eval_batch_size as i64;
         let per_batch = plugins.wants(EventKind::VALIDATION_BATCH_END);
         let copy_outputs = per_batch && plugins.subscribes(Subscriptions::VALIDATION_OUTPUTS);
-        let want_images = plugins.wants(EventKind::VALIDATION_END) && plugins.subscribes(Subscriptions::SAMPLE_IMAGES);
+        let want_images = plugins.wants(EventKind::VALIDATION_END)
+            && plugins.subscribes(Subscriptions::SAMPLE_IMAGES);
         let image_count = samples.min(SAMPLE_IMAGES as i64);
         let mut image_predictions: Vec<i64> = Vec::new();
         let num_classes = self.class_names.len() as u32;
@@ -400,8 +449,12 @@ impl Trainer {
             let logits = self.model.forward_t(&images, false);
             loss_sum += cross_entropy(&logits, &labels, tch::Reduction::Sum)?.f_double_value(&[])?;
             let predictions = logits.f_argmax(-1, false)?;
-            correct += predictions.f_eq_tensor(&labels)?.f_sum(Kind::Float)?.f_double_value(&[])?;
-            let need_predictions = copy_outputs || (want_images && (image_predictions.len() as i64) < image_count);
+            correct += predictions
+                .f_eq_tensor(&labels)?
+                .f_sum(Kind::Float)?
+                .f_double_value(&[])?;
+            let need_predictions =
+                copy_outputs || (want_images && (image_predictions.len() as i64) < image_count);
             if need_predictions {
                 let cpu_predictions = Vec::<i64>::try_from(&predictions.f_to_device(Device::Cpu)?)?;
                 if want_images {
@@ -411,7 +464,12 @@ impl Trainer {
                 if per_batch {
                     let (cpu_logits, cpu_labels) = if copy_outputs {
                         (
-                            Vec::<f32>::try_from(&logits.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_reshape([-1])?)?,
+                            Vec::<f32>::try_from(
+                                &logits
+                                    .f_to_device(Device::Cpu)?
+                                    .f_to_kind(Kind::Float)?
+                                    .f_reshape([-1])?,
+                            )?,
                             Vec::<i64>::try_from(&labels.f_to_device(Device::Cpu)?)?,
                         )
                     } else {
@@ -432,7 +490,11 @@ impl Trainer {
                 }
             } else if per_batch {
                 let counters = self.counters(epoch, batch_index, size as u32);
-                self.notify(plugins, sinks, EventData::new(EventKind::VALIDATION_BATCH_END, counters, &[]))?;
+                self.notify(
+                    plugins,
+                    sinks,
+                    EventData::new(EventKind::VALIDATION_BATCH_END, counters, &[]),
+                )?;
             }
             start += size;
             batch_index += 1;
@@ -443,11 +505,21 @@ impl Trainer {
         };
         if plugins.wants(EventKind::VALIDATION_END) {
             let values = [("val_loss", metrics.loss), ("val_acc", metrics.accuracy)];
-            let mut event = EventData::new(EventKind::VALIDATION_END, self.counters(epoch, 0, 0), &values);
+            let mut event = EventData::new(
+                EventKind::VALIDATION_END,
+                self.counters(epoch, 0, 0),
+                &values,
+            );
             let (pixels, labels) = if want_images {
                 (
                     self.test.display_images(image_count)?,
-                    Vec::<i64>::try_from(&self.test.labels.f_narrow(0, 0, image_count)?.f_to_device(Device::Cpu)?)?,
+                    Vec::<i64>::try_from(
+                        &self
+                            .test
+                            .labels
+                            .f_narrow(0, 0, image_count)?
+                            .f_to_device(Device::Cpu)?,
+                    )?,
                 )
             } else {
                 (Vec::new(), Vec::new())
@@ -509,7 +581,10 @@ fn write_monitor_scalars(
 ) -> Result<()> {
     let mut records: Vec<Record> = Vec::new();
     for (monitor, metric, value) in scalars {
-        match records.iter_mut().find(|r| r.source.as_deref() == Some(monitor.as_str())) {
+        match records
+            .iter_mut()
+            .find(|r| r.source.as_deref() == Some(monitor.as_str()))
+        {
             Some(record) => record.metrics.push((metric, value)),
             None => records.push(Record {
                 kind: RecordKind::Monitor,

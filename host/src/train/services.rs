@@ -29,7 +29,10 @@ pub(super) struct TrainerServices<'a> {
 }
 
 /// Names and shapes of `parameters`, matched to the var store's names by storage.
-pub(super) fn parameter_infos(vars: &tch::nn::VarStore, parameters: &[Tensor]) -> Vec<ParameterInfo> {
+pub(super) fn parameter_infos(
+    vars: &tch::nn::VarStore,
+    parameters: &[Tensor],
+) -> Vec<ParameterInfo> {
     let named = vars.variables();
     let by_storage: HashMap<usize, &String> = named
         .iter()
@@ -102,7 +105,11 @@ impl TrainerServices<'_> {
 
     /// Run `per_chunk(images, labels, weight)` over the probe in chunks of at most
     /// `max_batch_size`, where `weight` is the chunk's share of the probe.
-    fn over_probe(&self, spec: &ProbeSpec, mut per_chunk: impl FnMut(&Tensor, &Tensor, f64) -> Result<()>) -> Result<()> {
+    fn over_probe(
+        &self,
+        spec: &ProbeSpec,
+        mut per_chunk: impl FnMut(&Tensor, &Tensor, f64) -> Result<()>,
+    ) -> Result<()> {
         let (images, labels) = self.probe(spec)?;
         let total = labels.size()[0];
         let chunk = i64::from(spec.max_batch_size);
@@ -142,7 +149,12 @@ impl HostServices for TrainerServices<'_> {
         Ok(Vec::<f32>::try_from(&joined)?)
     }
 
-    fn hessian_vector_product(&self, probe: &ProbeSpec, vector: &[f32], out: &mut [f32]) -> Result<f64> {
+    fn hessian_vector_product(
+        &self,
+        probe: &ProbeSpec,
+        vector: &[f32],
+        out: &mut [f32],
+    ) -> Result<f64> {
         let numels: Vec<i64> = self.parameters.iter().map(|p| p.numel() as i64).collect();
         let flat = Tensor::f_from_slice(vector)?.f_to_device(self.device)?;
         let pieces = flat.f_split_with_sizes(&numels, 0)?;
@@ -156,7 +168,13 @@ impl HostServices for TrainerServices<'_> {
         self.over_probe(probe, |images, labels, weight| {
             // Eval mode for this forward pass only; the training forward passes keep theirs.
             let logits = self.model.forward_t(images, false);
-            let loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?;
+            let loss = logits.f_cross_entropy_loss::<Tensor>(
+                labels,
+                None,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            )?;
             loss_sum += loss.f_double_value(&[])? * weight;
             let grads = Tensor::f_run_backward(&[&loss], self.parameters, true, true)?;
             let mut dot = Tensor::f_zeros([], (Kind::Float, self.device))?;
@@ -164,8 +182,9 @@ impl HostServices for TrainerServices<'_> {
                 dot = dot.f_add(&grad.f_mul(direction)?.f_sum(Kind::Float)?)?;
             }
             let hv = Tensor::f_run_backward(&[&dot], self.parameters, false, false)?;
-            let hv_flat = Tensor::f_cat(&hv.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)?
-                .f_mul_scalar(weight)?;
+            let hv_flat =
+                Tensor::f_cat(&hv.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)?
+                    .f_mul_scalar(weight)?;
             product = Some(match product.take() {
                 Some(sum) => sum.f_add(&hv_flat)?,
                 None => hv_flat,
@@ -185,7 +204,13 @@ impl HostServices for TrainerServices<'_> {
         let mut loss_sum = 0.0;
         self.over_probe(probe, |images, labels, weight| {
             let logits = self.model.forward_t(images, false);
-            let loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?;
+            let loss = logits.f_cross_entropy_loss::<Tensor>(
+                labels,
+                None,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            )?;
             loss_sum += loss.f_double_value(&[])? * weight;
             Ok(())
         })?;

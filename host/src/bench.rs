@@ -1,0 +1,174 @@
+//! `vigil bench`: what the plugin machinery costs, measured on real plugin libraries.
+//!
+//! Hook dispatch is measured through the same path training uses: [`PluginHost::dispatch`]
+//! with a `train_batch_end` event, a `HostFfi` view, the abi_stable vtable call, the SDK's
+//! `catch_unwind` and per-call timing. Results are the median of several repeats.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use vigil_plugin_api::{EventKind, ProbeSpec, StepCounters};
+
+use crate::config::{MonitorSettings, OnError};
+use crate::error::{Error, Result};
+use crate::plugin::{library, EventData, HostServices, PluginHost, RunFacts};
+
+/// The monitor used to measure dispatch: it reads a metric and updates an average per call.
+pub const DISPATCH_PLUGIN: &str = "example-loss-ema";
+
+/// One measured quantity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub name: String,
+    pub unit: &'static str,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub repeats: usize,
+}
+
+/// Services for a benchmark without a model: any capability call fails.
+struct NoModel;
+
+impl HostServices for NoModel {
+    fn grad_norms(&self) -> Result<Vec<f64>> {
+        Err(Error::Capability(
+            "no model in the dispatch benchmark".into(),
+        ))
+    }
+    fn weight_norms(&self) -> Result<Vec<f64>> {
+        self.grad_norms()
+    }
+    fn gradient(&self) -> Result<Vec<f32>> {
+        Err(Error::Capability(
+            "no model in the dispatch benchmark".into(),
+        ))
+    }
+    fn hessian_vector_product(&self, _: &ProbeSpec, _: &[f32], _: &mut [f32]) -> Result<f64> {
+        Err(Error::Capability(
+            "no model in the dispatch benchmark".into(),
+        ))
+    }
+    fn probe_loss(&self, _: &ProbeSpec) -> Result<f64> {
+        Err(Error::Capability(
+            "no model in the dispatch benchmark".into(),
+        ))
+    }
+}
+
+fn summarize(name: &str, unit: &'static str, mut samples: Vec<f64>) -> Measurement {
+    samples.sort_by(f64::total_cmp);
+    Measurement {
+        name: name.into(),
+        unit,
+        median: samples[samples.len() / 2],
+        min: samples[0],
+        max: samples[samples.len() - 1],
+        repeats: samples.len(),
+    }
+}
+
+/// Time to open, check and read the info of each plugin in `dirs` (ms), and the cost of one
+/// hook call through the ABI (ns), over `calls` calls per repeat.
+pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<Measurement>> {
+    let scan = library::scan(dirs);
+    let mut results = Vec::new();
+    for library in scan.libraries.values() {
+        // Loading the same file again is served by the dynamic loader's cache; copy it to a
+        // fresh name for each repeat so every load is a real one.
+        let mut samples = Vec::with_capacity(repeats);
+        let scratch = tempfile_dir()?;
+        for repeat in 0..repeats {
+            let copy = scratch.join(format!("{repeat}-{}", file_name(&library.path)));
+            std::fs::copy(&library.path, &copy).map_err(|source| Error::io(&copy, source))?;
+            let started = Instant::now();
+            library::load(&copy).map_err(|failure| Error::Plugins {
+                problems: vec![failure.to_string()],
+            })?;
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        results.push(summarize(
+            &format!("load {}", library.info.name),
+            "ms",
+            samples,
+        ));
+    }
+
+    let Some(library) = scan.libraries.get(DISPATCH_PLUGIN) else {
+        return Err(Error::Plugins {
+            problems: vec![format!(
+                "the dispatch benchmark needs the `{DISPATCH_PLUGIN}` plugin; build it with `cargo build --release --workspace`"
+            )],
+        });
+    };
+    let spec = MonitorSettings {
+        name: DISPATCH_PLUGIN.into(),
+        enabled: true,
+        on_error: OnError::Disable,
+        path: Some(library.path.clone()),
+        settings_toml: format!("log_every_n_steps = {}\n", u64::MAX),
+    };
+    let services = NoModel;
+    let counters = StepCounters {
+        global_step: 1,
+        epoch: 1,
+        total_epochs: 1,
+        batches_per_epoch: 1,
+        batch_size: 1,
+        ..StepCounters::default()
+    };
+    let mut host = PluginHost::load(&[spec], &[], RunFacts::default(), &services, counters)?;
+    let metrics = [("train_loss", 0.5), ("lr", 0.1)];
+    let event = EventData::new(EventKind::TRAIN_BATCH_END, counters, &metrics);
+    let mut scalars = Vec::new();
+    let mut samples = Vec::with_capacity(repeats);
+    for _ in 0..=repeats {
+        let started = Instant::now();
+        for _ in 0..calls {
+            host.dispatch(&event, &services, &mut scalars)?;
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1e9 / calls as f64);
+    }
+    samples.remove(0); // warm-up
+    results.push(summarize(
+        "hook dispatch (train_batch_end, 1 monitor)",
+        "ns/call",
+        samples,
+    ));
+    Ok(results)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
+    Ok(dir)
+}
+
+/// The measurements as an aligned table.
+pub fn table(measurements: &[Measurement]) -> String {
+    let width = measurements
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    let mut out = format!(
+        "{:<width$}  {:>10}  {:>10}  {:>10}  unit\n",
+        "benchmark", "median", "min", "max"
+    );
+    for m in measurements {
+        out.push_str(&format!(
+            "{:<width$}  {:>10.3}  {:>10.3}  {:>10.3}  {}\n",
+            m.name, m.median, m.min, m.max, m.unit
+        ));
+    }
+    out
+}
