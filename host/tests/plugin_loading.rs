@@ -538,6 +538,55 @@ fn a_plugin_built_outside_the_workspace_loads_and_a_rebuild_is_picked_up() {
     );
 }
 
+/// The code blocks of the README's "Write your own monitor" section: Cargo.toml and lib.rs.
+fn readme_monitor() -> (String, String) {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let section = readme
+        .split("## Write your own monitor")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has a \"Write your own monitor\" section");
+    let block = |language: &str| -> String {
+        let fence = format!("```{language}\n");
+        let start = section
+            .find(&fence)
+            .unwrap_or_else(|| panic!("no {language} block"))
+            + fence.len();
+        section[start..].split("```").next().unwrap().to_string()
+    };
+    (block("toml"), block("rust"))
+}
+
+#[test]
+fn the_readme_monitor_builds_outside_the_workspace_and_runs() {
+    let (manifest, source) = readme_monitor();
+    let api = workspace_root().join("plugin-api").display().to_string();
+    let manifest = manifest.replace("/path/to/vigil/plugin-api", &api) + "\n[workspace]\n";
+    assert!(
+        manifest.contains("[dependencies]\nvigil-plugin-api = { path = "),
+        "{manifest}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let crate_dir = root.path().join("loss-spikes");
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    std::fs::write(crate_dir.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(crate_dir.join("src/lib.rs"), source).unwrap();
+    let library = build_external(&crate_dir, "loss_spikes");
+
+    let dir = tempfile::tempdir().unwrap();
+    let monitors = format!(
+        "[[monitors]]\nname = \"loss-spikes\"\npath = {:?}\n[monitors.settings]\nfactor = 3.0\n",
+        library.display().to_string()
+    );
+    let output = run_config(dir.path(), &config_with(&monitors));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let spikes: Vec<f64> = monitor_records(&only_run_dir(dir.path()), "loss-spikes")
+        .iter()
+        .map(|r| r["loss_spikes"].as_f64().unwrap())
+        .collect();
+    assert_eq!(spikes, vec![0.0, 0.0]);
+}
+
 /// A copy of the API crate, standalone, with `edit` applied to `abi.rs` and `version`.
 fn altered_api(root: &Path, version: &str, edit: impl Fn(String) -> String) -> PathBuf {
     let original = workspace_root().join("plugin-api");

@@ -76,6 +76,11 @@ pub use sdk::{parse_settings, Context, Monitor, MonitorInfo};
 #[doc(hidden)]
 pub use abi_stable;
 
+/// Re-exported so that a plugin can derive its settings without depending on serde itself:
+/// `#[derive(vigil_plugin_api::serde::Deserialize)]` with
+/// `#[serde(crate = "vigil_plugin_api::serde")]`.
+pub use serde;
+
 /// The major version of the plugin interface. A host loads plugins of the same major version.
 pub const API_MAJOR_VERSION: u32 = 1;
 

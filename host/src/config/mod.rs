@@ -148,15 +148,31 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Where a dotted key (`optim.lr`) is written in the document, for error messages.
+/// Where a dotted key (`optim.lr`, `monitors[1].name`) is written in the document, for
+/// error messages.
 fn locate_key(text: &str, dotted: &str) -> Option<(usize, usize)> {
     let document = toml::de::DeTable::parse(text).ok()?;
     let mut table = document.get_ref();
     let mut parts = dotted.split('.').peekable();
     while let Some(part) = parts.next() {
-        let (key, value) = table.get_key_value(part)?;
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.strip_suffix(']')?.parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let (key, mut value) = table.get_key_value(name)?;
+        if let Some(index) = index {
+            match value.get_ref() {
+                toml::de::DeValue::Array(items) => value = items.get(index)?,
+                _ => return None,
+            }
+        }
         if parts.peek().is_none() {
-            return Some(line_column(text, key.span().start));
+            let span = if index.is_some() {
+                value.span()
+            } else {
+                key.span()
+            };
+            return Some(line_column(text, span.start));
         }
         match value.get_ref() {
             toml::de::DeValue::Table(inner) => table = inner,
@@ -242,6 +258,8 @@ mod tests {
     fn a_monitor_listed_twice_is_an_error() {
         let message = error_text("[[monitors]]\nname = \"a\"\n[[monitors]]\nname = \"a\"\n");
         assert!(message.contains("listed twice"), "{message}");
+        assert!(message.contains("`monitors[1].name`"), "{message}");
+        assert!(message.starts_with("test.toml:4:"), "{message}");
     }
 
     #[test]
