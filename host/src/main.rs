@@ -15,10 +15,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train the model a config file describes.
+    /// Train the model a config file describes, or resume a run.
     Train {
         /// The experiment config (TOML), e.g. configs/quickstart.toml.
+        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+        config: Option<PathBuf>,
+        /// Continue the run in RUN_DIR from its newest checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// Override a config value, e.g. --set optim.lr=0.1 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Validate a config, its dataset and its monitors' plugins without training.
+    Check {
         config: PathBuf,
+        /// Override a config value, e.g. --set optim.lr=0.1 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// List the plugins in the plugin directories, checked as `train` would load them.
     Plugins {
@@ -61,18 +75,32 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { config } => {
-            let outcome = vigil::train::train_from_file(&config)?;
+        Command::Train {
+            config,
+            resume,
+            overrides,
+        } => {
+            let request = vigil::train::TrainRequest {
+                config,
+                resume,
+                overrides,
+            };
+            let outcome = vigil::train::train(&request)?;
             if let Some(last) = outcome.summary.last() {
                 println!(
-                    "done: {} epochs in {:.1} s; test_acc {:.4}, test_loss {:.4}; results in {}",
-                    outcome.summary.epochs.len(),
+                    "done: epoch {} in {:.1} s; val_acc {:.4}, val_loss {:.4}, best_val_loss {:.4}; results in {}",
+                    last.epoch,
                     outcome.summary.seconds,
-                    last.test.accuracy,
-                    last.test.loss,
+                    last.val.accuracy,
+                    last.val.loss,
+                    outcome.best_val_loss.unwrap_or(f64::NAN),
                     outcome.run_dir.display()
                 );
             }
+            Ok(())
+        }
+        Command::Check { config, overrides } => {
+            print!("{}", vigil::train::check_config(&config, &overrides)?);
             Ok(())
         }
         Command::Bench {

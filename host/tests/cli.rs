@@ -43,12 +43,49 @@ fn trains_on_synthetic_data_and_writes_metrics() {
         .lines()
         .map(|line| serde_json::from_str(line).expect("every line is JSON"))
         .collect();
-    assert_eq!(records.len(), 2);
-    for (index, record) in records.iter().enumerate() {
-        assert_eq!(record["kind"], "epoch");
+    let of_kind = |kind: &str| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .collect::<Vec<_>>()
+    };
+
+    // Every batch: 512 samples / 32 = 16 steps an epoch.
+    let train = of_kind("train");
+    assert_eq!(train.len(), 32);
+    for (index, record) in train.iter().enumerate() {
+        assert_eq!(record["global_step"], index + 1);
+        let loss = record["train_loss"].as_f64().unwrap();
+        let bits = record["train_loss_bits"].as_f64().unwrap();
+        assert!((bits - loss / std::f64::consts::LN_2).abs() < 1e-12);
+        for key in ["train_acc", "lr", "wd", "wall_time"] {
+            assert!(record[key].is_number(), "{key} in {record}");
+        }
+    }
+    // Validation every quarter epoch: exactly 4 a epoch, at steps 4, 8, 12, 16, …
+    let validations = of_kind("validation");
+    let steps: Vec<u64> = validations
+        .iter()
+        .map(|r| r["global_step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![4, 8, 12, 16, 20, 24, 28, 32]);
+    let mut best = f64::INFINITY;
+    for record in &validations {
+        best = best.min(record["val_loss"].as_f64().unwrap());
+        assert_eq!(record["best_val_loss"].as_f64().unwrap(), best);
+    }
+    let epochs = of_kind("epoch");
+    assert_eq!(epochs.len(), 2);
+    for (index, record) in epochs.iter().enumerate() {
         assert_eq!(record["epoch"], index + 1);
         assert_eq!(record["global_step"], 16 * (index + 1));
-        for key in ["train_loss", "train_acc", "test_loss", "test_acc"] {
+        for key in [
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "best_val_loss",
+        ] {
             assert!(
                 record[key].as_f64().is_some_and(f64::is_finite),
                 "{key} in {record}"
@@ -57,7 +94,8 @@ fn trains_on_synthetic_data_and_writes_metrics() {
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
-    assert_eq!(summary["final"]["test_acc"], records[1]["test_acc"]);
+    assert_eq!(summary["final"]["val_acc"], epochs[1]["val_acc"]);
+    assert_eq!(summary["status"], "completed");
     assert!(run_dir.join("config.toml").is_file());
 }
 

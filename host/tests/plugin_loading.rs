@@ -102,8 +102,8 @@ fn two_plugins_load_side_by_side_and_report_their_cost() {
         .is_some_and(|v| v > 0.0)));
     assert_eq!(
         std::fs::read_to_string(run_dir.join("artifacts/fault_injector/fit_end.txt")).unwrap(),
-        // fit_start, 32 train batches, 2 validations, 2 epoch ends (fit_end writes first).
-        format!("calls {}\n", 1 + 32 + 2 + 2)
+        // fit_start, 32 train batches, 8 validations, 2 epoch ends (fit_end writes first).
+        format!("calls {}\n", 1 + 32 + 8 + 2)
     );
 
     let summary = run_json(&run_dir);
@@ -174,7 +174,7 @@ fn a_monitor_that_returns_an_error_is_disabled() {
     assert_eq!(report["disabled"]["event"], "validation_end");
     assert_eq!(
         report["disabled"]["reason"],
-        "injected error in validation_end at step 16"
+        "injected error in validation_end at step 4"
     );
 }
 

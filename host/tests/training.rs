@@ -11,7 +11,7 @@ use crate::util::TINY_SYNTHETIC;
 #[test]
 fn two_epoch_mlp_on_synthetic_data_learns() {
     let settings = Settings::from_toml(TINY_SYNTHETIC, Path::new("tiny.toml")).unwrap();
-    let dataset = data::load(&settings.data).unwrap();
+    let dataset = data::load(&settings.data.source).unwrap();
     let mut trainer = Trainer::new(&settings, &dataset).unwrap();
     let untrained = trainer.evaluate().unwrap();
     let summary = trainer.fit(&mut []).unwrap();
@@ -23,17 +23,17 @@ fn two_epoch_mlp_on_synthetic_data_learns() {
         "{first:?} then {second:?}"
     );
     assert!(
-        second.test.loss < untrained.loss,
+        second.val.loss < untrained.loss,
         "{untrained:?} then {second:?}"
     );
     // Four classes: chance is 0.25.
-    assert!(second.test.accuracy > 0.5, "{second:?}");
+    assert!(second.val.accuracy > 0.5, "{second:?}");
 }
 
 #[test]
 fn same_seed_gives_the_same_run() {
     let settings = Settings::from_toml(TINY_SYNTHETIC, Path::new("tiny.toml")).unwrap();
-    let dataset = data::load(&settings.data).unwrap();
+    let dataset = data::load(&settings.data.source).unwrap();
     let run = || {
         Trainer::new(&settings, &dataset)
             .unwrap()
@@ -44,7 +44,7 @@ fn same_seed_gives_the_same_run() {
     let (a, b) = (run(), run());
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.train.loss, y.train.loss);
-        assert_eq!(x.test.accuracy, y.test.accuracy);
+        assert_eq!(x.val.accuracy, y.val.accuracy);
     }
 }
 
@@ -56,7 +56,7 @@ fn the_small_cnn_trains_on_color_images() {
         .replace("classes = 4", "classes = 4\nchannels = 3")
         .replace("epochs = 2", "epochs = 1");
     let settings = Settings::from_toml(&text, Path::new("cnn.toml")).unwrap();
-    let dataset = data::load(&settings.data).unwrap();
+    let dataset = data::load(&settings.data.source).unwrap();
     let summary = Trainer::new(&settings, &dataset)
         .unwrap()
         .fit(&mut [])

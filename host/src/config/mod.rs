@@ -1,22 +1,21 @@
-//! Experiment configuration: a TOML file parsed into plain raw structs, then validated once
-//! into the [`Settings`] the trainer uses.
+//! Experiment configuration: a TOML file, plus `--set key=value` overrides, parsed into plain
+//! raw structs, then validated once into the [`Settings`] the trainer uses.
 //!
-//! Every error names the file, the line and column, the key, and what would be valid.
-//! Relative paths in a config are taken relative to the directory `vigil` runs in.
+//! Every error names where the bad value came from (`file:line:column`, or the `--set`
+//! override), the key, and what would be valid. Relative paths in a config are taken relative
+//! to the directory `vigil` runs in.
 //!
 //! ```toml
 //! seed = 0
 //! epochs = 1
 //! batch_size = 64
-//! data = "fashion-mnist"          # or "mnist", "synthetic"
-//! data_dir = "/usr/share/datasets/fashion-mnist"
+//! data = "fashion-mnist"          # or "mnist", "cifar10", "synthetic"
 //!
 //! [model]
-//! kind = "cnn"                    # or "mlp"
+//! kind = "cnn"                    # or "mlp", "resnet18"
 //!
 //! [optim]
 //! lr = 0.05
-//! momentum = 0.9
 //! ```
 
 mod raw;
@@ -25,7 +24,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-pub use raw::{DataKind, ModelKind, OnError, OptimKind};
+pub use raw::{
+    AnomalyPolicy, DataKind, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerKind,
+    ScheduleKind,
+};
 
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const DEFAULT_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -43,33 +45,45 @@ pub struct Settings {
     pub threads: Option<usize>,
     /// Where the run writes its outputs; `None` means `runs/<name>-<timestamp>`.
     pub run_dir: Option<PathBuf>,
+    pub device: DeviceChoice,
+    /// Validate every this fraction of an epoch (1.0: once per epoch).
+    pub val_check_interval: f64,
+    pub anomaly_policy: AnomalyPolicy,
     pub data: DataSettings,
     pub model: ModelSettings,
     pub optim: OptimSettings,
+    pub schedule: ScheduleSettings,
+    pub checkpoint: CheckpointSettings,
     /// Directories searched for plugin libraries, in order.
     pub plugin_dirs: Vec<PathBuf>,
     /// The `[[monitors]]` entries, in config order.
     pub monitors: Vec<MonitorSettings>,
 }
 
-/// One `[[monitors]]` entry.
+/// The dataset and how training visits it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MonitorSettings {
-    /// The monitor name a plugin provides.
-    pub name: String,
-    pub enabled: bool,
-    pub on_error: OnError,
-    /// Load this library file instead of searching `plugin_dirs`.
-    pub path: Option<PathBuf>,
-    /// The `[monitors.settings]` table as TOML text, handed to the plugin.
-    pub settings_toml: String,
+pub struct DataSettings {
+    pub source: DataSource,
+    /// Random crop (padding 4) and horizontal flip on the training split.
+    pub augment: bool,
+    pub sampler: SamplerSettings,
 }
 
 /// Which dataset to train on and where it lives.
 #[derive(Debug, Clone, PartialEq)]
-pub enum DataSettings {
+pub enum DataSource {
     /// IDX files (`train-images-idx3-ubyte[.gz]` and friends) in `dir`.
-    Idx { kind: DataKind, dir: PathBuf },
+    Idx {
+        kind: DataKind,
+        dir: PathBuf,
+        /// Use this synthetic dataset when `dir` does not exist.
+        fallback: Option<SyntheticSettings>,
+    },
+    /// CIFAR-10 binary batches (`data_batch_{1..5}.bin`, `test_batch.bin`) in `dir`.
+    Cifar10 {
+        dir: PathBuf,
+        fallback: Option<SyntheticSettings>,
+    },
     /// The built-in deterministic synthetic image dataset.
     Synthetic(SyntheticSettings),
 }
@@ -86,27 +100,81 @@ pub struct SyntheticSettings {
     pub noise: f32,
 }
 
+/// How the training set is visited each epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SamplerSettings {
+    /// Every sample once, in a fresh random order.
+    Shuffle,
+    /// As many draws as samples, with replacement, each sample weighted by its class's
+    /// weight (default: inverse class frequency, which balances the classes).
+    Weighted { class_weights: Option<Vec<f64>> },
+}
+
 /// The network to train.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
     pub kind: ModelKind,
     /// Hidden layer widths of the MLP.
     pub hidden: Vec<usize>,
+    /// Channel multiplier of the ResNet.
+    pub width_mult: f64,
+    /// Normalisation layers of the ResNet.
+    pub norm: Norm,
 }
 
 /// The optimiser and its hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimSettings {
     pub kind: OptimKind,
+    /// Peak learning rate (after warm-up).
     pub lr: f64,
     pub momentum: f64,
-    pub weight_decay: f64,
     pub nesterov: bool,
+    /// SGD: L2 penalty added to the gradient. AdamW: decoupled decay.
+    pub weight_decay: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    /// Clip the global gradient L2 norm to this.
+    pub clip_grad_norm: Option<f64>,
+}
+
+/// The learning-rate schedule: linear warm-up, then constant or cosine to `eta_min`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSettings {
+    pub kind: ScheduleKind,
+    pub warmup_epochs: f64,
+    pub eta_min: f64,
+}
+
+/// Which checkpoints to keep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSettings {
+    pub enabled: bool,
+    /// Keep the best this many by validation loss, plus `last`.
+    pub keep_best: usize,
+}
+
+/// One `[[monitors]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorSettings {
+    /// The monitor name a plugin provides.
+    pub name: String,
+    pub enabled: bool,
+    pub on_error: OnError,
+    /// Load this library file instead of searching `plugin_dirs`.
+    pub path: Option<PathBuf>,
+    /// The `[monitors.settings]` table as TOML text, handed to the plugin.
+    pub settings_toml: String,
 }
 
 impl Settings {
     /// Read and validate a config file.
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::load(path, &[])
+    }
+
+    /// Read a config file, apply `--set key=value` overrides, and validate the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => Error::Config {
                 location: path.display().to_string(),
@@ -114,12 +182,17 @@ impl Settings {
             },
             _ => Error::io(path, source),
         })?;
-        Self::from_toml(&text, path)
+        Self::from_toml_with(&text, path, overrides)
     }
 
     /// Validate a config given as TOML text; `path` is only used in error messages and to
     /// name the run when the config does not.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        Self::from_toml_with(text, path, &[])
+    }
+
+    fn from_toml_with(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
+        // The file alone first, so that its errors point at its lines.
         let raw: raw::RawConfig = toml::from_str(text).map_err(|err| {
             let (line, column) = err
                 .span()
@@ -130,14 +203,83 @@ impl Settings {
                 message: err.message().trim().to_string(),
             }
         })?;
+        let (raw, overridden) = if overrides.is_empty() {
+            (raw, Vec::new())
+        } else {
+            apply_overrides(text, overrides)?
+        };
         let invalid = |key: &str, message: String| Error::Config {
-            location: locate_key(text, key)
-                .map(|(line, column)| format!("{}:{line}:{column}", path.display()))
-                .unwrap_or_else(|| path.display().to_string()),
+            location: match overridden.iter().find(|(k, _)| k == key) {
+                Some((_, assignment)) => format!("--set {assignment}"),
+                None => locate_key(text, key)
+                    .map(|(line, column)| format!("{}:{line}:{column}", path.display()))
+                    .unwrap_or_else(|| path.display().to_string()),
+            },
             message: format!("`{key}` {message}"),
         };
-        raw.validate(path, invalid)
+        raw.validate(path, &invalid)
     }
+}
+
+/// Apply `key=value` assignments to the document and parse it again. The value is read as a
+/// TOML value (`0.1`, `true`, `"sgd"`, `[1, 2]`); anything that is not TOML is taken as a
+/// string, so `--set optim.kind=adamw` works. Returns the config and (key, assignment) pairs.
+fn apply_overrides(
+    text: &str,
+    overrides: &[String],
+) -> Result<(raw::RawConfig, Vec<(String, String)>)> {
+    let mut document: toml::Table = toml::from_str(text).map_err(|err| Error::Config {
+        location: "config".into(),
+        message: err.message().trim().to_string(),
+    })?;
+    let mut applied = Vec::new();
+    for assignment in overrides {
+        let bad = |message: String| Error::Config {
+            location: format!("--set {assignment}"),
+            message,
+        };
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| bad("expected KEY=VALUE, e.g. --set optim.lr=0.1".into()))?;
+        let key = key.trim();
+        if key.is_empty() || key.split('.').any(|part| part.trim().is_empty()) {
+            return Err(bad(
+                "the key must be a dotted name such as `optim.lr`".into()
+            ));
+        }
+        let value = value.trim();
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut table| table.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+        let mut table = &mut document;
+        for part in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| bad(format!("`{part}` is not a table, so `{key}` cannot be set")))?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), parsed);
+        applied.push((key.to_string(), assignment.clone()));
+    }
+    let raw = raw::RawConfig::deserialize_table(document).map_err(|message| Error::Config {
+        location: match applied.as_slice() {
+            [(_, only)] => format!("--set {only}"),
+            _ => format!(
+                "--set {}",
+                applied
+                    .iter()
+                    .map(|(_, a)| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" --set ")
+            ),
+        },
+        message,
+    })?;
+    Ok((raw, applied))
 }
 
 /// 1-based line and column of a byte offset.
@@ -203,8 +345,8 @@ mod tests {
         assert_eq!(settings.model.kind, ModelKind::Cnn);
         assert_eq!(settings.optim.kind, OptimKind::Sgd);
         assert!(matches!(
-            settings.data,
-            DataSettings::Idx {
+            settings.data.source,
+            DataSource::Idx {
                 kind: DataKind::FashionMnist,
                 ..
             }
@@ -275,8 +417,8 @@ mod tests {
     fn synthetic_settings_are_read() {
         let settings =
             parse("data = \"synthetic\"\n[synthetic]\ntrain_size = 100\nclasses = 4\n").unwrap();
-        match settings.data {
-            DataSettings::Synthetic(s) => {
+        match settings.data.source {
+            DataSource::Synthetic(s) => {
                 assert_eq!(s.train_size, 100);
                 assert_eq!(s.classes, 4);
             }

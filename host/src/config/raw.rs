@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    DataSettings, ModelSettings, MonitorSettings, OptimSettings, Settings, SyntheticSettings,
-    DEFAULT_FASHION_MNIST_DIR,
+    CheckpointSettings, DataSettings, DataSource, ModelSettings, MonitorSettings, OptimSettings,
+    SamplerSettings, ScheduleSettings, Settings, SyntheticSettings, DEFAULT_FASHION_MNIST_DIR,
 };
 use crate::error::{Error, Result};
 
@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 pub enum DataKind {
     FashionMnist,
     Mnist,
+    Cifar10,
     Synthetic,
 }
 
@@ -25,6 +26,7 @@ pub enum DataKind {
 pub enum ModelKind {
     Mlp,
     Cnn,
+    Resnet18,
 }
 
 impl ModelKind {
@@ -33,8 +35,17 @@ impl ModelKind {
         match self {
             ModelKind::Mlp => "mlp",
             ModelKind::Cnn => "cnn",
+            ModelKind::Resnet18 => "resnet18",
         }
     }
+}
+
+/// Normalisation layers of the ResNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Norm {
+    Batch,
+    None,
 }
 
 /// Which optimiser `[optim] kind = "…"` names.
@@ -42,43 +53,47 @@ impl ModelKind {
 #[serde(rename_all = "kebab-case")]
 pub enum OptimKind {
     Sgd,
+    Adamw,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct RawConfig {
-    name: Option<String>,
-    seed: u64,
-    epochs: usize,
-    batch_size: usize,
-    eval_batch_size: Option<usize>,
-    threads: Option<usize>,
-    run_dir: Option<PathBuf>,
-    data: DataKind,
-    data_dir: Option<PathBuf>,
-    synthetic: Option<RawSynthetic>,
-    model: RawModel,
-    optim: RawOptim,
-    plugin_dirs: Option<Vec<PathBuf>>,
-    monitors: Vec<RawMonitor>,
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    Constant,
+    Cosine,
 }
 
-/// One `[[monitors]]` entry.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMonitor {
-    name: String,
-    #[serde(default = "enabled_by_default")]
-    enabled: bool,
-    #[serde(default)]
-    on_error: OnError,
-    path: Option<PathBuf>,
-    #[serde(default)]
-    settings: toml::Table,
+/// Where to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
 }
 
-fn enabled_by_default() -> bool {
-    true
+/// What to do when the loss or a gradient is not finite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyPolicy {
+    /// Stop the run with an error (checkpoints and metrics so far are kept).
+    Stop,
+    /// Skip the optimizer step for this batch and go on.
+    SkipBatch,
+    /// Log a warning and take the step anyway.
+    Warn,
+}
+
+/// How the training set is visited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    /// Each sample once per epoch, in a fresh random order.
+    Shuffle,
+    /// Samples drawn with replacement, weighted by class.
+    Weighted,
 }
 
 /// What happens when a monitor fails or panics.
@@ -92,6 +107,34 @@ pub enum OnError {
     Abort,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawConfig {
+    name: Option<String>,
+    seed: u64,
+    epochs: usize,
+    batch_size: usize,
+    eval_batch_size: Option<usize>,
+    threads: Option<usize>,
+    run_dir: Option<PathBuf>,
+    device: DeviceChoice,
+    val_check_interval: f64,
+    anomaly_policy: AnomalyPolicy,
+    data: DataKind,
+    data_dir: Option<PathBuf>,
+    synthetic_fallback: bool,
+    augment: Option<bool>,
+    sampler: SamplerKind,
+    class_weights: Option<Vec<f64>>,
+    synthetic: Option<RawSynthetic>,
+    model: RawModel,
+    optim: RawOptim,
+    schedule: RawSchedule,
+    checkpoint: RawCheckpoint,
+    plugin_dirs: Option<Vec<PathBuf>>,
+    monitors: Vec<RawMonitor>,
+}
+
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
@@ -102,11 +145,20 @@ impl Default for RawConfig {
             eval_batch_size: None,
             threads: None,
             run_dir: None,
+            device: DeviceChoice::Auto,
+            val_check_interval: 0.25,
+            anomaly_policy: AnomalyPolicy::Stop,
             data: DataKind::FashionMnist,
             data_dir: None,
+            synthetic_fallback: false,
+            augment: None,
+            sampler: SamplerKind::Shuffle,
+            class_weights: None,
             synthetic: None,
             model: RawModel::default(),
             optim: RawOptim::default(),
+            schedule: RawSchedule::default(),
+            checkpoint: RawCheckpoint::default(),
             plugin_dirs: None,
             monitors: Vec::new(),
         }
@@ -141,14 +193,18 @@ impl Default for RawSynthetic {
 #[serde(default, deny_unknown_fields)]
 struct RawModel {
     kind: ModelKind,
-    hidden: Vec<usize>,
+    hidden: Option<Vec<usize>>,
+    width_mult: Option<f64>,
+    norm: Option<Norm>,
 }
 
 impl Default for RawModel {
     fn default() -> Self {
         RawModel {
             kind: ModelKind::Cnn,
-            hidden: vec![256, 128],
+            hidden: None,
+            width_mult: None,
+            norm: None,
         }
     }
 }
@@ -158,9 +214,12 @@ impl Default for RawModel {
 struct RawOptim {
     kind: OptimKind,
     lr: f64,
-    momentum: f64,
+    momentum: Option<f64>,
+    nesterov: Option<bool>,
     weight_decay: f64,
-    nesterov: bool,
+    betas: Option<[f64; 2]>,
+    eps: Option<f64>,
+    clip_grad_norm: Option<f64>,
 }
 
 impl Default for RawOptim {
@@ -168,134 +227,243 @@ impl Default for RawOptim {
         RawOptim {
             kind: OptimKind::Sgd,
             lr: 0.05,
-            momentum: 0.9,
+            momentum: None,
+            nesterov: None,
             weight_decay: 0.0,
-            nesterov: false,
+            betas: None,
+            eps: None,
+            clip_grad_norm: None,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawSchedule {
+    kind: ScheduleKind,
+    warmup_epochs: f64,
+    eta_min: f64,
+}
+
+impl Default for RawSchedule {
+    fn default() -> Self {
+        RawSchedule {
+            kind: ScheduleKind::Constant,
+            warmup_epochs: 0.0,
+            eta_min: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawCheckpoint {
+    enabled: bool,
+    keep_best: usize,
+}
+
+impl Default for RawCheckpoint {
+    fn default() -> Self {
+        RawCheckpoint {
+            enabled: true,
+            keep_best: 3,
+        }
+    }
+}
+
+/// One `[[monitors]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    name: String,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+    #[serde(default)]
+    on_error: OnError,
+    path: Option<PathBuf>,
+    #[serde(default)]
+    settings: toml::Table,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// Builds the error for a key: `invalid(key, message)`.
+type Invalid<'a> = &'a dyn Fn(&str, String) -> Error;
+
+fn at_least_one(invalid: Invalid<'_>, key: &str, value: usize) -> Result<usize> {
+    if value == 0 {
+        Err(invalid(key, "must be at least 1 (got 0)".into()))
+    } else {
+        Ok(value)
+    }
+}
+
+fn in_range(
+    invalid: Invalid<'_>,
+    key: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+    open_low: bool,
+) -> Result<f64> {
+    let above_low = if open_low {
+        value > *range.start()
+    } else {
+        value >= *range.start()
+    };
+    if value.is_finite() && above_low && value <= *range.end() {
+        Ok(value)
+    } else {
+        let low = if open_low { "(" } else { "[" };
+        Err(invalid(
+            key,
+            format!(
+                "must be in {low}{}, {}] (got {value})",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// A setting that only makes sense with another one.
+fn only_with<T>(
+    invalid: Invalid<'_>,
+    key: &str,
+    value: Option<T>,
+    applies: bool,
+    why: &str,
+) -> Result<Option<T>> {
+    match value {
+        Some(_) if !applies => Err(invalid(key, format!("is only used {why}; remove it"))),
+        other => Ok(other),
     }
 }
 
 impl RawConfig {
     /// Check ranges and cross-field rules; `invalid(key, message)` builds the error for a key.
-    pub(super) fn validate(
-        self,
-        path: &Path,
-        invalid: impl Fn(&str, String) -> Error,
-    ) -> Result<Settings> {
-        let at_least_one = |key: &str, value: usize| {
-            if value == 0 {
-                Err(invalid(key, "must be at least 1 (got 0)".into()))
-            } else {
-                Ok(value)
-            }
-        };
-        at_least_one("epochs", self.epochs)?;
-        at_least_one("batch_size", self.batch_size)?;
+    pub(super) fn validate(self, path: &Path, invalid: Invalid<'_>) -> Result<Settings> {
+        at_least_one(invalid, "epochs", self.epochs)?;
+        at_least_one(invalid, "batch_size", self.batch_size)?;
         if let Some(eval) = self.eval_batch_size {
-            at_least_one("eval_batch_size", eval)?;
+            at_least_one(invalid, "eval_batch_size", eval)?;
         }
         if let Some(threads) = self.threads {
-            at_least_one("threads", threads)?;
+            at_least_one(invalid, "threads", threads)?;
+        }
+        in_range(
+            invalid,
+            "val_check_interval",
+            self.val_check_interval,
+            0.0..=1.0,
+            true,
+        )?;
+
+        let model = self.model.validate(invalid)?;
+        let optim = self.optim.validate(invalid)?;
+        let schedule = &self.schedule;
+        in_range(
+            invalid,
+            "schedule.warmup_epochs",
+            schedule.warmup_epochs,
+            0.0..=1e6,
+            false,
+        )?;
+        in_range(
+            invalid,
+            "schedule.eta_min",
+            schedule.eta_min,
+            0.0..=optim.lr,
+            false,
+        )?;
+        if self.checkpoint.enabled {
+            at_least_one(invalid, "checkpoint.keep_best", self.checkpoint.keep_best)?;
         }
 
-        let optim = &self.optim;
-        if !(optim.lr.is_finite() && optim.lr > 0.0) {
-            return Err(invalid(
-                "optim.lr",
-                format!("must be a positive number (got {})", optim.lr),
-            ));
-        }
-        if !(0.0..1.0).contains(&optim.momentum) {
-            return Err(invalid(
-                "optim.momentum",
-                format!("must be in [0, 1) (got {})", optim.momentum),
-            ));
-        }
-        if !(optim.weight_decay.is_finite() && optim.weight_decay >= 0.0) {
-            return Err(invalid(
-                "optim.weight_decay",
-                format!("must be zero or positive (got {})", optim.weight_decay),
-            ));
-        }
-        if optim.nesterov && optim.momentum == 0.0 {
-            return Err(invalid(
-                "optim.nesterov",
-                "needs a non-zero `optim.momentum`".into(),
-            ));
-        }
-
-        if self.model.kind == ModelKind::Mlp && self.model.hidden.contains(&0) {
-            return Err(invalid(
-                "model.hidden",
-                "layer widths must be at least 1".into(),
-            ));
-        }
-
-        let data = match self.data {
+        let synthetic = only_with(
+            invalid,
+            "synthetic",
+            self.synthetic,
+            self.data == DataKind::Synthetic || self.synthetic_fallback,
+            "with data = \"synthetic\" or synthetic_fallback = true",
+        )?;
+        let source = match self.data {
             DataKind::Synthetic => {
-                if self.data_dir.is_some() {
-                    return Err(invalid(
-                        "data_dir",
-                        "is not used with data = \"synthetic\"; remove it".into(),
-                    ));
-                }
-                let raw = self.synthetic.unwrap_or_default();
-                at_least_one("synthetic.train_size", raw.train_size)?;
-                at_least_one("synthetic.test_size", raw.test_size)?;
-                if !(2..=1000).contains(&raw.classes) {
-                    return Err(invalid(
-                        "synthetic.classes",
-                        format!("must be between 2 and 1000 (got {})", raw.classes),
-                    ));
-                }
-                if !matches!(raw.channels, 1 | 3) {
-                    return Err(invalid(
-                        "synthetic.channels",
-                        format!("must be 1 or 3 (got {})", raw.channels),
-                    ));
-                }
-                if !(8..=256).contains(&raw.image_size) {
-                    return Err(invalid(
-                        "synthetic.image_size",
-                        format!("must be between 8 and 256 (got {})", raw.image_size),
-                    ));
-                }
-                if !(raw.noise.is_finite() && (0.0..=2.0).contains(&raw.noise)) {
-                    return Err(invalid(
-                        "synthetic.noise",
-                        format!("must be between 0 and 2 (got {})", raw.noise),
-                    ));
-                }
-                DataSettings::Synthetic(SyntheticSettings {
-                    train_size: raw.train_size,
-                    test_size: raw.test_size,
-                    classes: raw.classes,
-                    channels: raw.channels,
-                    image_size: raw.image_size,
-                    noise: raw.noise,
-                })
+                only_with(
+                    invalid,
+                    "data_dir",
+                    self.data_dir.as_ref(),
+                    false,
+                    "with a dataset read from files",
+                )?;
+                DataSource::Synthetic(validate_synthetic(invalid, synthetic.unwrap_or_default())?)
             }
             kind => {
-                if self.synthetic.is_some() {
-                    return Err(invalid(
-                        "synthetic",
-                        "is only used with data = \"synthetic\"; remove the table or change `data`"
-                            .into(),
-                    ));
-                }
                 let dir = match (self.data_dir, kind) {
                     (Some(dir), _) => dir,
                     (None, DataKind::FashionMnist) => PathBuf::from(DEFAULT_FASHION_MNIST_DIR),
                     (None, _) => {
                         return Err(Error::Config {
                             location: path.display().to_string(),
-                            message: "`data_dir` is required for data = \"mnist\": the directory \
-                                      holding train-images-idx3-ubyte[.gz] and friends"
-                                .into(),
+                            message: format!(
+                                "`data_dir` is required for data = \"{}\": the directory holding the dataset's files",
+                                kind_name(kind)
+                            ),
                         })
                     }
                 };
-                DataSettings::Idx { kind, dir }
+                let fallback = if self.synthetic_fallback {
+                    let mut raw = synthetic.unwrap_or_default();
+                    if kind == DataKind::Cifar10 {
+                        // Shaped like CIFAR-10 unless the config says otherwise.
+                        raw.channels = if raw.channels == 1 { 3 } else { raw.channels };
+                        raw.image_size = if raw.image_size == 28 {
+                            32
+                        } else {
+                            raw.image_size
+                        };
+                    }
+                    Some(validate_synthetic(invalid, raw)?)
+                } else {
+                    None
+                };
+                match kind {
+                    DataKind::Cifar10 => DataSource::Cifar10 { dir, fallback },
+                    _ => DataSource::Idx {
+                        kind,
+                        dir,
+                        fallback,
+                    },
+                }
+            }
+        };
+        let sampler = match self.sampler {
+            SamplerKind::Shuffle => {
+                only_with(
+                    invalid,
+                    "class_weights",
+                    self.class_weights.as_ref(),
+                    false,
+                    "with sampler = \"weighted\"",
+                )?;
+                SamplerSettings::Shuffle
+            }
+            SamplerKind::Weighted => {
+                if let Some(weights) = &self.class_weights {
+                    if weights.is_empty()
+                        || weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+                        || weights.iter().all(|w| *w == 0.0)
+                    {
+                        return Err(invalid(
+                            "class_weights",
+                            "must be non-negative numbers, one per class, not all zero".into(),
+                        ));
+                    }
+                }
+                SamplerSettings::Weighted {
+                    class_weights: self.class_weights,
+                }
             }
         };
 
@@ -348,22 +516,210 @@ impl RawConfig {
             eval_batch_size: self.eval_batch_size.unwrap_or(self.batch_size.max(256)),
             threads: self.threads,
             run_dir: self.run_dir,
-            data,
-            model: ModelSettings {
-                kind: self.model.kind,
-                hidden: self.model.hidden,
+            device: self.device,
+            val_check_interval: self.val_check_interval,
+            anomaly_policy: self.anomaly_policy,
+            data: DataSettings {
+                augment: self.augment.unwrap_or(self.data == DataKind::Cifar10),
+                source,
+                sampler,
+            },
+            model,
+            optim,
+            schedule: ScheduleSettings {
+                kind: self.schedule.kind,
+                warmup_epochs: self.schedule.warmup_epochs,
+                eta_min: self.schedule.eta_min,
+            },
+            checkpoint: CheckpointSettings {
+                enabled: self.checkpoint.enabled,
+                keep_best: self.checkpoint.keep_best,
             },
             plugin_dirs: self
                 .plugin_dirs
                 .unwrap_or_else(crate::plugin::default_plugin_dirs),
             monitors,
-            optim: OptimSettings {
-                kind: self.optim.kind,
-                lr: self.optim.lr,
-                momentum: self.optim.momentum,
-                weight_decay: self.optim.weight_decay,
-                nesterov: self.optim.nesterov,
-            },
         })
+    }
+}
+
+fn kind_name(kind: DataKind) -> &'static str {
+    match kind {
+        DataKind::FashionMnist => "fashion-mnist",
+        DataKind::Mnist => "mnist",
+        DataKind::Cifar10 => "cifar10",
+        DataKind::Synthetic => "synthetic",
+    }
+}
+
+fn validate_synthetic(invalid: Invalid<'_>, raw: RawSynthetic) -> Result<SyntheticSettings> {
+    at_least_one(invalid, "synthetic.train_size", raw.train_size)?;
+    at_least_one(invalid, "synthetic.test_size", raw.test_size)?;
+    if !(2..=1000).contains(&raw.classes) {
+        return Err(invalid(
+            "synthetic.classes",
+            format!("must be between 2 and 1000 (got {})", raw.classes),
+        ));
+    }
+    if !matches!(raw.channels, 1 | 3) {
+        return Err(invalid(
+            "synthetic.channels",
+            format!("must be 1 or 3 (got {})", raw.channels),
+        ));
+    }
+    if !(8..=256).contains(&raw.image_size) {
+        return Err(invalid(
+            "synthetic.image_size",
+            format!("must be between 8 and 256 (got {})", raw.image_size),
+        ));
+    }
+    in_range(
+        invalid,
+        "synthetic.noise",
+        f64::from(raw.noise),
+        0.0..=2.0,
+        false,
+    )?;
+    Ok(SyntheticSettings {
+        train_size: raw.train_size,
+        test_size: raw.test_size,
+        classes: raw.classes,
+        channels: raw.channels,
+        image_size: raw.image_size,
+        noise: raw.noise,
+    })
+}
+
+impl RawModel {
+    fn validate(self, invalid: Invalid<'_>) -> Result<ModelSettings> {
+        let is_mlp = self.kind == ModelKind::Mlp;
+        let is_resnet = self.kind == ModelKind::Resnet18;
+        let hidden = only_with(
+            invalid,
+            "model.hidden",
+            self.hidden,
+            is_mlp,
+            "with kind = \"mlp\"",
+        )?;
+        let width_mult = only_with(
+            invalid,
+            "model.width_mult",
+            self.width_mult,
+            is_resnet,
+            "with kind = \"resnet18\"",
+        )?;
+        let norm = only_with(
+            invalid,
+            "model.norm",
+            self.norm,
+            is_resnet,
+            "with kind = \"resnet18\"",
+        )?;
+        let hidden = hidden.unwrap_or_else(|| vec![256, 128]);
+        if hidden.contains(&0) {
+            return Err(invalid(
+                "model.hidden",
+                "layer widths must be at least 1".into(),
+            ));
+        }
+        let width_mult = width_mult.unwrap_or(1.0);
+        in_range(invalid, "model.width_mult", width_mult, 0.0..=16.0, true)?;
+        Ok(ModelSettings {
+            kind: self.kind,
+            hidden,
+            width_mult,
+            norm: norm.unwrap_or(Norm::Batch),
+        })
+    }
+}
+
+impl RawOptim {
+    fn validate(self, invalid: Invalid<'_>) -> Result<OptimSettings> {
+        let is_sgd = self.kind == OptimKind::Sgd;
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid(
+                "optim.lr",
+                format!("must be a positive number (got {})", self.lr),
+            ));
+        }
+        let momentum = only_with(
+            invalid,
+            "optim.momentum",
+            self.momentum,
+            is_sgd,
+            "with kind = \"sgd\"",
+        )?
+        .unwrap_or(0.9);
+        let nesterov = only_with(
+            invalid,
+            "optim.nesterov",
+            self.nesterov,
+            is_sgd,
+            "with kind = \"sgd\"",
+        )?
+        .unwrap_or(false);
+        let betas = only_with(
+            invalid,
+            "optim.betas",
+            self.betas,
+            !is_sgd,
+            "with kind = \"adamw\"",
+        )?
+        .unwrap_or([0.9, 0.999]);
+        let eps = only_with(
+            invalid,
+            "optim.eps",
+            self.eps,
+            !is_sgd,
+            "with kind = \"adamw\"",
+        )?
+        .unwrap_or(1e-8);
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(invalid(
+                "optim.momentum",
+                format!("must be in [0, 1) (got {momentum})"),
+            ));
+        }
+        if nesterov && momentum == 0.0 {
+            return Err(invalid(
+                "optim.nesterov",
+                "needs a non-zero `optim.momentum`".into(),
+            ));
+        }
+        if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err(invalid(
+                "optim.betas",
+                format!("must both be in [0, 1) (got {betas:?})"),
+            ));
+        }
+        in_range(invalid, "optim.eps", eps, 0.0..=1.0, true)?;
+        in_range(
+            invalid,
+            "optim.weight_decay",
+            self.weight_decay,
+            0.0..=1e6,
+            false,
+        )?;
+        if let Some(clip) = self.clip_grad_norm {
+            in_range(invalid, "optim.clip_grad_norm", clip, 0.0..=1e12, true)?;
+        }
+        Ok(OptimSettings {
+            kind: self.kind,
+            lr: self.lr,
+            momentum,
+            nesterov,
+            weight_decay: self.weight_decay,
+            betas: (betas[0], betas[1]),
+            eps,
+            clip_grad_norm: self.clip_grad_norm,
+        })
+    }
+}
+
+impl RawConfig {
+    /// Deserialize from an already parsed (and possibly edited) document.
+    pub(super) fn deserialize_table(table: toml::Table) -> std::result::Result<Self, String> {
+        RawConfig::deserialize(toml::Value::Table(table))
+            .map_err(|err| err.message().trim().to_string())
     }
 }

@@ -3,12 +3,13 @@
 //! Nothing here knows about libtorch or the training loop; the trainer turns an [`ImageSet`]
 //! into tensors once, at start-up.
 
+pub mod cifar;
 pub mod idx;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{DataKind, DataSettings};
+use crate::config::{DataKind, DataSource, SyntheticSettings};
 use crate::error::{Error, Result};
 
 /// Fashion-MNIST's ten classes, in label order.
@@ -90,12 +91,37 @@ impl Dataset {
     }
 }
 
-/// Load the dataset the settings describe.
-pub fn load(settings: &DataSettings) -> Result<Dataset> {
-    match settings {
-        DataSettings::Synthetic(synthetic) => Ok(synthetic::generate(synthetic)),
-        DataSettings::Idx { kind, dir } => load_idx_dataset(*kind, dir),
+/// Load the dataset the settings describe. With a synthetic fallback configured, a missing
+/// data directory gives the synthetic dataset instead (with a warning on stderr).
+pub fn load(source: &DataSource) -> Result<Dataset> {
+    let (loaded, dir, fallback) = match source {
+        DataSource::Synthetic(synthetic) => return Ok(synthetic::generate(synthetic)),
+        DataSource::Idx {
+            kind,
+            dir,
+            fallback,
+        } => (load_idx_dataset(*kind, dir), dir, fallback),
+        DataSource::Cifar10 { dir, fallback } => (cifar::load(dir), dir, fallback),
+    };
+    match (loaded, fallback) {
+        (Err(Error::DataMissing { .. }), Some(synthetic)) if !dir.exists() => {
+            Ok(fallback_dataset(dir, synthetic))
+        }
+        (result, _) => result,
     }
+}
+
+fn fallback_dataset(dir: &Path, synthetic: &SyntheticSettings) -> Dataset {
+    eprintln!(
+        "warning: {} not found; synthetic_fallback = true, so training on synthetic {}×{}×{} images instead",
+        dir.display(),
+        synthetic.channels,
+        synthetic.image_size,
+        synthetic.image_size
+    );
+    let mut dataset = synthetic::generate(synthetic);
+    dataset.name = format!("synthetic (fallback for missing {})", dir.display());
+    dataset
 }
 
 /// Load an MNIST-layout dataset (train/t10k images and labels) from `dir`.

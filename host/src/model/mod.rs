@@ -1,7 +1,11 @@
-//! The networks vigil trains. Each takes a batch of `N × C × H × W` images and returns
+//! The networks vigil trains: an MLP, a small CNN, and the CIFAR ResNet-18. Each takes a batch of `N × C × H × W` images and returns
 //! `N × classes` logits.
 
+mod resnet;
+
 use tch::nn::{self, ModuleT};
+
+pub use resnet::{scaled_channels, ResNet18};
 
 use crate::config::{ModelKind, ModelSettings};
 
@@ -29,6 +33,13 @@ pub fn build(
     match settings.kind {
         ModelKind::Mlp => Box::new(mlp(root, &settings.hidden, input, classes)),
         ModelKind::Cnn => Box::new(small_cnn(root, input, classes)),
+        ModelKind::Resnet18 => Box::new(ResNet18::new(
+            root,
+            input.channels,
+            classes,
+            settings.width_mult,
+            settings.norm,
+        )),
     }
 }
 

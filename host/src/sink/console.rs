@@ -5,7 +5,7 @@ use std::io::Write;
 use super::{Record, RecordKind, Sink};
 use crate::error::Result;
 
-/// Prints one line per epoch: the epoch, every metric, and the epoch's duration.
+/// Prints one line per validation and per epoch, with their metrics.
 pub struct ConsoleSink {
     epochs: usize,
 }
@@ -18,11 +18,12 @@ impl ConsoleSink {
 
 impl Sink for ConsoleSink {
     fn write(&mut self, record: &Record) -> Result<()> {
-        if record.kind != RecordKind::Epoch {
-            return Ok(());
-        }
         let width = self.epochs.to_string().len();
-        let mut line = format!("epoch {:>width$}/{}", record.epoch, self.epochs);
+        let mut line = match record.kind {
+            RecordKind::Epoch => format!("epoch {:>width$}/{}", record.epoch, self.epochs),
+            RecordKind::Validation => format!("  validation at step {}", record.global_step),
+            RecordKind::Train | RecordKind::Monitor => return Ok(()),
+        };
         for (name, value) in &record.metrics {
             if name == "epoch_time_s" {
                 line.push_str(&format!("  ({value:.1} s)"));

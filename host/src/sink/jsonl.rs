@@ -1,7 +1,7 @@
 //! `metrics.jsonl`: one JSON object per line.
 //!
-//! Schema: `{"kind": "epoch" | "monitor", ["monitor": <name>,] "epoch": 1, "global_step": 938,
-//! "wall_time": 1763900000.5, <metric>: <number>, …}`. Non-finite values are written as `null`. Each line is written
+//! Schema: `{"kind": "train" | "validation" | "epoch" | "monitor", ["monitor": <name>,]
+//! "epoch": 1, "global_step": 938, "wall_time": 1763900000.5, <metric>: <number>, …}`. Non-finite values are written as `null`. Each line is written
 //! with a single `write` call and flushed, so a crash never leaves a torn line behind a
 //! complete one.
 
@@ -24,9 +24,16 @@ pub struct JsonlSink {
 impl JsonlSink {
     /// Create `path`; refuses to overwrite an existing file.
     pub fn create(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
+        Self::open(path, OpenOptions::new().write(true).create_new(true))
+    }
+
+    /// Append to `path` (a resumed run).
+    pub fn append(path: &Path) -> Result<Self> {
+        Self::open(path, OpenOptions::new().append(true).create(true))
+    }
+
+    fn open(path: &Path, options: &OpenOptions) -> Result<Self> {
+        let file = options
             .open(path)
             .map_err(|source| Error::io(path, source))?;
         Ok(JsonlSink {

@@ -12,7 +12,11 @@ use crate::error::Result;
 /// What a record reports on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
-    /// The end of a training epoch, with train and test metrics.
+    /// One training batch: loss, accuracy, learning rate, weight decay.
+    Train,
+    /// One validation pass: `val_loss`, `val_acc`, `best_val_loss`.
+    Validation,
+    /// The end of a training epoch, with the epoch's train metrics and its last validation.
     Epoch,
     /// Scalars one monitor logged at one event.
     Monitor,
@@ -21,6 +25,8 @@ pub enum RecordKind {
 impl RecordKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            RecordKind::Train => "train",
+            RecordKind::Validation => "validation",
             RecordKind::Epoch => "epoch",
             RecordKind::Monitor => "monitor",
         }

@@ -1,7 +1,12 @@
-//! The training loop: data to tensors, epochs of SGD, evaluation on the test split, monitor
-//! events, and the records it sends to the sinks.
+//! The training loop: data to tensors, optimizer steps on a schedule, validation every
+//! `val_check_interval` of an epoch, checkpoints, monitor events, and the records it sends to
+//! the sinks.
 
+pub mod checkpoint;
+mod feed;
+mod optim;
 mod run_dir;
+mod schedule;
 mod services;
 
 use std::path::{Path, PathBuf};
@@ -9,20 +14,28 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use abi_stable::std_types::{RSlice, RString, RVec};
-use tch::nn::{self, ModuleT, OptimizerConfig};
+use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
-use vigil_plugin_api::{EventKind, ImageBatch, StepCounters, Subscriptions, ValidationBatch};
+use vigil_plugin_api::{
+    EventKind, ImageBatch, SamplerDraws, StepCounters, Subscriptions, ValidationBatch,
+};
 
-use crate::config::{OptimKind, Settings};
-use crate::data::{self, Dataset, ImageSet};
+use crate::config::{AnomalyPolicy, Settings};
+use crate::data::{Dataset, ImageSet};
 use crate::error::{Error, Result};
 use crate::model::{self, InputShape};
 use crate::plugin::{EventData, PluginHost, RunFacts};
-use crate::rng::SplitMix64;
-use crate::sink::{unix_time, ConsoleSink, JsonlSink, Record, RecordKind, Sink};
+use crate::sink::{unix_time, Record, RecordKind, Sink};
 
+pub use checkpoint::{CheckpointIndex, Checkpoints, TrainingState};
+use feed::{choose_device, Feed};
+pub use optim::Optimizer;
 pub use run_dir::{create_run_dir, write_atomically};
+pub use schedule::LrSchedule;
 use services::{parameter_infos, ProbeCache, TrainerServices};
+
+mod run;
+pub use run::{check_config, train, train_from_file, RunOutcome, TrainRequest};
 
 /// Serialises "seed libtorch's global generator, then initialise a model".
 static SEEDED_INIT: Mutex<()> = Mutex::new(());
@@ -43,16 +56,21 @@ pub struct EpochMetrics {
     pub epoch: usize,
     pub global_step: u64,
     pub train: PassMetrics,
-    pub test: PassMetrics,
+    /// The last validation of the epoch.
+    pub val: PassMetrics,
     pub seconds: f64,
 }
 
-/// What a whole run produced.
+/// What a whole run (or the resumed part of it) produced.
 #[derive(Debug, Clone)]
 pub struct FitSummary {
     pub epochs: Vec<EpochMetrics>,
-    /// Wall time of the training loop (training, evaluation and monitors).
+    /// Every validation: (global step, metrics).
+    pub validations: Vec<(u64, PassMetrics)>,
+    /// Wall time of the training loop (training, validation, monitors, checkpoints).
     pub seconds: f64,
+    /// Optimizer steps per second of wall time, over the loop.
+    pub steps: u64,
     /// Set when a monitor asked to stop: (monitor, reason).
     pub stopped_by: Option<(String, String)>,
 }
@@ -121,6 +139,20 @@ impl TensorSplit {
     }
 }
 
+/// Where training is; saved in checkpoints.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    global_step: u64,
+    /// The epoch in progress (1-based).
+    epoch: usize,
+    batches_done: u32,
+    epoch_loss_sum: f64,
+    epoch_correct: f64,
+    epoch_samples: u64,
+    validation_pass: u32,
+    best_val_loss: Option<f64>,
+}
+
 /// Trains one model on one dataset.
 pub struct Trainer {
     settings: Settings,
@@ -129,13 +161,20 @@ pub struct Trainer {
     /// The trainable parameters, in creation order (the order monitors see).
     parameters: Vec<Tensor>,
     model: Box<dyn ModuleT + Send>,
-    optimizer: nn::Optimizer,
+    optimizer: Optimizer,
+    schedule: LrSchedule,
+    feed: Feed,
     train: TensorSplit,
     test: TensorSplit,
+    /// Training labels on the CPU, for the sampler's report to monitors.
+    train_labels: Vec<i64>,
     class_names: Vec<String>,
     probes: ProbeCache,
-    global_step: u64,
-    validation_pass: u32,
+    progress: Progress,
+    checkpoints: Option<(Checkpoints, String)>,
+    /// The JSONL metrics file, whose length each checkpoint records.
+    metrics_path: Option<PathBuf>,
+    warnings: Vec<String>,
 }
 
 impl Trainer {
@@ -144,7 +183,7 @@ impl Trainer {
         if let Some(threads) = settings.threads {
             tch::set_num_threads(threads as i32);
         }
-        let device = Device::Cpu;
+        let device = choose_device(settings.device)?;
         let vars = nn::VarStore::new(device);
         let input = InputShape {
             channels: dataset.train.channels,
@@ -160,37 +199,108 @@ impl Trainer {
             tch::manual_seed(settings.seed as i64);
             model::build(&vars.root(), &settings.model, input, dataset.num_classes())
         };
-        let optim = &settings.optim;
-        let optimizer = match optim.kind {
-            OptimKind::Sgd => nn::Sgd {
-                momentum: optim.momentum,
-                dampening: 0.0,
-                wd: optim.weight_decay,
-                nesterov: optim.nesterov,
-            }
-            .build(&vars, optim.lr)?,
-        };
+        let parameters = vars.trainable_variables();
+        let optimizer = Optimizer::new(
+            &settings.optim,
+            parameters.iter().map(Tensor::shallow_clone).collect(),
+        );
+        let batches = dataset.train.len().div_ceil(settings.batch_size) as u64;
+        let schedule = LrSchedule::new(
+            &settings.schedule,
+            settings.optim.lr,
+            batches,
+            settings.epochs as u64,
+        );
+        let feed = Feed::new(settings, &dataset.train.labels, dataset.num_classes())?;
         // Normalise both splits with the training split's statistics.
         let (mean, std) = dataset.train.channel_stats();
         Ok(Trainer {
             settings: settings.clone(),
             device,
-            parameters: vars.trainable_variables(),
+            parameters,
             train: TensorSplit::new(&dataset.train, &mean, &std, device)?,
             test: TensorSplit::new(&dataset.test, &mean, &std, device)?,
+            train_labels: dataset.train.labels.clone(),
             class_names: dataset.class_names.clone(),
             vars,
             model,
             optimizer,
+            schedule,
+            feed,
             probes: ProbeCache::default(),
-            global_step: 0,
-            validation_pass: 0,
+            progress: Progress {
+                epoch: 1,
+                ..Progress::default()
+            },
+            checkpoints: None,
+            metrics_path: None,
+            warnings: Vec::new(),
         })
+    }
+
+    /// Keep checkpoints in `run_dir`; `config_text` is stored in each so a run can resume,
+    /// and so is the length of `metrics_path` at that point.
+    pub fn keep_checkpoints(
+        &mut self,
+        run_dir: &Path,
+        config_text: String,
+        metrics_path: PathBuf,
+    ) -> Result<()> {
+        self.metrics_path = Some(metrics_path);
+        if self.settings.checkpoint.enabled {
+            self.checkpoints = Some((
+                Checkpoints::open(run_dir, self.settings.checkpoint.keep_best)?,
+                config_text,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Continue from a checkpoint: weights, optimizer state, counters.
+    pub fn resume(&mut self, dir: &Path, state: &TrainingState) -> Result<()> {
+        checkpoint::restore(dir, &mut self.vars, &mut self.optimizer, state)?;
+        self.progress = Progress {
+            global_step: state.global_step,
+            epoch: state.epoch,
+            batches_done: state.batches_done,
+            epoch_loss_sum: state.epoch_loss_sum,
+            epoch_correct: state.epoch_correct,
+            epoch_samples: state.epoch_samples,
+            validation_pass: state.validation_pass,
+            best_val_loss: state.best_val_loss,
+        };
+        Ok(())
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn global_step(&self) -> u64 {
+        self.progress.global_step
+    }
+
+    pub fn best_val_loss(&self) -> Option<f64> {
+        self.progress.best_val_loss
+    }
+
+    /// Warnings of the run so far (anomalies, failed checkpoint writes).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn checkpoint_index(&self) -> Option<&CheckpointIndex> {
+        self.checkpoints.as_ref().map(|(c, _)| c.index())
     }
 
     /// Number of trainable parameters.
     pub fn parameter_count(&self) -> usize {
         self.parameters.iter().map(Tensor::numel).sum()
+    }
+
+    /// The learning rate schedule.
+    pub fn schedule(&self) -> &LrSchedule {
+        &self.schedule
     }
 
     /// What monitors are told about the run: parameters and class names.
@@ -217,23 +327,40 @@ impl Trainer {
         }
     }
 
-    fn batches_per_epoch(&self) -> u32 {
-        let samples = self.train.len() as usize;
-        samples.div_ceil(self.settings.batch_size) as u32
+    pub fn batches_per_epoch(&self) -> u32 {
+        (self.train.len() as usize).div_ceil(self.settings.batch_size) as u32
+    }
+
+    /// After how many batches of an epoch validation runs: `k · val_check_interval` of the
+    /// epoch for k = 1, 2, …, rounded up to whole batches.
+    pub fn validation_points(&self) -> Vec<u32> {
+        let batches = self.batches_per_epoch();
+        let interval = self.settings.val_check_interval;
+        let count = (1.0 / interval + 1e-9).floor().max(1.0) as u32;
+        let mut points: Vec<u32> = (1..=count)
+            .map(|k| {
+                ((f64::from(k) * interval * f64::from(batches)) - 1e-9)
+                    .ceil()
+                    .clamp(1.0, f64::from(batches)) as u32
+            })
+            .collect();
+        points.dedup();
+        points
     }
 
     /// Counters at the current point of training.
-    pub fn counters(&self, epoch: usize, batch_index: u32, batch_size: u32) -> StepCounters {
+    pub fn counters(&self, batch_index: u32, batch_size: u32) -> StepCounters {
         let batches = self.batches_per_epoch();
+        let epoch = self.progress.epoch.min(self.settings.epochs.max(1));
         StepCounters {
-            global_step: self.global_step,
+            global_step: self.progress.global_step,
             epoch: epoch as u32,
             total_epochs: self.settings.epochs as u32,
             batch_index,
             batches_per_epoch: batches,
             epoch_progress: epoch.saturating_sub(1) as f64
                 + f64::from(batch_index) / f64::from(batches.max(1)),
-            validation_pass: self.validation_pass,
+            validation_pass: self.progress.validation_pass,
             batch_size,
         }
     }
@@ -243,95 +370,230 @@ impl Trainer {
         self.fit_monitored(sinks, &mut PluginHost::empty())
     }
 
-    /// Train for the configured number of epochs, writing one record per epoch to every sink
-    /// and calling the monitors. `fit_end` reaches every monitor even when training fails.
+    /// Train to the configured number of epochs (from where a resumed run left off), writing
+    /// records to every sink and calling the monitors. `fit_end` reaches every monitor even
+    /// when training fails.
     pub fn fit_monitored(
         &mut self,
         sinks: &mut [Box<dyn Sink>],
         plugins: &mut PluginHost,
     ) -> Result<FitSummary> {
         let started = Instant::now();
-        let mut epochs = Vec::with_capacity(self.settings.epochs);
-        let result = self.run_epochs(sinks, plugins, &mut epochs);
-        let last_epoch = epochs.last().map_or(1, |e: &EpochMetrics| e.epoch);
+        let first_step = self.progress.global_step;
+        let mut summary = FitSummary {
+            epochs: Vec::new(),
+            validations: Vec::new(),
+            seconds: 0.0,
+            steps: 0,
+            stopped_by: None,
+        };
+        let result = self.run_epochs(sinks, plugins, &mut summary);
         let mut scalars = Vec::new();
-        let counters = self.counters(last_epoch, 0, 0);
+        let counters = self.counters(0, 0);
         let finished = plugins.finish(
             &EventData::new(EventKind::FIT_END, counters, &[]),
             &self.services(),
             &mut scalars,
         );
-        let routed = write_monitor_scalars(sinks, scalars, last_epoch, self.global_step);
-        let stopped_by = result?;
+        let routed = write_monitor_scalars(
+            sinks,
+            scalars,
+            counters.epoch as usize,
+            self.progress.global_step,
+        );
+        result?;
         finished?;
         routed?;
-        Ok(FitSummary {
-            epochs,
-            seconds: started.elapsed().as_secs_f64(),
-            stopped_by,
-        })
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary.steps = self.progress.global_step - first_step;
+        Ok(summary)
     }
 
     fn run_epochs(
         &mut self,
         sinks: &mut [Box<dyn Sink>],
         plugins: &mut PluginHost,
-        epochs: &mut Vec<EpochMetrics>,
-    ) -> Result<Option<(String, String)>> {
+        summary: &mut FitSummary,
+    ) -> Result<()> {
         self.notify(
             plugins,
             sinks,
-            EventData::new(EventKind::FIT_START, self.counters(1, 0, 0), &[]),
+            EventData::new(EventKind::FIT_START, self.counters(0, 0), &[]),
         )?;
-        for epoch in 1..=self.settings.epochs {
+        let samples = self.train.len() as usize;
+        let batches = self.batches_per_epoch();
+        let points = self.validation_points();
+        while self.progress.epoch <= self.settings.epochs {
+            let epoch = self.progress.epoch;
             let epoch_started = Instant::now();
-            self.notify(
-                plugins,
-                sinks,
-                EventData::new(
-                    EventKind::TRAIN_EPOCH_START,
-                    self.counters(epoch, 0, 0),
-                    &[],
-                ),
-            )?;
-            let train = self.train_epoch(epoch, plugins, sinks)?;
-            if let Some(stop) = plugins.take_stop_request() {
-                return Ok(Some(stop));
+            let order = self.feed.epoch_order(epoch, samples);
+            if self.progress.batches_done == 0 {
+                let mut event =
+                    EventData::new(EventKind::TRAIN_EPOCH_START, self.counters(0, 0), &[]);
+                let weights = self.feed.sample_weights();
+                if let Some(weights) = weights {
+                    event.sampler = Some(SamplerDraws {
+                        indices: RSlice::from_slice(&order),
+                        weights: RSlice::from_slice(weights),
+                        labels: RSlice::from_slice(&self.train_labels),
+                    });
+                }
+                self.notify(plugins, sinks, event)?;
             }
-            let test = self.evaluate_monitored(epoch, plugins, sinks)?;
-            let metrics = EpochMetrics {
-                epoch,
-                global_step: self.global_step,
-                train,
-                test,
-                seconds: epoch_started.elapsed().as_secs_f64(),
-            };
-            let values = [
-                ("train_loss", train.loss),
-                ("train_acc", train.accuracy),
-                ("val_loss", test.loss),
-                ("val_acc", test.accuracy),
-            ];
-            self.notify(
-                plugins,
-                sinks,
-                EventData::new(
-                    EventKind::TRAIN_EPOCH_END,
-                    self.counters(epoch, 0, 0),
-                    &values,
-                ),
-            )?;
-            let record = epoch_record(&metrics);
-            for sink in sinks.iter_mut() {
-                sink.write(&record)?;
-                sink.flush()?;
+            let order = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
+            let mut last_val = None;
+            while self.progress.batches_done < batches {
+                let batch_index = self.progress.batches_done;
+                self.train_batch(batch_index, &order, plugins, sinks)?;
+                let done = self.progress.batches_done;
+                if points.contains(&done) {
+                    let val = self.validate(plugins, sinks)?;
+                    summary.validations.push((self.progress.global_step, val));
+                    last_val = Some(val);
+                    if done == batches {
+                        let metrics = self.end_epoch(epoch, val, epoch_started, plugins, sinks)?;
+                        summary.epochs.push(metrics);
+                    }
+                    self.save_checkpoint(sinks, Some(val.loss));
+                }
+                if let Some(stop) = plugins.take_stop_request() {
+                    self.save_checkpoint(sinks, None);
+                    summary.stopped_by = Some(stop);
+                    return Ok(());
+                }
             }
-            epochs.push(metrics);
-            if let Some(stop) = plugins.take_stop_request() {
-                return Ok(Some(stop));
+            if last_val.is_none()
+                && summary.epochs.last().is_none_or(|m| m.epoch != epoch)
+                && self.progress.batches_done == batches
+            {
+                // A resumed epoch whose validations all happened before the checkpoint.
+                let val = self.validate(plugins, sinks)?;
+                let metrics = self.end_epoch(epoch, val, epoch_started, plugins, sinks)?;
+                summary.epochs.push(metrics);
+                self.save_checkpoint(sinks, Some(val.loss));
             }
+            self.progress.epoch += 1;
+            self.progress.batches_done = 0;
+            self.progress.epoch_loss_sum = 0.0;
+            self.progress.epoch_correct = 0.0;
+            self.progress.epoch_samples = 0;
         }
-        Ok(None)
+        Ok(())
+    }
+
+    fn end_epoch(
+        &mut self,
+        epoch: usize,
+        val: PassMetrics,
+        started: Instant,
+        plugins: &mut PluginHost,
+        sinks: &mut [Box<dyn Sink>],
+    ) -> Result<EpochMetrics> {
+        let samples = self.progress.epoch_samples.max(1) as f64;
+        let train = PassMetrics {
+            loss: self.progress.epoch_loss_sum / samples,
+            accuracy: self.progress.epoch_correct / samples,
+        };
+        let metrics = EpochMetrics {
+            epoch,
+            global_step: self.progress.global_step,
+            train,
+            val,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let values = [
+            ("train_loss", train.loss),
+            ("train_acc", train.accuracy),
+            ("val_loss", val.loss),
+            ("val_acc", val.accuracy),
+        ];
+        self.notify(
+            plugins,
+            sinks,
+            EventData::new(EventKind::TRAIN_EPOCH_END, self.counters(0, 0), &values),
+        )?;
+        let mut record = self.record(
+            RecordKind::Epoch,
+            vec![
+                ("train_loss".into(), train.loss),
+                ("train_acc".into(), train.accuracy),
+                ("val_loss".into(), val.loss),
+                ("val_acc".into(), val.accuracy),
+                ("epoch_time_s".into(), metrics.seconds),
+            ],
+        );
+        if let Some(best) = self.progress.best_val_loss {
+            record.metrics.insert(4, ("best_val_loss".into(), best));
+        }
+        for sink in sinks.iter_mut() {
+            sink.write(&record)?;
+            sink.flush()?;
+        }
+        Ok(metrics)
+    }
+
+    fn record(&self, kind: RecordKind, metrics: Vec<(String, f64)>) -> Record {
+        Record {
+            kind,
+            source: None,
+            epoch: self.progress.epoch,
+            global_step: self.progress.global_step,
+            wall_time: unix_time(),
+            metrics,
+        }
+    }
+
+    /// Save a checkpoint at the current step, after flushing the sinks so that the metrics
+    /// file's length can be recorded; a failure is a warning, and the previous checkpoint
+    /// stays as it was.
+    fn save_checkpoint(&mut self, sinks: &mut [Box<dyn Sink>], val_loss: Option<f64>) {
+        if self.checkpoints.is_none() {
+            return;
+        }
+        let flushed = sinks.iter_mut().try_for_each(|sink| sink.flush());
+        let metrics_bytes = self
+            .metrics_path
+            .as_ref()
+            .and_then(|path| std::fs::metadata(path).ok())
+            .map(|m| m.len());
+        let Some((checkpoints, config)) = &mut self.checkpoints else {
+            return;
+        };
+        if let Err(err) = flushed {
+            let message = format!(
+                "checkpoint at step {} not written: flushing metrics failed: {err}",
+                self.progress.global_step
+            );
+            eprintln!("warning: {message}");
+            self.warnings.push(message);
+            return;
+        }
+        let progress = &self.progress;
+        let state = TrainingState {
+            format: 1,
+            global_step: progress.global_step,
+            epoch: progress.epoch,
+            batches_done: progress.batches_done,
+            epoch_loss_sum: progress.epoch_loss_sum,
+            epoch_correct: progress.epoch_correct,
+            epoch_samples: progress.epoch_samples,
+            validation_pass: progress.validation_pass,
+            best_val_loss: progress.best_val_loss,
+            val_loss,
+            optimizer_steps: self.optimizer.state_tensors().1,
+            seed: self.settings.seed,
+            config: config.clone(),
+            metrics_bytes,
+            vigil_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        if let Err(err) = checkpoints.save(&self.vars, &self.optimizer, &state) {
+            let message = format!(
+                "checkpoint at step {} not written (the previous one is intact): {err}",
+                state.global_step
+            );
+            eprintln!("warning: {message}");
+            self.warnings.push(message);
+        }
     }
 
     /// Dispatch one event and route what the monitors logged.
@@ -355,82 +617,148 @@ impl Trainer {
         dispatched
     }
 
-    fn train_epoch(
+    fn train_batch(
         &mut self,
-        epoch: usize,
+        batch_index: u32,
+        order: &Tensor,
+        plugins: &mut PluginHost,
+        sinks: &mut [Box<dyn Sink>],
+    ) -> Result<()> {
+        let samples = self.train.len();
+        let batch_size = self.settings.batch_size as i64;
+        let start = i64::from(batch_index) * batch_size;
+        let size = batch_size.min(samples - start);
+        let indices = order.f_narrow(0, start, size)?;
+        let images = self.feed.augment(
+            &self.train.images.f_index_select(0, &indices)?,
+            self.progress.global_step,
+        )?;
+        let labels = self.train.labels.f_index_select(0, &indices)?;
+        let lr = self.schedule.at(self.progress.global_step);
+        let logits = self.model.forward_t(&images, true);
+        let loss = cross_entropy(&logits, &labels, tch::Reduction::Mean)?;
+        let loss_value = loss.f_double_value(&[])?;
+        self.optimizer.zero_grad();
+        let mut skip = false;
+        if !loss_value.is_finite() {
+            skip = self.anomaly(format!("training loss is {loss_value}"))?;
+        }
+        if !skip {
+            loss.f_backward()?;
+        }
+        let grad_norm = match self.settings.optim.clip_grad_norm {
+            Some(max) if !skip => {
+                let norm = self.optimizer.clip_grad_norm(max)?;
+                if !norm.is_finite() {
+                    skip = self.anomaly(format!("gradient norm is {norm}"))?;
+                }
+                Some(norm)
+            }
+            _ => None,
+        };
+        let batch_correct = correct_count(&logits, &labels)?;
+        let mut values = vec![
+            ("train_loss", loss_value),
+            ("train_loss_bits", loss_value / std::f64::consts::LN_2),
+            ("train_acc", batch_correct / size as f64),
+            ("lr", lr),
+            ("wd", self.settings.optim.weight_decay),
+        ];
+        if let Some(norm) = grad_norm {
+            values.push(("grad_norm_before_clip", norm));
+        }
+        if plugins.wants(EventKind::TRAIN_BATCH_END) && !skip {
+            let counters = self.counters(batch_index, size as u32);
+            self.notify(
+                plugins,
+                sinks,
+                EventData::new(EventKind::TRAIN_BATCH_END, counters, &values),
+            )?;
+        }
+        if !skip {
+            self.optimizer.step(lr)?;
+            self.progress.global_step += 1;
+        }
+        self.progress.batches_done += 1;
+        if loss_value.is_finite() {
+            self.progress.epoch_loss_sum += loss_value * size as f64;
+            self.progress.epoch_correct += batch_correct;
+            self.progress.epoch_samples += size as u64;
+        }
+        let mut record = self.record(
+            RecordKind::Train,
+            values.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+        );
+        if skip {
+            record.metrics.push(("skipped".into(), 1.0));
+        }
+        for sink in sinks.iter_mut() {
+            sink.write(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Apply the anomaly policy; returns whether to skip the optimizer step.
+    fn anomaly(&mut self, what: String) -> Result<bool> {
+        let step = self.progress.global_step;
+        match self.settings.anomaly_policy {
+            AnomalyPolicy::Stop => Err(Error::Diverged {
+                epoch: self.progress.epoch,
+                step,
+                what: format!("{what} (anomaly_policy = \"stop\"; lower `optim.lr`, set `optim.clip_grad_norm`, or choose \"skip_batch\")"),
+            }),
+            AnomalyPolicy::SkipBatch | AnomalyPolicy::Warn => {
+                let skip = self.settings.anomaly_policy == AnomalyPolicy::SkipBatch;
+                let message = format!(
+                    "step {step}, epoch {}: {what}; {}",
+                    self.progress.epoch,
+                    if skip { "batch skipped" } else { "step taken anyway (anomaly_policy = \"warn\")" }
+                );
+                eprintln!("warning: {message}");
+                self.warnings.push(message);
+                Ok(skip)
+            }
+        }
+    }
+
+    /// Validate, record `val_loss`, `val_acc` and `best_val_loss`, and tell the monitors.
+    fn validate(
+        &mut self,
         plugins: &mut PluginHost,
         sinks: &mut [Box<dyn Sink>],
     ) -> Result<PassMetrics> {
-        let samples = self.train.len();
-        let order =
-            SplitMix64::derived(self.settings.seed.wrapping_add(epoch as u64), "epoch-order")
-                .permutation(samples as usize);
-        let order = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
-        let batch_size = self.settings.batch_size as i64;
-        let (mut loss_sum, mut correct) = (0f64, 0f64);
-        let (mut start, mut batch_index) = (0, 0u32);
-        while start < samples {
-            let size = batch_size.min(samples - start);
-            let indices = order.f_narrow(0, start, size)?;
-            let images = self.train.images.f_index_select(0, &indices)?;
-            let labels = self.train.labels.f_index_select(0, &indices)?;
-            let logits = self.model.forward_t(&images, true);
-            let loss = cross_entropy(&logits, &labels, tch::Reduction::Mean)?;
-            let loss_value = loss.f_double_value(&[])?;
-            if !loss_value.is_finite() {
-                return Err(Error::Diverged {
-                    epoch,
-                    step: self.global_step,
-                    what: format!("training loss is {loss_value}; lower `optim.lr`"),
-                });
-            }
-            self.optimizer.zero_grad();
-            loss.f_backward()?;
-            let batch_correct = correct_count(&logits, &labels)?;
-            if plugins.wants(EventKind::TRAIN_BATCH_END) {
-                let values = [
-                    ("train_loss", loss_value),
-                    ("train_loss_bits", loss_value / std::f64::consts::LN_2),
-                    ("train_acc", batch_correct / size as f64),
-                    ("lr", self.settings.optim.lr),
-                    ("wd", self.settings.optim.weight_decay),
-                ];
-                let counters = self.counters(epoch, batch_index, size as u32);
-                self.notify(
-                    plugins,
-                    sinks,
-                    EventData::new(EventKind::TRAIN_BATCH_END, counters, &values),
-                )?;
-            }
-            self.optimizer.step();
-            self.global_step += 1;
-            loss_sum += loss_value * size as f64;
-            correct += batch_correct;
-            start += size;
-            batch_index += 1;
-            if plugins.stop_requested() {
-                break;
-            }
+        let metrics = self.evaluate_monitored(plugins, sinks)?;
+        let best = self
+            .progress
+            .best_val_loss
+            .map_or(metrics.loss, |b| b.min(metrics.loss));
+        self.progress.best_val_loss = Some(best);
+        let record = self.record(
+            RecordKind::Validation,
+            vec![
+                ("val_loss".into(), metrics.loss),
+                ("val_acc".into(), metrics.accuracy),
+                ("best_val_loss".into(), best),
+            ],
+        );
+        for sink in sinks.iter_mut() {
+            sink.write(&record)?;
         }
-        Ok(PassMetrics {
-            loss: loss_sum / start.max(1) as f64,
-            accuracy: correct / start.max(1) as f64,
-        })
+        Ok(metrics)
     }
 
-    /// Loss and accuracy on the test split, without gradients and in eval mode.
+    /// Loss and accuracy on the validation (test) split, without gradients and in eval mode.
     pub fn evaluate(&mut self) -> Result<PassMetrics> {
-        self.evaluate_monitored(1, &mut PluginHost::empty(), &mut [])
+        self.evaluate_monitored(&mut PluginHost::empty(), &mut [])
     }
 
     fn evaluate_monitored(
         &mut self,
-        epoch: usize,
         plugins: &mut PluginHost,
         sinks: &mut [Box<dyn Sink>],
     ) -> Result<PassMetrics> {
         let _no_grad = tch::no_grad_guard();
-        self.validation_pass += 1;
+        self.progress.validation_pass += 1;
         let samples = self.test.len();
         let batch_size = self.settings.eval_batch_size as i64;
         let per_batch = plugins.wants(EventKind::VALIDATION_BATCH_END);
@@ -455,46 +783,42 @@ impl Trainer {
                 .f_double_value(&[])?;
             let need_predictions =
                 copy_outputs || (want_images && (image_predictions.len() as i64) < image_count);
+            let mut cpu_predictions = Vec::new();
             if need_predictions {
-                let cpu_predictions = Vec::<i64>::try_from(&predictions.f_to_device(Device::Cpu)?)?;
+                cpu_predictions = Vec::<i64>::try_from(&predictions.f_to_device(Device::Cpu)?)?;
                 if want_images {
                     let missing = (image_count as usize).saturating_sub(image_predictions.len());
                     image_predictions.extend(cpu_predictions.iter().take(missing));
                 }
-                if per_batch {
-                    let (cpu_logits, cpu_labels) = if copy_outputs {
-                        (
-                            Vec::<f32>::try_from(
-                                &logits
-                                    .f_to_device(Device::Cpu)?
-                                    .f_to_kind(Kind::Float)?
-                                    .f_reshape([-1])?,
-                            )?,
-                            Vec::<i64>::try_from(&labels.f_to_device(Device::Cpu)?)?,
-                        )
-                    } else {
-                        (Vec::new(), Vec::new())
-                    };
-                    let mut event = EventData::new(
-                        EventKind::VALIDATION_BATCH_END,
-                        self.counters(epoch, batch_index, size as u32),
-                        &[],
-                    );
+            }
+            if per_batch {
+                let (cpu_logits, cpu_labels) = if copy_outputs {
+                    (
+                        Vec::<f32>::try_from(
+                            &logits
+                                .f_to_device(Device::Cpu)?
+                                .f_to_kind(Kind::Float)?
+                                .f_reshape([-1])?,
+                        )?,
+                        Vec::<i64>::try_from(&labels.f_to_device(Device::Cpu)?)?,
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                let mut event = EventData::new(
+                    EventKind::VALIDATION_BATCH_END,
+                    self.counters(batch_index, size as u32),
+                    &[],
+                );
+                if copy_outputs {
                     event.validation = Some(ValidationBatch {
                         logits: RSlice::from_slice(&cpu_logits),
                         predictions: RSlice::from_slice(&cpu_predictions),
                         labels: RSlice::from_slice(&cpu_labels),
                         num_classes,
                     });
-                    self.notify(plugins, sinks, event)?;
                 }
-            } else if per_batch {
-                let counters = self.counters(epoch, batch_index, size as u32);
-                self.notify(
-                    plugins,
-                    sinks,
-                    EventData::new(EventKind::VALIDATION_BATCH_END, counters, &[]),
-                )?;
+                self.notify(plugins, sinks, event)?;
             }
             start += size;
             batch_index += 1;
@@ -505,11 +829,7 @@ impl Trainer {
         };
         if plugins.wants(EventKind::VALIDATION_END) {
             let values = [("val_loss", metrics.loss), ("val_acc", metrics.accuracy)];
-            let mut event = EventData::new(
-                EventKind::VALIDATION_END,
-                self.counters(epoch, 0, 0),
-                &values,
-            );
+            let mut event = EventData::new(EventKind::VALIDATION_END, self.counters(0, 0), &values);
             let (pixels, labels) = if want_images {
                 (
                     self.test.display_images(image_count)?,
@@ -555,23 +875,6 @@ fn correct_count(logits: &Tensor, labels: &Tensor) -> Result<f64> {
         .f_double_value(&[])?)
 }
 
-fn epoch_record(metrics: &EpochMetrics) -> Record {
-    Record {
-        kind: RecordKind::Epoch,
-        source: None,
-        epoch: metrics.epoch,
-        global_step: metrics.global_step,
-        wall_time: unix_time(),
-        metrics: vec![
-            ("train_loss".into(), metrics.train.loss),
-            ("train_acc".into(), metrics.train.accuracy),
-            ("test_loss".into(), metrics.test.loss),
-            ("test_acc".into(), metrics.test.accuracy),
-            ("epoch_time_s".into(), metrics.seconds),
-        ],
-    }
-}
-
 /// One record per monitor for the scalars monitors logged at one event.
 fn write_monitor_scalars(
     sinks: &mut [Box<dyn Sink>],
@@ -602,109 +905,4 @@ fn write_monitor_scalars(
         }
     }
     Ok(())
-}
-
-/// A finished run: where it wrote and what it measured.
-#[derive(Debug, Clone)]
-pub struct RunOutcome {
-    pub run_dir: PathBuf,
-    pub dataset: String,
-    pub summary: FitSummary,
-}
-
-/// Everything `vigil train CONFIG` does: validate the config, load the data, build the model
-/// and the monitors, and only then create the run directory, train, and write
-/// `metrics.jsonl` and `run.json` there. `run.json` is written even when training fails.
-pub fn train_from_file(config_path: &Path) -> Result<RunOutcome> {
-    let settings = Settings::from_file(config_path)?;
-    let dataset = data::load(&settings.data)?;
-    println!(
-        "data: {} ({} train, {} test images of {}×{}×{}, {} classes)",
-        dataset.name,
-        dataset.train.len(),
-        dataset.test.len(),
-        dataset.train.channels,
-        dataset.train.height,
-        dataset.train.width,
-        dataset.num_classes()
-    );
-    let mut trainer = Trainer::new(&settings, &dataset)?;
-    println!(
-        "model: {} with {} parameters; {} epochs of batch {} (seed {})",
-        settings.model.kind.name(),
-        trainer.parameter_count(),
-        settings.epochs,
-        settings.batch_size,
-        settings.seed
-    );
-    let mut plugins = PluginHost::load(
-        &settings.monitors,
-        &settings.plugin_dirs,
-        trainer.run_facts(),
-        &trainer.services(),
-        trainer.counters(1, 0, 0),
-    )?;
-
-    let run_dir = create_run_dir(&settings)?;
-    let config_copy = run_dir.join("config.toml");
-    std::fs::copy(config_path, &config_copy).map_err(|source| Error::io(&config_copy, source))?;
-    println!("run directory: {}", run_dir.display());
-    plugins.set_artifact_dir(run_dir.join("artifacts"));
-    let mut sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(ConsoleSink::new(settings.epochs)),
-        Box::new(JsonlSink::create(&run_dir.join("metrics.jsonl"))?),
-    ];
-    let started = Instant::now();
-    let fitted = trainer.fit_monitored(&mut sinks, &mut plugins);
-    let loop_seconds = started.elapsed().as_secs_f64();
-    let flushed = sinks.iter_mut().try_for_each(|sink| sink.flush());
-
-    let (status, error) = match &fitted {
-        Ok(summary) if summary.stopped_by.is_some() => ("stopped", None),
-        Ok(_) => ("completed", None),
-        Err(err) => ("failed", Some(err.to_string())),
-    };
-    let summary = fitted.as_ref().ok();
-    let last = summary.and_then(FitSummary::last);
-    let run_summary = serde_json::json!({
-        "name": settings.name,
-        "status": status,
-        "error": error,
-        "stopped_by": summary.and_then(|s| s.stopped_by.as_ref()).map(|(monitor, reason)| serde_json::json!({
-            "monitor": monitor,
-            "reason": reason,
-        })),
-        "config": config_path.display().to_string(),
-        "dataset": dataset.name,
-        "model": settings.model.kind.name(),
-        "parameters": trainer.parameter_count(),
-        "seed": settings.seed,
-        "epochs": settings.epochs,
-        "global_step": trainer.global_step,
-        "final": last.map(|m| serde_json::json!({
-            "train_loss": m.train.loss,
-            "train_acc": m.train.accuracy,
-            "test_loss": m.test.loss,
-            "test_acc": m.test.accuracy,
-        })),
-        "wall_time_s": loop_seconds,
-        "monitors": plugins.report(loop_seconds),
-        "warnings": plugins.warnings(),
-        "vigil_version": env!("CARGO_PKG_VERSION"),
-    });
-    let text = serde_json::to_vec_pretty(&run_summary).map_err(|source| Error::Json {
-        what: "run summary".into(),
-        source,
-    })?;
-    write_atomically(&run_dir.join("run.json"), &text)?;
-    let summary = fitted?;
-    flushed?;
-    if let Some((monitor, reason)) = &summary.stopped_by {
-        println!("stopped early: monitor `{monitor}` asked to stop: {reason}");
-    }
-    Ok(RunOutcome {
-        run_dir,
-        dataset: dataset.name,
-        summary,
-    })
 }

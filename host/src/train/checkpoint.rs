@@ -1,0 +1,262 @@
+//! Checkpoints under `<run_dir>/checkpoints/`: the best `k` by validation loss plus the last.
+//!
+//! Each checkpoint is a directory `step_<global step>/` with `model.safetensors` (every
+//! variable of the model, batch-norm statistics included), `optimizer.safetensors` (momentum
+//! and moment buffers) and `state.json` (counters, the epoch's running sums, the config). It
+//! is written under a temporary name and renamed into place, and `index.json`, which says
+//! which directories are the best and which is the last, is replaced atomically afterwards; a
+//! crash at any moment leaves the previous complete checkpoint loadable. Directories no longer
+//! referenced are removed only after the new index is in place.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
+
+use super::optim::Optimizer;
+use super::run_dir::write_atomically;
+use crate::error::{Error, Result};
+
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+const INDEX: &str = "index.json";
+const STATE: &str = "state.json";
+const MODEL: &str = "model.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    pub format: u32,
+    /// Optimizer steps taken.
+    pub global_step: u64,
+    /// The epoch in progress (1-based).
+    pub epoch: usize,
+    /// Batches of that epoch already trained.
+    pub batches_done: u32,
+    /// Running sums of the epoch so far, for its epoch record.
+    pub epoch_loss_sum: f64,
+    pub epoch_correct: f64,
+    pub epoch_samples: u64,
+    /// Validation passes so far.
+    pub validation_pass: u32,
+    pub best_val_loss: Option<f64>,
+    /// The validation loss this checkpoint was ranked by.
+    pub val_loss: Option<f64>,
+    pub optimizer_steps: u64,
+    pub seed: u64,
+    /// The config text the run was started with.
+    pub config: String,
+    /// Length of `metrics.jsonl` when the checkpoint was taken: a resumed run cuts the file
+    /// back to it, so that no record is written twice.
+    pub metrics_bytes: Option<u64>,
+    pub vigil_version: String,
+}
+
+/// One entry of the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointEntry {
+    pub dir: String,
+    pub global_step: u64,
+    pub val_loss: Option<f64>,
+}
+
+/// `index.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointIndex {
+    /// Best first.
+    pub best: Vec<CheckpointEntry>,
+    pub last: Option<CheckpointEntry>,
+}
+
+/// Keeps the checkpoints of one run.
+#[derive(Debug)]
+pub struct Checkpoints {
+    root: PathBuf,
+    keep_best: usize,
+    index: CheckpointIndex,
+}
+
+impl Checkpoints {
+    /// Manage `<run_dir>/checkpoints`, continuing its index if there is one.
+    pub fn open(run_dir: &Path, keep_best: usize) -> Result<Self> {
+        let root = run_dir.join(CHECKPOINT_DIR);
+        std::fs::create_dir_all(&root).map_err(|source| Error::io(&root, source))?;
+        let index = read_index(&root).unwrap_or_default();
+        Ok(Checkpoints {
+            root,
+            keep_best,
+            index,
+        })
+    }
+
+    pub fn index(&self) -> &CheckpointIndex {
+        &self.index
+    }
+
+    /// Save a checkpoint at `state.global_step`; it becomes `last`, and one of the best if its
+    /// validation loss ranks among the best `keep_best`.
+    pub fn save(
+        &mut self,
+        vars: &nn::VarStore,
+        optimizer: &Optimizer,
+        state: &TrainingState,
+    ) -> Result<PathBuf> {
+        let name = format!("step_{:09}", state.global_step);
+        let final_dir = self.root.join(&name);
+        if !final_dir.join(STATE).is_file() {
+            let temporary = self.root.join(format!(".tmp-{name}"));
+            let _ = std::fs::remove_dir_all(&temporary);
+            std::fs::create_dir_all(&temporary).map_err(|source| Error::io(&temporary, source))?;
+            write_checkpoint(&temporary, vars, optimizer, state)?;
+            let _ = std::fs::remove_dir_all(&final_dir);
+            std::fs::rename(&temporary, &final_dir)
+                .map_err(|source| Error::io(&final_dir, source))?;
+        }
+        let entry = CheckpointEntry {
+            dir: name,
+            global_step: state.global_step,
+            val_loss: state.val_loss,
+        };
+        let mut index = self.index.clone();
+        if entry.val_loss.is_some_and(f64::is_finite) {
+            index.best.retain(|e| e.dir != entry.dir);
+            index.best.push(entry.clone());
+            index.best.sort_by(|a, b| {
+                let (a_loss, b_loss) = (
+                    a.val_loss.unwrap_or(f64::INFINITY),
+                    b.val_loss.unwrap_or(f64::INFINITY),
+                );
+                a_loss
+                    .total_cmp(&b_loss)
+                    .then(a.global_step.cmp(&b.global_step))
+            });
+            index.best.truncate(self.keep_best);
+        }
+        index.last = Some(entry);
+        let text = serde_json::to_vec_pretty(&index).map_err(|source| Error::Json {
+            what: "checkpoint index".into(),
+            source,
+        })?;
+        write_atomically(&self.root.join(INDEX), &text)?;
+        self.index = index;
+        self.remove_unreferenced();
+        Ok(final_dir)
+    }
+
+    fn remove_unreferenced(&self) {
+        let keep: Vec<&str> = self
+            .index
+            .best
+            .iter()
+            .chain(self.index.last.iter())
+            .map(|e| e.dir.as_str())
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("step_") && !keep.contains(&name.as_str()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+fn write_checkpoint(
+    dir: &Path,
+    vars: &nn::VarStore,
+    optimizer: &Optimizer,
+    state: &TrainingState,
+) -> Result<()> {
+    let model: Vec<(String, Tensor)> = vars
+        .variables()
+        .into_iter()
+        .map(|(name, tensor)| Ok((name, tensor.f_to_device(Device::Cpu)?.f_contiguous()?)))
+        .collect::<Result<_>>()?;
+    Tensor::write_safetensors(&model, dir.join(MODEL))?;
+    let (optimizer_state, _) = optimizer.state_tensors();
+    let optimizer_state: Vec<(String, Tensor)> = optimizer_state
+        .into_iter()
+        .map(|(name, tensor)| Ok((name, tensor.f_to_device(Device::Cpu)?.f_contiguous()?)))
+        .collect::<Result<_>>()?;
+    if optimizer_state.is_empty() {
+        // safetensors cannot hold zero tensors; an empty file means "no state yet".
+        std::fs::write(dir.join(OPTIMIZER), b"")
+            .map_err(|source| Error::io(dir.join(OPTIMIZER), source))?;
+    } else {
+        Tensor::write_safetensors(&optimizer_state, dir.join(OPTIMIZER))?;
+    }
+    let text = serde_json::to_vec_pretty(state).map_err(|source| Error::Json {
+        what: "checkpoint state".into(),
+        source,
+    })?;
+    // Written last: a directory with state.json is complete.
+    write_atomically(&dir.join(STATE), &text)
+}
+
+fn read_index(root: &Path) -> Option<CheckpointIndex> {
+    let text = std::fs::read(root.join(INDEX)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn read_state(dir: &Path) -> Result<TrainingState> {
+    let path = dir.join(STATE);
+    let text = std::fs::read(&path).map_err(|source| Error::io(&path, source))?;
+    serde_json::from_slice(&text).map_err(|err| Error::DataCorrupt {
+        path,
+        reason: format!("not a vigil checkpoint state: {err}"),
+    })
+}
+
+/// The newest complete checkpoint of a run: the index's `last`, or, if the index is missing
+/// or names a directory that is not complete, the complete `step_*` directory with the
+/// highest step.
+pub fn latest(run_dir: &Path) -> Result<(PathBuf, TrainingState)> {
+    let root = run_dir.join(CHECKPOINT_DIR);
+    if let Some(last) = read_index(&root).and_then(|index| index.last) {
+        let dir = root.join(&last.dir);
+        if let Ok(state) = read_state(&dir) {
+            return Ok((dir, state));
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|_| Error::Config {
+            location: run_dir.display().to_string(),
+            message: "has no checkpoints/ directory to resume from (was it written by `vigil train` with checkpoints enabled?)".into(),
+        })?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_")))
+        .collect();
+    candidates.sort();
+    for dir in candidates.into_iter().rev() {
+        if let Ok(state) = read_state(&dir) {
+            return Ok((dir, state));
+        }
+    }
+    Err(Error::Config {
+        location: root.display().to_string(),
+        message: "holds no complete checkpoint to resume from".into(),
+    })
+}
+
+/// Load a checkpoint's tensors into the model and the optimizer.
+pub fn restore(
+    dir: &Path,
+    vars: &mut nn::VarStore,
+    optimizer: &mut Optimizer,
+    state: &TrainingState,
+) -> Result<()> {
+    vars.load(dir.join(MODEL))?;
+    let optimizer_path = dir.join(OPTIMIZER);
+    let empty = std::fs::metadata(&optimizer_path)
+        .map(|m| m.len() == 0)
+        .map_err(|source| Error::io(&optimizer_path, source))?;
+    let named = if empty {
+        Vec::new()
+    } else {
+        Tensor::read_safetensors(&optimizer_path)?
+    };
+    optimizer.load_state(named, state.optimizer_steps)
+}
