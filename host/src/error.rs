@@ -58,6 +58,10 @@ pub enum Error {
     #[error("{0}")]
     Capability(String),
 
+    /// A metrics sink failed to write.
+    #[error("the {sink} sink failed: {reason}")]
+    Sink { sink: &'static str, reason: String },
+
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

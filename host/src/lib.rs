@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! let outcome = vigil::train::train_from_file(std::path::Path::new("configs/quickstart.toml"))?;
-//! println!("test accuracy {:.4}", outcome.summary.last().unwrap().test.accuracy);
+//! println!("validation accuracy {:.4}", outcome.summary.last().unwrap().val.accuracy);
 //! # Ok::<(), vigil::Error>(())
 //! ```
 

@@ -112,8 +112,8 @@ pub fn load(source: &DataSource) -> Result<Dataset> {
 }
 
 fn fallback_dataset(dir: &Path, synthetic: &SyntheticSettings) -> Dataset {
-    eprintln!(
-        "warning: {} not found; synthetic_fallback = true, so training on synthetic {}×{}×{} images instead",
+    tracing::warn!(
+        "{} not found; synthetic_fallback = true, so training on synthetic {}×{}×{} images instead",
         dir.display(),
         synthetic.channels,
         synthetic.image_size,

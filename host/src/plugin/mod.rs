@@ -405,7 +405,7 @@ impl PluginHost {
     }
 
     fn warn(&mut self, message: String) {
-        eprintln!("warning: {message}");
+        tracing::warn!("{message}");
         self.warnings.push(message);
     }
 
@@ -441,7 +441,7 @@ impl PluginHost {
             match level {
                 LogLevel::WARN => warnings.push(format!("[{name}] {message}")),
                 LogLevel::DEBUG => {}
-                _ => println!("[{name}] {message}"),
+                _ => tracing::info!("[{name}] {message}"),
             }
         }
         for (index, metric, value) in self.outputs.dropped_non_finite.drain(..) {

@@ -1,18 +1,43 @@
-//! Human-readable progress on standard output.
+//! Human-readable progress: a progress bar with ETA and the live loss when standard output is
+//! a terminal (nothing when it is not), and one line per validation and per epoch.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Record, RecordKind, Sink};
 use crate::error::Result;
 
-/// Prints one line per validation and per epoch, with their metrics.
 pub struct ConsoleSink {
     epochs: usize,
+    bar: Option<ProgressBar>,
 }
 
 impl ConsoleSink {
-    pub fn new(epochs: usize) -> Self {
-        ConsoleSink { epochs }
+    /// `total_steps` is the length of the run; `done` the steps already taken (on resume).
+    pub fn new(epochs: usize, total_steps: u64, done: u64) -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(
+                Some(total_steps),
+                ProgressDrawTarget::stdout_with_hz(4),
+            );
+            let style = ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_position(done);
+            bar
+        });
+        ConsoleSink { epochs, bar }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => println!("{text}"),
+        }
     }
 }
 
@@ -22,7 +47,16 @@ impl Sink for ConsoleSink {
         let mut line = match record.kind {
             RecordKind::Epoch => format!("epoch {:>width$}/{}", record.epoch, self.epochs),
             RecordKind::Validation => format!("  validation at step {}", record.global_step),
-            RecordKind::Train | RecordKind::Monitor => return Ok(()),
+            RecordKind::Train => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(record.global_step);
+                    if let Some(loss) = record.get("train_loss") {
+                        bar.set_message(format!("epoch {} loss {loss:.4}", record.epoch));
+                    }
+                }
+                return Ok(());
+            }
+            RecordKind::Monitor => return Ok(()),
         };
         for (name, value) in &record.metrics {
             if name == "epoch_time_s" {
@@ -31,7 +65,7 @@ impl Sink for ConsoleSink {
                 line.push_str(&format!("  {name} {value:.4}"));
             }
         }
-        println!("{line}");
+        self.line(line);
         Ok(())
     }
 
@@ -39,5 +73,13 @@ impl Sink for ConsoleSink {
         // Standard output may be a closed pipe; that is no reason to fail a run.
         let _ = std::io::stdout().flush();
         Ok(())
+    }
+}
+
+impl Drop for ConsoleSink {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
     }
 }

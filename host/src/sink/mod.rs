@@ -1,11 +1,15 @@
 //! Where metrics go. The trainer emits [`Record`]s; each sink writes them its own way.
 //! Sinks know nothing of the training loop.
 
+mod background;
 mod console;
 mod jsonl;
+pub mod tensorboard;
 
+pub use background::Background;
 pub use console::ConsoleSink;
 pub use jsonl::JsonlSink;
+pub use tensorboard::TensorBoardSink;
 
 use crate::error::Result;
 
@@ -58,9 +62,92 @@ impl Record {
     }
 }
 
+/// A histogram of values: bucket `i` counts values in `(limit[i-1], limit[i]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    pub min: f64,
+    pub max: f64,
+    pub count: f64,
+    pub sum: f64,
+    pub sum_squares: f64,
+    pub bucket_limits: Vec<f64>,
+    pub bucket_counts: Vec<f64>,
+}
+
+impl Histogram {
+    /// `buckets` equal-width buckets over the finite values' range.
+    pub fn of(values: &[f32], buckets: usize) -> Histogram {
+        let finite = values
+            .iter()
+            .map(|&v| f64::from(v))
+            .filter(|v| v.is_finite());
+        let (mut min, mut max, mut count, mut sum, mut sum_squares) =
+            (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0.0, 0.0);
+        for value in finite.clone() {
+            min = min.min(value);
+            max = max.max(value);
+            count += 1.0;
+            sum += value;
+            sum_squares += value * value;
+        }
+        if count == 0.0 {
+            return Histogram {
+                min: 0.0,
+                max: 0.0,
+                count: 0.0,
+                sum: 0.0,
+                sum_squares: 0.0,
+                bucket_limits: vec![0.0],
+                bucket_counts: vec![0.0],
+            };
+        }
+        let buckets = buckets.max(1);
+        let width = ((max - min) / buckets as f64).max(f64::MIN_POSITIVE);
+        let bucket_limits: Vec<f64> = (1..=buckets)
+            .map(|i| {
+                if i == buckets {
+                    max
+                } else {
+                    min + width * i as f64
+                }
+            })
+            .collect();
+        let mut bucket_counts = vec![0.0; buckets];
+        for value in finite {
+            let index = (((value - min) / width).ceil() as usize)
+                .saturating_sub(1)
+                .min(buckets - 1);
+            bucket_counts[index] += 1.0;
+        }
+        Histogram {
+            min,
+            max,
+            count,
+            sum,
+            sum_squares,
+            bucket_limits,
+            bucket_counts,
+        }
+    }
+}
+
 /// A destination for records.
 pub trait Sink {
     fn write(&mut self, record: &Record) -> Result<()>;
+    /// A PNG image at `step` (sinks that cannot show images ignore it).
+    fn image(&mut self, _tag: &str, _step: u64, _wall_time: f64, _png: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    /// A histogram at `step` (sinks that cannot show histograms ignore it).
+    fn histogram(
+        &mut self,
+        _tag: &str,
+        _step: u64,
+        _wall_time: f64,
+        _histogram: &Histogram,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// Make everything written so far durable (or visible).
     fn flush(&mut self) -> Result<()>;
 }

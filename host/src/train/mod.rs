@@ -17,7 +17,7 @@ use abi_stable::std_types::{RSlice, RString, RVec};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 use vigil_plugin_api::{
-    EventKind, ImageBatch, SamplerDraws, StepCounters, Subscriptions, ValidationBatch,
+    ArtifactKind, EventKind, ImageBatch, SamplerDraws, StepCounters, Subscriptions, ValidationBatch,
 };
 
 use crate::config::{AnomalyPolicy, Settings};
@@ -25,7 +25,7 @@ use crate::data::{Dataset, ImageSet};
 use crate::error::{Error, Result};
 use crate::model::{self, InputShape};
 use crate::plugin::{EventData, PluginHost, RunFacts};
-use crate::sink::{unix_time, Record, RecordKind, Sink};
+use crate::sink::{unix_time, Histogram, Record, RecordKind, Sink};
 
 pub use checkpoint::{CheckpointIndex, Checkpoints, TrainingState};
 use feed::{choose_device, Feed};
@@ -160,6 +160,8 @@ pub struct Trainer {
     vars: nn::VarStore,
     /// The trainable parameters, in creation order (the order monitors see).
     parameters: Vec<Tensor>,
+    /// Their names (`conv1.weight`, …).
+    parameter_names: Vec<String>,
     model: Box<dyn ModuleT + Send>,
     optimizer: Optimizer,
     schedule: LrSchedule,
@@ -214,10 +216,15 @@ impl Trainer {
         let feed = Feed::new(settings, &dataset.train.labels, dataset.num_classes())?;
         // Normalise both splits with the training split's statistics.
         let (mean, std) = dataset.train.channel_stats();
+        let parameter_names = parameter_infos(&vars, &parameters)
+            .into_iter()
+            .map(|p| p.name.into_string())
+            .collect();
         Ok(Trainer {
             settings: settings.clone(),
             device,
             parameters,
+            parameter_names,
             train: TensorSplit::new(&dataset.train, &mean, &std, device)?,
             test: TensorSplit::new(&dataset.test, &mean, &std, device)?,
             train_labels: dataset.train.labels.clone(),
@@ -527,8 +534,8 @@ impl Trainer {
         }
         for sink in sinks.iter_mut() {
             sink.write(&record)?;
-            sink.flush()?;
         }
+        self.write_weight_histograms(sinks)?;
         Ok(metrics)
     }
 
@@ -564,7 +571,7 @@ impl Trainer {
                 "checkpoint at step {} not written: flushing metrics failed: {err}",
                 self.progress.global_step
             );
-            eprintln!("warning: {message}");
+            tracing::warn!("{message}");
             self.warnings.push(message);
             return;
         }
@@ -591,7 +598,7 @@ impl Trainer {
                 "checkpoint at step {} not written (the previous one is intact): {err}",
                 state.global_step
             );
-            eprintln!("warning: {message}");
+            tracing::warn!("{message}");
             self.warnings.push(message);
         }
     }
@@ -614,7 +621,42 @@ impl Trainer {
             event.counters.epoch as usize,
             event.counters.global_step,
         )?;
+        for (monitor, path, kind) in plugins.take_artifacts() {
+            if kind != ArtifactKind::PNG {
+                continue;
+            }
+            // The file was just written; TensorBoard shows it under a tag that stays the
+            // same from epoch to epoch, so its slider steps through them.
+            let png = std::fs::read(&path).map_err(|source| Error::io(&path, source))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tag = format!("{monitor}/{name}");
+            for sink in sinks.iter_mut() {
+                sink.image(&tag, event.counters.global_step, unix_time(), &png)?;
+            }
+        }
         dispatched
+    }
+
+    /// A histogram of every parameter's values, under `weights/<name>`.
+    fn write_weight_histograms(&self, sinks: &mut [Box<dyn Sink>]) -> Result<()> {
+        let _no_grad = tch::no_grad_guard();
+        for (name, parameter) in self.parameter_names.iter().zip(&self.parameters) {
+            let values = Vec::<f32>::try_from(
+                &parameter
+                    .f_to_device(Device::Cpu)?
+                    .f_to_kind(Kind::Float)?
+                    .f_reshape([-1])?,
+            )?;
+            let histogram = Histogram::of(&values, 30);
+            let tag = format!("weights/{name}");
+            for sink in sinks.iter_mut() {
+                sink.histogram(&tag, self.progress.global_step, unix_time(), &histogram)?;
+            }
+        }
+        Ok(())
     }
 
     fn train_batch(
@@ -714,7 +756,7 @@ impl Trainer {
                     self.progress.epoch,
                     if skip { "batch skipped" } else { "step taken anyway (anomaly_policy = \"warn\")" }
                 );
-                eprintln!("warning: {message}");
+                tracing::warn!("{message}");
                 self.warnings.push(message);
                 Ok(skip)
             }

@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::data;
 use crate::error::{Error, Result};
 use crate::plugin::{library, PluginHost};
-use crate::sink::{ConsoleSink, JsonlSink, Sink};
+use crate::sink::{Background, ConsoleSink, JsonlSink, Sink, TensorBoardSink};
 
 /// What `vigil train` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -177,14 +177,24 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     };
     trainer.keep_checkpoints(&run_dir, config_text, run_dir.join("metrics.jsonl"))?;
     plugins.set_artifact_dir(run_dir.join("artifacts"));
+    let total_steps = u64::from(trainer.batches_per_epoch()) * settings.epochs as u64;
     let mut sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(ConsoleSink::new(settings.epochs)),
-        Box::new(metrics),
+        Box::new(ConsoleSink::new(
+            settings.epochs,
+            total_steps,
+            trainer.global_step(),
+        )),
+        Box::new(Background::spawn("metrics.jsonl", Box::new(metrics))),
+        Box::new(Background::spawn(
+            "tensorboard",
+            Box::new(TensorBoardSink::create(&run_dir.join("tensorboard"))?),
+        )),
     ];
     let started = Instant::now();
     let fitted = trainer.fit_monitored(&mut sinks, &mut plugins);
     let loop_seconds = started.elapsed().as_secs_f64();
     let flushed = sinks.iter_mut().try_for_each(|sink| sink.flush());
+    drop(sinks);
 
     let (status, error) = match &fitted {
         Ok(summary) if summary.stopped_by.is_some() => ("stopped", None),
