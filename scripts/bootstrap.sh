@@ -45,13 +45,23 @@ install_torch() {
     mkdir -p "$cache_dir"
     "$python" -m venv "$venv" || die "could not create a venv at $venv (Debian: apt-get install python3-venv)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        "torch==$TORCH_VERSION" || die "pip could not install torch==$TORCH_VERSION into $venv"
+        "torch==$TORCH_VERSION" "safetensors>=0.4" ||
+        die "pip could not install torch==$TORCH_VERSION into $venv"
     local got
     got="$("$venv/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')" ||
         die "torch was installed into $venv but does not import"
     [[ "$got" == "$TORCH_VERSION" ]] || die "expected torch $TORCH_VERSION in $venv, found $got"
     echo "$TORCH_VERSION" >"$marker"
     say "torch $TORCH_VERSION installed"
+}
+
+# scripts/read_run.py reads checkpoints with the safetensors package; caches made before it
+# was part of the install get it added here.
+ensure_safetensors() {
+    "$venv/bin/python" -c 'import safetensors' 2>/dev/null && return 0
+    say "adding safetensors to $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "safetensors>=0.4" ||
+        die "pip could not install safetensors into $venv"
 }
 
 link_libtorch() {
@@ -96,6 +106,7 @@ install_fashion_mnist() {
 }
 
 install_torch
+ensure_safetensors
 link_libtorch
 install_fashion_mnist
 say "done"

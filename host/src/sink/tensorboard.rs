@@ -102,12 +102,26 @@ impl TensorBoardSink {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
-        let path = dir.join(format!("events.out.tfevents.{}.{host}", now as u64));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|source| Error::io(&path, source))?;
+        // A resumed run adds a file beside the first; a suffix keeps names apart within a second.
+        let stem = format!("events.out.tfevents.{}.{host}", now as u64);
+        let mut attempt = 0u32;
+        let (path, file) = loop {
+            let path = match attempt {
+                0 => dir.join(&stem),
+                n => dir.join(format!("{stem}.{n}")),
+            };
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => break (path, file),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 => {
+                    attempt += 1
+                }
+                Err(source) => return Err(Error::io(&path, source)),
+            }
+        };
         let mut sink = TensorBoardSink {
             path,
             writer: BufWriter::new(file),
@@ -154,10 +168,16 @@ impl TensorBoardSink {
 }
 
 /// TensorBoard tag for a metric of a record: monitor metrics keep their names; host metrics
-/// are grouped (`train/loss`, `val/acc`, …) so that TensorBoard shows them side by side.
+/// are grouped (`train/loss`, `val/acc`, `optim/lr`, `epoch/val_loss`, …) so that TensorBoard
+/// shows them side by side.
 fn tag(record: &Record, metric: &str) -> String {
     if record.source.is_some() {
         return metric.to_string();
+    }
+    if record.kind == super::RecordKind::Epoch {
+        // Epoch means and the epoch's last validation: their own charts, not extra points
+        // on the per-batch and per-validation curves.
+        return format!("epoch/{metric}");
     }
     for prefix in ["train_", "val_"] {
         if let Some(rest) = metric.strip_prefix(prefix) {
