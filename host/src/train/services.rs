@@ -103,6 +103,13 @@ impl TrainerServices<'_> {
         Ok((images, labels))
     }
 
+    /// Mean loss of one probe chunk, with the model in eval mode for this forward pass only
+    /// (training forward passes keep theirs).
+    fn probe_chunk_loss(&self, images: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let logits = self.model.forward_t(images, false);
+        super::cross_entropy(&logits, labels, tch::Reduction::Mean)
+    }
+
     /// Run `per_chunk(images, labels, weight)` over the probe in chunks of at most
     /// `max_batch_size`, where `weight` is the chunk's share of the probe.
     fn over_probe(
@@ -166,15 +173,7 @@ impl HostServices for TrainerServices<'_> {
         let mut product: Option<Tensor> = None;
         let mut loss_sum = 0.0;
         self.over_probe(probe, |images, labels, weight| {
-            // Eval mode for this forward pass only; the training forward passes keep theirs.
-            let logits = self.model.forward_t(images, false);
-            let loss = logits.f_cross_entropy_loss::<Tensor>(
-                labels,
-                None,
-                tch::Reduction::Mean,
-                -100,
-                0.0,
-            )?;
+            let loss = self.probe_chunk_loss(images, labels)?;
             loss_sum += loss.f_double_value(&[])? * weight;
             let grads = Tensor::f_run_backward(&[&loss], self.parameters, true, true)?;
             let mut dot = Tensor::f_zeros([], (Kind::Float, self.device))?;
@@ -203,15 +202,7 @@ impl HostServices for TrainerServices<'_> {
         let _no_grad = tch::no_grad_guard();
         let mut loss_sum = 0.0;
         self.over_probe(probe, |images, labels, weight| {
-            let logits = self.model.forward_t(images, false);
-            let loss = logits.f_cross_entropy_loss::<Tensor>(
-                labels,
-                None,
-                tch::Reduction::Mean,
-                -100,
-                0.0,
-            )?;
-            loss_sum += loss.f_double_value(&[])? * weight;
+            loss_sum += self.probe_chunk_loss(images, labels)?.f_double_value(&[])? * weight;
             Ok(())
         })?;
         Ok(loss_sum)
