@@ -3,6 +3,7 @@
 mod cli;
 mod experiment;
 mod idx_files;
+mod monitors;
 mod plugin_loading;
 mod training;
 mod util;

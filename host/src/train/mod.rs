@@ -32,6 +32,7 @@ use feed::{choose_device, Feed};
 pub use optim::Optimizer;
 pub use run_dir::{create_run_dir, write_atomically};
 pub use schedule::LrSchedule;
+pub use services::batch_hessian_vector_product;
 use services::{parameter_infos, ProbeCache, TrainerServices};
 
 mod run;

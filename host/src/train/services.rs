@@ -134,6 +134,28 @@ impl TrainerServices<'_> {
     }
 }
 
+/// `(loss, H·d)` for the mean cross-entropy of `model` (in eval mode) on one batch, with
+/// respect to `parameters`, by double backward: the gradient is built with a graph, its dot
+/// product with the directions `d` (one tensor per parameter, shaped like it) is
+/// differentiated again, and no graph outlives the call.
+pub fn batch_hessian_vector_product(
+    model: &dyn ModuleT,
+    parameters: &[Tensor],
+    images: &Tensor,
+    labels: &Tensor,
+    directions: &[Tensor],
+) -> Result<(f64, Vec<Tensor>)> {
+    let logits = model.forward_t(images, false);
+    let loss = super::cross_entropy(&logits, labels, tch::Reduction::Mean)?;
+    let grads = Tensor::f_run_backward(&[&loss], parameters, true, true)?;
+    let mut dot = Tensor::f_zeros([], (Kind::Float, images.device()))?;
+    for (grad, direction) in grads.iter().zip(directions) {
+        dot = dot.f_add(&grad.f_mul(direction)?.f_sum(Kind::Float)?)?;
+    }
+    let product = Tensor::f_run_backward(&[&dot], parameters, false, false)?;
+    Ok((loss.f_double_value(&[])?, product))
+}
+
 impl HostServices for TrainerServices<'_> {
     fn grad_norms(&self) -> Result<Vec<f64>> {
         self.norms(self.parameters.iter().map(Self::grad_or_zeros))
@@ -173,14 +195,14 @@ impl HostServices for TrainerServices<'_> {
         let mut product: Option<Tensor> = None;
         let mut loss_sum = 0.0;
         self.over_probe(probe, |images, labels, weight| {
-            let loss = self.probe_chunk_loss(images, labels)?;
-            loss_sum += loss.f_double_value(&[])? * weight;
-            let grads = Tensor::f_run_backward(&[&loss], self.parameters, true, true)?;
-            let mut dot = Tensor::f_zeros([], (Kind::Float, self.device))?;
-            for (grad, direction) in grads.iter().zip(&directions) {
-                dot = dot.f_add(&grad.f_mul(direction)?.f_sum(Kind::Float)?)?;
-            }
-            let hv = Tensor::f_run_backward(&[&dot], self.parameters, false, false)?;
+            let (loss, hv) = batch_hessian_vector_product(
+                self.model,
+                self.parameters,
+                images,
+                labels,
+                &directions,
+            )?;
+            loss_sum += loss * weight;
             let hv_flat =
                 Tensor::f_cat(&hv.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)?
                     .f_mul_scalar(weight)?;

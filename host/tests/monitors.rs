@@ -1,0 +1,352 @@
+//! The monitors in plugins/, through their real `.so` files: curvature against an exact
+//! Hessian, and all of them in one real training run.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::std_types::{RString, RVec};
+use serde_json::Value;
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+use vigil::config::{MonitorSettings, OnError};
+use vigil::plugin::{EventData, HostServices, PluginHost, RunFacts};
+use vigil::train::batch_hessian_vector_product;
+use vigil_plugin_api::{EventKind, ParameterInfo, ProbeSpec, StepCounters};
+
+use crate::util::{stderr, vigil};
+
+fn built_plugin(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_vigil"))
+        .with_file_name(format!("lib{}.so", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// A model with 31 parameters: 3 inputs → 4 tanh units → 3 classes.
+struct Tiny {
+    vars: nn::VarStore,
+    net: nn::Sequential,
+    images: Tensor,
+    labels: Tensor,
+}
+
+impl Tiny {
+    fn new() -> Self {
+        tch::manual_seed(7);
+        let vars = nn::VarStore::new(Device::Cpu);
+        let root = vars.root();
+        let net = nn::seq()
+            .add(nn::linear(&root / "hidden", 3, 4, Default::default()))
+            .add_fn(|x| x.tanh())
+            .add(nn::linear(&root / "out", 4, 3, Default::default()));
+        let images = Tensor::randn([12, 3], (Kind::Float, Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2, 2, 1, 0, 0, 2, 1]);
+        Tiny {
+            vars,
+            net,
+            images,
+            labels,
+        }
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        self.vars.trainable_variables()
+    }
+}
+
+impl std::fmt::Debug for Tiny {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tiny")
+    }
+}
+
+impl nn::ModuleT for Tiny {
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
+        self.net.forward(xs)
+    }
+}
+
+/// The Hessian by autograd: differentiate each component of the gradient again.
+fn autograd_hessian(tiny: &Tiny) -> (usize, Vec<f64>) {
+    let parameters = tiny.parameters();
+    let logits = tiny.net.forward(&tiny.images);
+    let loss = logits.cross_entropy_for_logits(&tiny.labels);
+    let grads = Tensor::run_backward(&[&loss], &parameters, true, true);
+    let flat = Tensor::cat(
+        &grads.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(),
+        0,
+    );
+    let n = flat.size()[0] as usize;
+    let mut hessian = vec![0.0; n * n];
+    for row in 0..n {
+        let second = Tensor::run_backward(&[flat.get(row as i64)], &parameters, true, false);
+        let values = Vec::<f32>::try_from(&Tensor::cat(
+            &second.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(),
+            0,
+        ))
+        .unwrap();
+        for (column, value) in values.iter().enumerate() {
+            hessian[row * n + column] = f64::from(*value);
+        }
+    }
+    (n, hessian)
+}
+
+/// The Hessian from Hessian-vector products with the unit vectors, as the host computes them.
+fn hvp_hessian(tiny: &Tiny, n: usize) -> Vec<f64> {
+    let parameters = tiny.parameters();
+    let sizes: Vec<i64> = parameters.iter().map(|p| p.numel() as i64).collect();
+    let mut hessian = vec![0.0; n * n];
+    for column in 0..n {
+        let mut unit = vec![0.0f32; n];
+        unit[column] = 1.0;
+        let pieces = Tensor::from_slice(&unit).split_with_sizes(&sizes, 0);
+        let directions: Vec<Tensor> = pieces
+            .iter()
+            .zip(&parameters)
+            .map(|(d, p)| d.view(p.size().as_slice()))
+            .collect();
+        let (_, product) = batch_hessian_vector_product(
+            tiny,
+            &parameters,
+            &tiny.images,
+            &tiny.labels,
+            &directions,
+        )
+        .unwrap();
+        let values = Vec::<f32>::try_from(&Tensor::cat(
+            &product.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(),
+            0,
+        ))
+        .unwrap();
+        for (row, value) in values.iter().enumerate() {
+            hessian[row * n + column] = f64::from(*value);
+        }
+    }
+    hessian
+}
+
+/// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations.
+fn symmetric_eigenvalues(matrix: &[f64], n: usize) -> Vec<f64> {
+    let mut a = matrix.to_vec();
+    for _sweep in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
+        if off < 1e-22 {
+            break;
+        }
+        for p in 0..n {
+            for q in (p + 1)..n {
+                let apq = a[p * n + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+            }
+        }
+    }
+    (0..n).map(|i| a[i * n + i]).collect()
+}
+
+/// Host services whose Hessian-vector product is multiplication by a known matrix.
+struct KnownHessian {
+    matrix: Vec<f64>,
+    n: usize,
+}
+
+impl HostServices for KnownHessian {
+    fn grad_norms(&self) -> vigil::Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
+    fn weight_norms(&self) -> vigil::Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
+    fn gradient(&self) -> vigil::Result<Vec<f32>> {
+        Ok(Vec::new())
+    }
+    fn hessian_vector_product(
+        &self,
+        _: &ProbeSpec,
+        vector: &[f32],
+        out: &mut [f32],
+    ) -> vigil::Result<f64> {
+        for (row, value) in out.iter_mut().enumerate() {
+            *value = (0..self.n)
+                .map(|c| self.matrix[row * self.n + c] * f64::from(vector[c]))
+                .sum::<f64>() as f32;
+        }
+        Ok(0.5)
+    }
+    fn probe_loss(&self, _: &ProbeSpec) -> vigil::Result<f64> {
+        Ok(0.5)
+    }
+}
+
+#[test]
+fn curvature_matches_the_exact_hessian_of_a_tiny_model() {
+    let tiny = Tiny::new();
+    let (n, by_autograd) = autograd_hessian(&tiny);
+    assert_eq!(n, 31);
+    let by_columns = hvp_hessian(&tiny, n);
+    let scale = by_autograd.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (a, b) in by_autograd.iter().zip(&by_columns) {
+        assert!(
+            (a - b).abs() <= 1e-5 * scale.max(1.0),
+            "HVP columns {b} vs autograd {a}"
+        );
+    }
+    // Symmetrise away float noise before the eigen-decomposition.
+    let exact: Vec<f64> = (0..n * n)
+        .map(|k| 0.5 * (by_autograd[k] + by_autograd[(k % n) * n + k / n]))
+        .collect();
+    let eigenvalues = symmetric_eigenvalues(&exact, n);
+    let top = eigenvalues
+        .iter()
+        .copied()
+        .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
+    let trace: f64 = (0..n).map(|i| exact[i * n + i]).sum();
+
+    let services = KnownHessian { matrix: exact, n };
+    let spec = MonitorSettings {
+        name: "curvature".into(),
+        enabled: true,
+        on_error: OnError::Abort,
+        path: Some(built_plugin("curvature")),
+        settings_toml:
+            "compute_every_n_steps = 1\ntol = 1e-12\nmax_iter = 20000\nnum_samples = 4000\n".into(),
+    };
+    let facts = RunFacts {
+        parameters: RVec::from(vec![ParameterInfo {
+            name: RString::from("theta"),
+            shape: RVec::from(vec![n as u64]),
+            numel: n as u64,
+        }]),
+        class_names: RVec::new(),
+        monitor_names: Vec::new(),
+    };
+    let counters = StepCounters::default();
+    let mut host = PluginHost::load(&[spec], &[], facts, &services, counters).unwrap();
+    let mut scalars = Vec::new();
+    host.dispatch(
+        &EventData::new(EventKind::FIT_START, counters, &[]),
+        &services,
+        &mut scalars,
+    )
+    .unwrap();
+    host.dispatch(
+        &EventData::new(EventKind::TRAIN_BATCH_END, counters, &[]),
+        &services,
+        &mut scalars,
+    )
+    .unwrap();
+    let metric = |name: &str| {
+        scalars
+            .iter()
+            .find(|(_, m, _)| m == name)
+            .map(|&(_, _, v)| v)
+            .unwrap_or_else(|| panic!("no {name} in {scalars:?}"))
+    };
+
+    let lambda = metric("curvature/lambda_max");
+    assert!(
+        (lambda - top).abs() <= 1e-3 * top.abs(),
+        "lambda_max {lambda} vs exact {top} (eigenvalues {eigenvalues:?})"
+    );
+    let (estimate, stderr) = (
+        metric("curvature/hutch_trace"),
+        metric("curvature/hutch_trace_stderr"),
+    );
+    assert!(stderr > 0.0);
+    assert!(
+        (estimate - trace).abs() <= 3.0 * stderr,
+        "hutch_trace {estimate} ± {stderr} vs exact {trace}"
+    );
+    assert!(metric("curvature/lambda_max_residual") < 1e-2);
+    assert!(metric("curvature/hvps") >= 4001.0);
+}
+
+/// Every metric issue 5 names, with a short run's cadences.
+const METRICS: [&str; 14] = [
+    "grad_norm/total",
+    "grad_norm/conv1.weight",
+    "weight_norm",
+    "curvature/lambda_max",
+    "curvature/hutch_trace",
+    "curvature/lambda_max_iters",
+    "curvature/lambda_max_residual",
+    "curvature/hutch_trace_stderr",
+    "noise/psd_tail",
+    "noise/resid_power",
+    "noise/power_law_slope",
+    "noise/power_law_r2",
+    "noise/grad_var",
+    "loss_slope_5_15",
+];
+
+#[test]
+fn all_four_monitors_log_every_metric_in_a_real_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "plugin_dirs = [{:?}]\nrun_dir = \"o\"\nseed = 2\nepochs = 6\nbatch_size = 32\ndata = \"synthetic\"\n\
+         [synthetic]\ntrain_size = 256\ntest_size = 64\nclasses = 4\nimage_size = 12\n[model]\nkind = \"cnn\"\n[optim]\nlr = 0.02\n\
+         [[monitors]]\nname = \"gradient\"\nsettings = {{ log_every_n_steps = 4 }}\n\
+         [[monitors]]\nname = \"curvature\"\nsettings = {{ compute_every_n_steps = 16, subsample = 32, max_batch_size = 16, num_samples = 3, max_iter = 5 }}\n\
+         [[monitors]]\nname = \"noise\"\nsettings = {{ min_points = 16, log_every_n_steps = 4 }}\n\
+         [[monitors]]\nname = \"loss-slope\"\nsettings = {{ burn_in_loss = 10.0 }}\n",
+        built_plugin("gradient").parent().unwrap().display().to_string()
+    );
+    std::fs::write(dir.path().join("run.toml"), config).unwrap();
+    let output = vigil(dir.path(), &["train", "run.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let records: Vec<Value> = std::fs::read_to_string(dir.path().join("o/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    for metric in METRICS.iter().chain(&["loss_slope_full"]) {
+        let values: Vec<&Value> = records.iter().filter_map(|r| r.get(*metric)).collect();
+        assert!(!values.is_empty(), "{metric} never logged");
+        assert!(
+            values
+                .iter()
+                .all(|v| v.as_f64().is_some_and(f64::is_finite)),
+            "{metric} has a non-finite value: {values:?}"
+        );
+    }
+    // loss_slope_5_15 needs two epochs in the window: epochs 5 and 6.
+    let slopes = records
+        .iter()
+        .filter(|r| r.get("loss_slope_5_15").is_some())
+        .count();
+    assert_eq!(slopes, 1);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("o/run.json")).unwrap())
+            .unwrap();
+    for monitor in summary["monitors"].as_array().unwrap() {
+        assert_eq!(monitor["status"], "ok", "{monitor}");
+    }
+    assert_eq!(
+        summary["warnings"].as_array().unwrap().len(),
+        0,
+        "{}",
+        summary["warnings"]
+    );
+}

@@ -1,0 +1,279 @@
+//! The `curvature` monitor: the Hessian's top eigenvalue (by magnitude) by power iteration,
+//! and its trace by Hutchinson's estimator with Rademacher vectors, on a fixed probe
+//! subsample of the training set, through the host's Hessian-vector product.
+//!
+//! ```toml
+//! [[monitors]]
+//! name = "curvature"
+//! [monitors.settings]
+//! compute_every_n_steps = 500
+//! subsample = 256          # probe samples
+//! max_batch_size = 32      # probe samples per forward pass
+//! tol = 1e-3               # power iteration stops when λ changes by less than tol·|λ|
+//! max_iter = 20
+//! num_samples = 10         # Rademacher vectors for the trace
+//! seed = 0
+//! ```
+//!
+//! Logs `curvature/lambda_max`, `curvature/lambda_max_iters`, `curvature/lambda_max_residual`
+//! (‖Hv − λv‖ / |λ|), `curvature/hutch_trace`, `curvature/hutch_trace_stderr`,
+//! `curvature/probe_loss` and `curvature/hvps`. Power iteration starts from the previous
+//! eigenvector. The host evaluates the model in eval mode for these products and keeps no
+//! graph alive afterwards.
+
+use serde::Deserialize;
+use vigil_monitor_math::{dot, mean_and_stderr, norm, Rng};
+use vigil_plugin_api::{
+    export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
+    ProbeSpec, Subscriptions,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    compute_every_n_steps: u64,
+    subsample: u32,
+    max_batch_size: u32,
+    tol: f64,
+    max_iter: u32,
+    num_samples: u32,
+    seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            compute_every_n_steps: 500,
+            subsample: 256,
+            max_batch_size: 32,
+            tol: 1e-3,
+            max_iter: 20,
+            num_samples: 10,
+            seed: 0,
+        }
+    }
+}
+
+/// The outcome of power iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eigen {
+    pub value: f64,
+    pub vector: Vec<f32>,
+    pub iterations: u32,
+    /// ‖Hv − λv‖ / |λ| for the final unit vector v.
+    pub residual: f64,
+}
+
+/// Power iteration for the eigenvalue of largest magnitude of the symmetric operator `hvp`,
+/// from `start` (normalised here). Stops when the Rayleigh quotient changes by less than
+/// `tol · |λ|` or after `max_iter` products.
+pub fn power_iteration<E>(
+    mut hvp: impl FnMut(&[f32], &mut [f32]) -> Result<(), E>,
+    start: Vec<f32>,
+    tol: f64,
+    max_iter: u32,
+) -> Result<Eigen, E> {
+    let mut vector = start;
+    let length = norm(&vector).max(f64::MIN_POSITIVE);
+    vector
+        .iter_mut()
+        .for_each(|v| *v = (f64::from(*v) / length) as f32);
+    let mut product = vec![0.0f32; vector.len()];
+    let mut value = f64::NAN;
+    let mut iterations = 0;
+    let mut residual = f64::NAN;
+    while iterations < max_iter.max(1) {
+        hvp(&vector, &mut product)?;
+        iterations += 1;
+        let previous = value;
+        value = dot(&vector, &product);
+        residual = product
+            .iter()
+            .zip(&vector)
+            .map(|(&p, &v)| (f64::from(p) - value * f64::from(v)).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / value.abs().max(f64::MIN_POSITIVE);
+        let length = norm(&product);
+        if length == 0.0 || !length.is_finite() {
+            break;
+        }
+        let converged = (value - previous).abs() <= tol * value.abs();
+        // The next vector keeps the sign of λ so that negative eigenvalues converge too.
+        let sign = if value < 0.0 { -1.0 } else { 1.0 };
+        for (v, &p) in vector.iter_mut().zip(&product) {
+            *v = (sign * f64::from(p) / length) as f32;
+        }
+        if converged {
+            break;
+        }
+    }
+    Ok(Eigen {
+        value,
+        vector,
+        iterations,
+        residual,
+    })
+}
+
+/// Hutchinson's trace estimate `E[zᵀHz]` over `samples` Rademacher vectors: (mean, standard
+/// error).
+pub fn hutchinson<E>(
+    mut hvp: impl FnMut(&[f32], &mut [f32]) -> Result<(), E>,
+    dimension: usize,
+    samples: u32,
+    rng: &mut Rng,
+) -> Result<(f64, f64), E> {
+    let mut z = vec![0.0f32; dimension];
+    let mut product = vec![0.0f32; dimension];
+    let mut estimates = Vec::with_capacity(samples as usize);
+    for _ in 0..samples {
+        z.iter_mut().for_each(|v| *v = rng.rademacher());
+        hvp(&z, &mut product)?;
+        estimates.push(dot(&z, &product));
+    }
+    Ok(mean_and_stderr(&estimates))
+}
+
+pub struct CurvatureMonitor {
+    settings: Settings,
+    dimension: usize,
+    rng: Rng,
+    /// The last eigenvector, to warm-start the next power iteration.
+    eigenvector: Option<Vec<f32>>,
+}
+
+impl Monitor for CurvatureMonitor {
+    fn info() -> MonitorInfo {
+        MonitorInfo {
+            name: "curvature",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "top Hessian eigenvalue (power iteration) and trace (Hutchinson) on a probe subsample",
+            events: EventSet::of(&[EventKind::FIT_START, EventKind::TRAIN_BATCH_END]),
+            subscriptions: Subscriptions::NONE,
+        }
+    }
+
+    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+        let settings: Settings = parse_settings(settings)?;
+        let positive = [
+            ("compute_every_n_steps", settings.compute_every_n_steps),
+            ("subsample", u64::from(settings.subsample)),
+            ("max_batch_size", u64::from(settings.max_batch_size)),
+            ("max_iter", u64::from(settings.max_iter)),
+            ("num_samples", u64::from(settings.num_samples)),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(Error::Settings(format!("{key} must be at least 1")));
+        }
+        if !(settings.tol.is_finite() && settings.tol > 0.0) {
+            return Err(Error::Settings(format!(
+                "tol must be positive, got {}",
+                settings.tol
+            )));
+        }
+        Ok(CurvatureMonitor {
+            rng: Rng::new(settings.seed),
+            settings,
+            dimension: 0,
+            eigenvector: None,
+        })
+    }
+
+    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        self.dimension = ctx.parameters().iter().map(|p| p.numel as usize).sum();
+        Ok(())
+    }
+
+    fn on_train_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        if ctx.counters().global_step % self.settings.compute_every_n_steps != 0
+            || self.dimension == 0
+        {
+            return Ok(());
+        }
+        let probe = ProbeSpec {
+            samples: self.settings.subsample,
+            max_batch_size: self.settings.max_batch_size,
+            seed: self.settings.seed,
+        };
+        let mut hvps = 0u32;
+        let mut probe_loss = f64::NAN;
+        let start = match self.eigenvector.take() {
+            Some(vector) => vector,
+            None => (0..self.dimension)
+                .map(|_| self.rng.normal() as f32)
+                .collect(),
+        };
+        let mut hvp = |v: &[f32], out: &mut [f32]| -> Result<(), Error> {
+            probe_loss = ctx.hessian_vector_product(probe, v, out)?;
+            hvps += 1;
+            Ok(())
+        };
+        let eigen = power_iteration(&mut hvp, start, self.settings.tol, self.settings.max_iter)?;
+        let (trace, stderr) = hutchinson(
+            &mut hvp,
+            self.dimension,
+            self.settings.num_samples,
+            &mut self.rng,
+        )?;
+        ctx.log("curvature/lambda_max", eigen.value);
+        ctx.log("curvature/lambda_max_iters", f64::from(eigen.iterations));
+        ctx.log("curvature/lambda_max_residual", eigen.residual);
+        ctx.log("curvature/hutch_trace", trace);
+        ctx.log("curvature/hutch_trace_stderr", stderr);
+        ctx.log("curvature/probe_loss", probe_loss);
+        ctx.log("curvature/hvps", f64::from(hvps));
+        self.eigenvector = Some(eigen.vector);
+        Ok(())
+    }
+}
+
+export_monitor!(CurvatureMonitor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix_hvp(
+        matrix: &[f64],
+        n: usize,
+    ) -> impl FnMut(&[f32], &mut [f32]) -> Result<(), ()> + '_ {
+        move |v, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = (0..n)
+                    .map(|j| matrix[i * n + j] * f64::from(v[j]))
+                    .sum::<f64>() as f32;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn power_iteration_finds_the_largest_magnitude_eigenvalue() {
+        // diag(1, -5, 2): the answer is -5 even though 2 is the largest value.
+        let m = [1.0, 0.0, 0.0, 0.0, -5.0, 0.0, 0.0, 0.0, 2.0];
+        let eigen = power_iteration(matrix_hvp(&m, 3), vec![1.0, 1.0, 1.0], 1e-10, 500).unwrap();
+        assert!((eigen.value + 5.0).abs() < 1e-5, "{eigen:?}");
+        assert!(eigen.residual < 1e-4);
+        assert!(eigen.vector[1].abs() > 0.999);
+    }
+
+    #[test]
+    fn a_warm_start_at_the_eigenvector_converges_at_once() {
+        let m = [4.0, 1.0, 1.0, 3.0];
+        let cold = power_iteration(matrix_hvp(&m, 2), vec![1.0, 0.0], 1e-9, 500).unwrap();
+        let warm = power_iteration(matrix_hvp(&m, 2), cold.vector.clone(), 1e-9, 500).unwrap();
+        assert!(warm.iterations <= 2, "{warm:?}");
+        // Eigenvalues of [[4,1],[1,3]]: (7 ± √5)/2.
+        assert!((warm.value - (7.0 + 5f64.sqrt()) / 2.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn hutchinson_is_exact_for_a_diagonal_matrix() {
+        // zᵀDz = Σ d_i z_i² = trace for every Rademacher z.
+        let m = [2.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 7.0];
+        let (trace, stderr) = hutchinson(matrix_hvp(&m, 3), 3, 5, &mut Rng::new(3)).unwrap();
+        assert!((trace - 8.0).abs() < 1e-9);
+        assert!(stderr.abs() < 1e-9);
+    }
+}

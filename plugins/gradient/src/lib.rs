@@ -1,0 +1,140 @@
+//! The `gradient` monitor: gradient norms per parameter tensor and in total, and the norm of
+//! all weights every quarter epoch.
+//!
+//! ```toml
+//! [[monitors]]
+//! name = "gradient"
+//! [monitors.settings]
+//! log_every_n_steps = 50    # grad_norm/<param> and grad_norm/total (1 = every step)
+//! weight_norm_per_epoch = 4 # weight_norm this many times an epoch
+//! ```
+//!
+//! The norms come from the host's shared, once-per-step computation on the device; the
+//! monitor never copies a gradient.
+
+use serde::Deserialize;
+use vigil_plugin_api::{
+    export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
+    Subscriptions,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    log_every_n_steps: u64,
+    weight_norm_per_epoch: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            log_every_n_steps: 50,
+            weight_norm_per_epoch: 4,
+        }
+    }
+}
+
+/// The L2 norm of a whole made of parts with these L2 norms.
+pub fn combined_norm(norms: &[f64]) -> f64 {
+    norms.iter().map(|n| n * n).sum::<f64>().sqrt()
+}
+
+/// Whether the batch with 0-based index `batch_index` ends one of `per_epoch` equal parts of
+/// an epoch of `batches` batches (the last batch of each part, rounded up).
+pub fn ends_a_part(batch_index: u32, batches: u32, per_epoch: u32) -> bool {
+    if per_epoch == 0 || batches == 0 {
+        return false;
+    }
+    let done = u64::from(batch_index) + 1;
+    (1..=u64::from(per_epoch))
+        .any(|k| (k * u64::from(batches)).div_ceil(u64::from(per_epoch)) == done)
+}
+
+pub struct GradientMonitor {
+    settings: Settings,
+    names: Vec<String>,
+}
+
+impl Monitor for GradientMonitor {
+    fn info() -> MonitorInfo {
+        MonitorInfo {
+            name: "gradient",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "gradient norms per parameter and total; weight norm every quarter epoch",
+            events: EventSet::of(&[EventKind::FIT_START, EventKind::TRAIN_BATCH_END]),
+            subscriptions: Subscriptions::NONE,
+        }
+    }
+
+    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+        let settings: Settings = parse_settings(settings)?;
+        if settings.log_every_n_steps == 0 {
+            return Err(Error::Settings(
+                "log_every_n_steps must be at least 1".into(),
+            ));
+        }
+        Ok(GradientMonitor {
+            settings,
+            names: Vec::new(),
+        })
+    }
+
+    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        self.names = ctx
+            .parameters()
+            .iter()
+            .map(|p| format!("grad_norm/{}", p.name))
+            .collect();
+        Ok(())
+    }
+
+    fn on_train_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        let counters = ctx.counters();
+        if counters.global_step % self.settings.log_every_n_steps == 0 {
+            let norms = ctx.grad_norms().to_vec();
+            if norms.len() != self.names.len() {
+                return Err(Error::Host(format!(
+                    "the host gave {} gradient norms for {} parameters",
+                    norms.len(),
+                    self.names.len()
+                )));
+            }
+            for (name, &norm) in self.names.iter().zip(&norms) {
+                ctx.log(name, norm);
+            }
+            ctx.log("grad_norm/total", combined_norm(&norms));
+        }
+        if ends_a_part(
+            counters.batch_index,
+            counters.batches_per_epoch,
+            self.settings.weight_norm_per_epoch,
+        ) {
+            let total = combined_norm(ctx.weight_norms());
+            ctx.log("weight_norm", total);
+        }
+        Ok(())
+    }
+}
+
+export_monitor!(GradientMonitor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_norm_is_the_norm_of_the_concatenation() {
+        // Parts (3, 4) and (12): whole (3, 4, 12) has norm 13.
+        assert!((combined_norm(&[5.0, 12.0]) - 13.0).abs() < 1e-12);
+        assert_eq!(combined_norm(&[]), 0.0);
+    }
+
+    #[test]
+    fn quarter_points_of_an_epoch() {
+        let points: Vec<u32> = (0..938).filter(|&b| ends_a_part(b, 938, 4)).collect();
+        assert_eq!(points, vec![234, 468, 703, 937]);
+        let points: Vec<u32> = (0..16).filter(|&b| ends_a_part(b, 16, 4)).collect();
+        assert_eq!(points, vec![3, 7, 11, 15]);
+        assert!(!ends_a_part(0, 10, 0));
+    }
+}

@@ -1,0 +1,197 @@
+//! The `loss-slope` monitor: the slope of the training loss curve in log-log space, the
+//! quantity the CIFAR ResNet study relates to the final validation loss.
+//!
+//! ```toml
+//! [[monitors]]
+//! name = "loss-slope"
+//! [monitors.settings]
+//! window = [5, 15]      # epochs (inclusive) of loss_slope_5_15
+//! burn_in_loss = 1.0    # loss_slope_full starts at the first epoch with loss ≤ this
+//! ```
+//!
+//! At the end of every epoch it records the epoch's mean training loss (nats) and logs:
+//! `loss_slope_<a>_<b>`, the least-squares slope of ln(loss) against ln(epoch) over the
+//! window's epochs seen so far (`loss_slope_5_15` with the default window), and
+//! `loss_slope_full`, the same slope from burn-in to now. A slope needs two finite, positive
+//! losses; before that the metric is not logged. Non-finite losses are left out.
+
+use serde::Deserialize;
+use vigil_monitor_math::fit_power_law;
+use vigil_plugin_api::{
+    export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
+    Subscriptions,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    window: [u32; 2],
+    burn_in_loss: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            window: [5, 15],
+            burn_in_loss: 1.0,
+        }
+    }
+}
+
+/// The per-epoch losses and the slopes derived from them.
+#[derive(Debug, Clone, Default)]
+pub struct LossCurve {
+    /// (epoch, loss), in epoch order.
+    points: Vec<(u32, f64)>,
+}
+
+impl LossCurve {
+    pub fn push(&mut self, epoch: u32, loss: f64) {
+        self.points.retain(|&(e, _)| e != epoch);
+        self.points.push((epoch, loss));
+    }
+
+    /// Slope of ln(loss) on ln(epoch) over epochs `first..=last`.
+    pub fn slope_between(&self, first: u32, last: u32) -> Option<f64> {
+        fit_power_law(
+            self.points
+                .iter()
+                .filter(|&&(e, _)| (first..=last).contains(&e))
+                .map(|&(e, loss)| (f64::from(e), loss)),
+        )
+        .map(|fit| fit.slope)
+    }
+
+    /// The first epoch whose loss is at most `threshold`.
+    pub fn burn_in(&self, threshold: f64) -> Option<u32> {
+        self.points
+            .iter()
+            .find(|&&(_, loss)| loss.is_finite() && loss <= threshold)
+            .map(|&(e, _)| e)
+    }
+}
+
+pub struct LossSlopeMonitor {
+    settings: Settings,
+    curve: LossCurve,
+    window_metric: String,
+}
+
+impl Monitor for LossSlopeMonitor {
+    fn info() -> MonitorInfo {
+        MonitorInfo {
+            name: "loss-slope",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "log-log slope of the training loss per epoch (window and since burn-in)",
+            events: EventSet::of(&[EventKind::TRAIN_EPOCH_END]),
+            subscriptions: Subscriptions::NONE,
+        }
+    }
+
+    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+        let settings: Settings = parse_settings(settings)?;
+        let [first, last] = settings.window;
+        if first == 0 || first >= last {
+            return Err(Error::Settings(format!(
+                "window must be [first, last] epochs with 1 ≤ first < last, got [{first}, {last}]"
+            )));
+        }
+        Ok(LossSlopeMonitor {
+            window_metric: format!("loss_slope_{first}_{last}"),
+            settings,
+            curve: LossCurve::default(),
+        })
+    }
+
+    fn on_train_epoch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        let epoch = ctx.counters().epoch;
+        let Some(loss) = ctx.metric("train_loss") else {
+            return Ok(());
+        };
+        self.curve.push(epoch, loss);
+        let [first, last] = self.settings.window;
+        if let Some(slope) = self.curve.slope_between(first, last) {
+            ctx.log(&self.window_metric, slope);
+        }
+        if let Some(start) = self.curve.burn_in(self.settings.burn_in_loss) {
+            if let Some(slope) = self.curve.slope_between(start, epoch) {
+                ctx.log("loss_slope_full", slope);
+            }
+        }
+        Ok(())
+    }
+}
+
+export_monitor!(LossSlopeMonitor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Least-squares slope by the normal equations, written out independently.
+    fn reference_slope(points: &[(f64, f64)]) -> f64 {
+        let n = points.len() as f64;
+        let (sx, sy): (f64, f64) = points
+            .iter()
+            .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
+        let sxx: f64 = points.iter().map(|&(x, _)| x * x).sum();
+        let sxy: f64 = points.iter().map(|&(x, y)| x * y).sum();
+        (n * sxy - sx * sy) / (n * sxx - sx * sx)
+    }
+
+    fn curve(losses: &[(u32, f64)]) -> LossCurve {
+        let mut curve = LossCurve::default();
+        for &(epoch, loss) in losses {
+            curve.push(epoch, loss);
+        }
+        curve
+    }
+
+    #[test]
+    fn window_slope_matches_the_least_squares_reference() {
+        let losses: Vec<(u32, f64)> = (1..=20)
+            .map(|e| {
+                (
+                    e,
+                    2.0 / (e as f64).sqrt() * (1.0 + 0.05 * ((e * 7) % 5) as f64),
+                )
+            })
+            .collect();
+        let curve = curve(&losses);
+        let window: Vec<(f64, f64)> = losses
+            .iter()
+            .filter(|(e, _)| (5..=15).contains(e))
+            .map(|&(e, l)| ((e as f64).ln(), l.ln()))
+            .collect();
+        let slope = curve.slope_between(5, 15).unwrap();
+        assert!((slope - reference_slope(&window)).abs() < 1e-9, "{slope}");
+    }
+
+    #[test]
+    fn early_epochs_missing_points_and_nan_are_handled() {
+        let early = curve(&[(1, 2.0), (2, 1.5)]);
+        assert!(
+            early.slope_between(5, 15).is_none(),
+            "no point in the window yet"
+        );
+        let one = curve(&[(5, 0.9)]);
+        assert!(
+            one.slope_between(5, 15).is_none(),
+            "one point makes no slope"
+        );
+        let gappy = curve(&[(5, 0.9), (6, f64::NAN), (8, 0.7), (9, f64::INFINITY)]);
+        let slope = gappy.slope_between(5, 15).unwrap();
+        let expected = reference_slope(&[(5f64.ln(), 0.9f64.ln()), (8f64.ln(), 0.7f64.ln())]);
+        assert!((slope - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn burn_in_is_the_first_epoch_at_or_below_the_threshold() {
+        let losses = curve(&[(1, 2.3), (2, f64::NAN), (3, 1.0), (4, 0.8)]);
+        assert_eq!(losses.burn_in(1.0), Some(3));
+        assert_eq!(curve(&[(1, 2.3)]).burn_in(1.0), None);
+        let full = losses.slope_between(3, 4).unwrap();
+        let expected = reference_slope(&[(3f64.ln(), 0.0), (4f64.ln(), 0.8f64.ln())]);
+        assert!((full - expected).abs() < 1e-12);
+    }
+}

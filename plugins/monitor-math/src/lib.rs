@@ -1,0 +1,197 @@
+//! Numerical helpers shared by vigil's monitor plugins: a least-squares line fit (and the
+//! power-law fit built on it), a seeded random number generator, and vector arithmetic.
+//! Plain Rust: no libtorch, no FFI.
+
+/// A straight line `y = intercept + slope · x` fitted by least squares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LineFit {
+    pub slope: f64,
+    pub intercept: f64,
+    /// Coefficient of determination; 1 for a perfect fit, NaN when `y` is constant.
+    pub r2: f64,
+    pub points: usize,
+}
+
+impl LineFit {
+    pub fn predict(&self, x: f64) -> f64 {
+        self.intercept + self.slope * x
+    }
+}
+
+/// Least-squares fit of `y` on `x` over the pairs where both are finite. `None` with fewer
+/// than two such points or when all `x` are equal.
+pub fn fit_line(points: impl IntoIterator<Item = (f64, f64)>) -> Option<LineFit> {
+    let points: Vec<(f64, f64)> = points
+        .into_iter()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let n = points.len();
+    if n < 2 {
+        return None;
+    }
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n as f64;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n as f64;
+    let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
+    for &(x, y) in &points {
+        sxx += (x - mean_x) * (x - mean_x);
+        sxy += (x - mean_x) * (y - mean_y);
+        syy += (y - mean_y) * (y - mean_y);
+    }
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let intercept = mean_y - slope * mean_x;
+    let residual: f64 = points
+        .iter()
+        .map(|&(x, y)| (y - intercept - slope * x).powi(2))
+        .sum();
+    Some(LineFit {
+        slope,
+        intercept,
+        r2: if syy > 0.0 {
+            1.0 - residual / syy
+        } else {
+            f64::NAN
+        },
+        points: n,
+    })
+}
+
+/// Fit `y = c · x^slope` by least squares on `(ln x, ln y)`; points with `x ≤ 0` or `y ≤ 0`
+/// (or not finite) are left out.
+pub fn fit_power_law(points: impl IntoIterator<Item = (f64, f64)>) -> Option<LineFit> {
+    fit_line(
+        points
+            .into_iter()
+            .filter(|&(x, y)| x > 0.0 && y > 0.0)
+            .map(|(x, y)| (x.ln(), y.ln())),
+    )
+}
+
+/// SplitMix64: small, fast, and the same stream on every platform.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x6a09_e667_f3bc_c909)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// ±1 with equal probability.
+    pub fn rademacher(&mut self) -> f32 {
+        if self.next_u64() >> 63 == 0 {
+            1.0
+        } else {
+            -1.0
+        }
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// `Σ a·b` in double precision.
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum()
+}
+
+/// Euclidean norm in double precision.
+pub fn norm(a: &[f32]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// Mean and standard error of the mean.
+pub fn mean_and_stderr(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    if samples.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = samples.iter().sum::<f64>() / n;
+    if samples.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let variance = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (variance / n).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_fit_matches_the_closed_form() {
+        // y = 2 + 3x exactly, plus a point with NaN that is ignored.
+        let fit = fit_line([
+            (0.0, 2.0),
+            (1.0, 5.0),
+            (2.0, 8.0),
+            (3.0, f64::NAN),
+            (4.0, 14.0),
+        ])
+        .unwrap();
+        assert!((fit.slope - 3.0).abs() < 1e-12);
+        assert!((fit.intercept - 2.0).abs() < 1e-12);
+        assert!((fit.r2 - 1.0).abs() < 1e-12);
+        assert_eq!(fit.points, 4);
+    }
+
+    #[test]
+    fn line_fit_matches_a_least_squares_reference() {
+        // Reference (computed independently): x = 1..4, y = 1, 3, 2, 5 → slope 1.1, intercept 0,
+        // R² = 0.6914285714285715.
+        let fit = fit_line([(1.0, 1.0), (2.0, 3.0), (3.0, 2.0), (4.0, 5.0)]).unwrap();
+        assert!((fit.slope - 1.1).abs() < 1e-12);
+        assert!(fit.intercept.abs() < 1e-12);
+        assert!((fit.r2 - 0.6914285714285715).abs() < 1e-12);
+    }
+
+    #[test]
+    fn degenerate_inputs_give_no_fit() {
+        assert!(fit_line([(1.0, 1.0)]).is_none());
+        assert!(fit_line([(2.0, 1.0), (2.0, 3.0)]).is_none());
+        assert!(fit_power_law([(1.0, -1.0), (2.0, 0.0)]).is_none());
+    }
+
+    #[test]
+    fn power_law_recovers_a_known_exponent() {
+        let fit =
+            fit_power_law((1..200).map(|t| (t as f64, 3.5 * (t as f64).powf(-0.37)))).unwrap();
+        assert!((fit.slope + 0.37).abs() < 1e-12);
+        assert!((fit.intercept.exp() - 3.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rademacher_is_balanced() {
+        let mut rng = Rng::new(1);
+        let sum: f32 = (0..10_000).map(|_| rng.rademacher()).sum();
+        assert!(sum.abs() < 400.0, "{sum}");
+    }
+
+    #[test]
+    fn stderr_of_known_samples() {
+        let (mean, stderr) = mean_and_stderr(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(mean, 2.5);
+        assert!((stderr - (1.6666666666666667f64 / 4.0).sqrt()).abs() < 1e-15);
+    }
+}

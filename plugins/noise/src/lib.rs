@@ -1,0 +1,314 @@
+//! The `noise` monitor: how noisy the loss curve is around its power-law trend, and how
+//! variable the gradient is.
+//!
+//! ```toml
+//! [[monitors]]
+//! name = "noise"
+//! [monitors.settings]
+//! buffer_size = 512           # recent (step, loss) pairs kept
+//! compute_every_epochs = 2
+//! min_points = 64             # fewer buffered losses: log nothing, say why once
+//! psd_tail_bins = 16          # noise/psd_tail: mean of the last bins of the spectrum
+//! resid_band = [8, 32]        # noise/resid_power: sum of these bins (inclusive)
+//! grad_ema_beta = 0.99        # EMA of the gradient and its square
+//! log_every_n_steps = 50      # noise/grad_var
+//! ```
+//!
+//! Every `compute_every_epochs` epochs it fits `loss ≈ c · (step + 1)^slope` by least squares in
+//! log-log space, takes the residuals of log loss, and their power spectrum (|FFT|² / n, one-sided,
+//! mean removed): `noise/power_law_slope`, `noise/power_law_r2`, `noise/psd_tail`,
+//! `noise/resid_power`. Every step it updates an exponential moving average of the gradient
+//! `m` and of its square `s`; `noise/grad_var` is the mean over parameters of `s − m²`.
+
+use std::collections::VecDeque;
+
+use rustfft::num_complex::Complex;
+use rustfft::FftPlanner;
+use serde::Deserialize;
+use vigil_monitor_math::{fit_power_law, LineFit};
+use vigil_plugin_api::{
+    export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
+    Subscriptions,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    buffer_size: usize,
+    compute_every_epochs: u32,
+    min_points: usize,
+    psd_tail_bins: usize,
+    resid_band: [usize; 2],
+    grad_ema_beta: f64,
+    log_every_n_steps: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            buffer_size: 512,
+            compute_every_epochs: 2,
+            min_points: 64,
+            psd_tail_bins: 16,
+            resid_band: [8, 32],
+            grad_ema_beta: 0.99,
+            log_every_n_steps: 50,
+        }
+    }
+}
+
+/// One-sided power spectrum of `signal` after removing its mean: `|X_k|² / n` for
+/// k = 0 … n/2.
+pub fn power_spectrum(signal: &[f64]) -> Vec<f64> {
+    let n = signal.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mean = signal.iter().sum::<f64>() / n as f64;
+    let mut buffer: Vec<Complex<f64>> = signal
+        .iter()
+        .map(|&x| Complex::new(x - mean, 0.0))
+        .collect();
+    FftPlanner::new().plan_fft_forward(n).process(&mut buffer);
+    buffer[..=n / 2]
+        .iter()
+        .map(|c| c.norm_sqr() / n as f64)
+        .collect()
+}
+
+/// What the loss-curve analysis found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurveNoise {
+    pub fit: LineFit,
+    pub psd_tail: f64,
+    pub resid_power: f64,
+}
+
+/// Fit the power law to `(step, loss)` pairs and measure the residuals' spectrum.
+pub fn analyse(points: &[(f64, f64)], tail_bins: usize, band: [usize; 2]) -> Option<CurveNoise> {
+    let usable: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|&(step, loss)| step + 1.0 > 0.0 && loss > 0.0 && loss.is_finite())
+        .map(|(step, loss)| (step + 1.0, loss))
+        .collect();
+    let fit = fit_power_law(usable.iter().copied())?;
+    let residuals: Vec<f64> = usable
+        .iter()
+        .map(|&(x, y)| y.ln() - fit.predict(x.ln()))
+        .collect();
+    let spectrum = power_spectrum(&residuals);
+    let tail = &spectrum[spectrum.len().saturating_sub(tail_bins.max(1))..];
+    let psd_tail = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+    let last = spectrum.len().saturating_sub(1);
+    let (low, high) = (band[0].min(last), band[1].min(last));
+    let resid_power = spectrum[low..=high.max(low)].iter().sum();
+    Some(CurveNoise {
+        fit,
+        psd_tail,
+        resid_power,
+    })
+}
+
+/// Exponential moving averages of the gradient and its square.
+#[derive(Debug, Clone, Default)]
+pub struct GradientMoments {
+    mean: Vec<f64>,
+    square: Vec<f64>,
+    updates: u64,
+}
+
+impl GradientMoments {
+    pub fn update(&mut self, gradient: &[f32], beta: f64) {
+        if self.mean.len() != gradient.len() {
+            self.mean = vec![0.0; gradient.len()];
+            self.square = vec![0.0; gradient.len()];
+            self.updates = 0;
+        }
+        for ((m, s), &g) in self.mean.iter_mut().zip(&mut self.square).zip(gradient) {
+            let g = f64::from(g);
+            *m = beta * *m + (1.0 - beta) * g;
+            *s = beta * *s + (1.0 - beta) * g * g;
+        }
+        self.updates += 1;
+    }
+
+    /// Mean over coordinates of the bias-corrected `s − m²`.
+    pub fn variance(&self, beta: f64) -> Option<f64> {
+        if self.updates == 0 || self.mean.is_empty() {
+            return None;
+        }
+        let correction = 1.0 - beta.powi(self.updates.min(i32::MAX as u64) as i32);
+        let total: f64 = self
+            .mean
+            .iter()
+            .zip(&self.square)
+            .map(|(m, s)| (s / correction - (m / correction).powi(2)).max(0.0))
+            .sum();
+        Some(total / self.mean.len() as f64)
+    }
+}
+
+pub struct NoiseMonitor {
+    settings: Settings,
+    losses: VecDeque<(f64, f64)>,
+    moments: GradientMoments,
+    said_why: bool,
+}
+
+impl Monitor for NoiseMonitor {
+    fn info() -> MonitorInfo {
+        MonitorInfo {
+            name: "noise",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "loss-curve power-law fit, residual power spectrum, EMA gradient variance",
+            events: EventSet::of(&[EventKind::TRAIN_BATCH_END, EventKind::TRAIN_EPOCH_END]),
+            subscriptions: Subscriptions::GRADIENT,
+        }
+    }
+
+    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+        let settings: Settings = parse_settings(settings)?;
+        if settings.buffer_size < 4 || settings.min_points < 4 {
+            return Err(Error::Settings(
+                "buffer_size and min_points must be at least 4".into(),
+            ));
+        }
+        if settings.compute_every_epochs == 0 || settings.log_every_n_steps == 0 {
+            return Err(Error::Settings(
+                "compute_every_epochs and log_every_n_steps must be at least 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&settings.grad_ema_beta) {
+            return Err(Error::Settings(format!(
+                "grad_ema_beta must be in [0, 1), got {}",
+                settings.grad_ema_beta
+            )));
+        }
+        if settings.resid_band[0] > settings.resid_band[1] {
+            return Err(Error::Settings(
+                "resid_band must be [low, high] with low ≤ high".into(),
+            ));
+        }
+        Ok(NoiseMonitor {
+            losses: VecDeque::with_capacity(settings.buffer_size),
+            settings,
+            moments: GradientMoments::default(),
+            said_why: false,
+        })
+    }
+
+    fn on_train_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        let step = ctx.counters().global_step;
+        if let Some(loss) = ctx.metric("train_loss") {
+            if self.losses.len() == self.settings.buffer_size {
+                self.losses.pop_front();
+            }
+            self.losses.push_back((step as f64, loss));
+        }
+        let beta = self.settings.grad_ema_beta;
+        self.moments.update(ctx.gradient(), beta);
+        if step % self.settings.log_every_n_steps == 0 {
+            if let Some(variance) = self.moments.variance(beta) {
+                ctx.log("noise/grad_var", variance);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_train_epoch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        if ctx.counters().epoch % self.settings.compute_every_epochs != 0 {
+            return Ok(());
+        }
+        let points: Vec<(f64, f64)> = self.losses.iter().copied().collect();
+        let analysis = (points.len() >= self.settings.min_points)
+            .then(|| {
+                analyse(
+                    &points,
+                    self.settings.psd_tail_bins,
+                    self.settings.resid_band,
+                )
+            })
+            .flatten();
+        let Some(noise) = analysis else {
+            if !self.said_why {
+                self.said_why = true;
+                ctx.info(&format!(
+                    "not enough data yet: {} usable losses buffered, {} needed for the power-law fit",
+                    points.len(),
+                    self.settings.min_points
+                ));
+            }
+            return Ok(());
+        };
+        ctx.log("noise/power_law_slope", noise.fit.slope);
+        ctx.log("noise/power_law_r2", noise.fit.r2);
+        ctx.log("noise/psd_tail", noise.psd_tail);
+        ctx.log("noise/resid_power", noise.resid_power);
+        Ok(())
+    }
+}
+
+export_monitor!(NoiseMonitor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spectrum_of_a_sinusoid_peaks_at_its_bin() {
+        let n = 256;
+        let bin = 19;
+        let signal: Vec<f64> = (0..n)
+            .map(|t| 0.3 + (std::f64::consts::TAU * bin as f64 * t as f64 / n as f64).sin())
+            .collect();
+        let spectrum = power_spectrum(&signal);
+        assert_eq!(spectrum.len(), n / 2 + 1);
+        let peak = (0..spectrum.len())
+            .max_by(|&a, &b| spectrum[a].total_cmp(&spectrum[b]))
+            .unwrap();
+        assert_eq!(peak, bin);
+        // A unit sine of n samples has |X_k|² = (n/2)², so |X_k|²/n = n/4 at its bin.
+        assert!((spectrum[bin] - n as f64 / 4.0).abs() < 1e-9);
+        assert!(spectrum[0].abs() < 1e-20, "the mean is removed");
+    }
+
+    #[test]
+    fn an_exact_power_law_is_recovered_with_silent_residuals() {
+        let points: Vec<(f64, f64)> = (0..500)
+            .map(|s| (s as f64, 2.3 * (s as f64 + 1.0).powf(-0.42)))
+            .collect();
+        let noise = analyse(&points, 16, [8, 32]).unwrap();
+        assert!((noise.fit.slope + 0.42).abs() < 1e-6);
+        assert!((noise.fit.r2 - 1.0).abs() < 1e-9);
+        assert!(noise.psd_tail < 1e-20 && noise.resid_power < 1e-20);
+    }
+
+    #[test]
+    fn noise_on_the_curve_shows_in_the_band() {
+        // A power law times a ripple of period 512/16 steps: its bin (16) is inside [8, 32].
+        let points: Vec<(f64, f64)> = (0..512)
+            .map(|s| {
+                let ripple = (0.05 * (std::f64::consts::TAU * 16.0 * s as f64 / 512.0).sin()).exp();
+                (s as f64, (s as f64 + 1.0).powf(-0.5) * ripple)
+            })
+            .collect();
+        let noise = analyse(&points, 16, [8, 32]).unwrap();
+        assert!(noise.resid_power > 100.0 * noise.psd_tail, "{noise:?}");
+    }
+
+    #[test]
+    fn gradient_variance_of_a_constant_gradient_is_zero_and_of_alternating_signs_is_one() {
+        let mut constant = GradientMoments::default();
+        for _ in 0..50 {
+            constant.update(&[2.0, -1.0], 0.9);
+        }
+        assert!(constant.variance(0.9).unwrap() < 1e-9);
+        let mut flipping = GradientMoments::default();
+        for step in 0..2000 {
+            let g = if step % 2 == 0 { 1.0 } else { -1.0 };
+            flipping.update(&[g], 0.99);
+        }
+        assert!((flipping.variance(0.99).unwrap() - 1.0).abs() < 0.01);
+    }
+}
