@@ -350,3 +350,38 @@ fn all_four_monitors_log_every_metric_in_a_real_run() {
         summary["warnings"]
     );
 }
+
+#[test]
+fn curvature_at_every_step_leaves_training_untouched() {
+    // A batch-norm ResNet: the probe's forward passes must not update running statistics,
+    // its products must not add to the gradients, and nothing may draw from training's RNGs.
+    let run = |monitors: &str, run_dir: &str| -> Vec<Value> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "plugin_dirs = [{:?}]\nrun_dir = {run_dir:?}\nseed = 5\nepochs = 1\nbatch_size = 16\ndata = \"synthetic\"\naugment = true\n\
+             [synthetic]\ntrain_size = 64\ntest_size = 16\nclasses = 3\nchannels = 3\nimage_size = 12\n\
+             [model]\nkind = \"resnet18\"\nwidth_mult = 0.125\n{monitors}",
+            built_plugin("curvature").parent().unwrap().display().to_string()
+        );
+        std::fs::write(dir.path().join("run.toml"), config).unwrap();
+        let output = vigil(dir.path(), &["train", "run.toml"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        std::fs::read_to_string(dir.path().join(run_dir).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .filter(|r| r["kind"] == "train" || r["kind"] == "validation")
+            .map(|mut r| {
+                r.as_object_mut().unwrap().remove("wall_time");
+                r
+            })
+            .collect()
+    };
+    let plain = run("", "plain");
+    let probed = run(
+        "[[monitors]]\nname = \"curvature\"\nsettings = { compute_every_n_steps = 1, subsample = 8, max_batch_size = 8, max_iter = 2, num_samples = 1 }\n",
+        "probed",
+    );
+    assert_eq!(plain.len(), 4 + 4);
+    assert_eq!(plain, probed);
+}
