@@ -241,6 +241,9 @@ fn curvature_matches_the_exact_hessian_of_a_tiny_model() {
         }]),
         class_names: RVec::new(),
         monitor_names: Vec::new(),
+        train_labels: Vec::new(),
+        val_labels: Vec::new(),
+        total_parameters: n as u64,
     };
     let counters = StepCounters::default();
     let mut host = PluginHost::load(&[spec], &[], facts, &services, counters).unwrap();
@@ -384,4 +387,128 @@ fn curvature_at_every_step_leaves_training_untouched() {
     );
     assert_eq!(plain.len(), 4 + 4);
     assert_eq!(plain, probed);
+}
+
+fn decode_png(path: &Path) -> (u32, u32) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let info = reader.info();
+    (info.width, info.height)
+}
+
+#[test]
+fn the_artifact_monitors_write_every_file_they_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "plugin_dirs = [{:?}]\nrun_dir = \"o\"\nseed = 4\nepochs = 2\nbatch_size = 32\ndata = \"synthetic\"\nsampler = \"weighted\"\n\
+         [synthetic]\ntrain_size = 256\ntest_size = 64\nclasses = 4\nimage_size = 12\n[model]\nkind = \"cnn\"\n[optim]\nlr = 0.02\n\
+         [[monitors]]\nname = \"confusion-matrix\"\nsettings = {{ normalize = \"true\" }}\n\
+         [[monitors]]\nname = \"sampler-distribution\"\n\
+         [[monitors]]\nname = \"sample-visualization\"\nsettings = {{ num_samples = 9 }}\n\
+         [[monitors]]\nname = \"training-history\"\n\
+         [[monitors]]\nname = \"model-info\"\n\
+         [[monitors]]\nname = \"dataset-statistics\"\n",
+        built_plugin("confusion-matrix").parent().unwrap().display().to_string()
+    );
+    std::fs::write(dir.path().join("run.toml"), config).unwrap();
+    let output = vigil(dir.path(), &["train", "run.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let artifacts = dir.path().join("o/artifacts");
+    for epoch in ["epoch_001", "epoch_002"] {
+        let (w, h) = decode_png(&artifacts.join(epoch).join("confusion_matrix.png"));
+        assert!(w > 300 && h > 300, "{w}×{h}");
+        let csv =
+            std::fs::read_to_string(artifacts.join(epoch).join("confusion_matrix.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 5, "header + 4 classes: {csv}");
+        // 9 tiles in a 3×3 grid of 210 × (24 + 112 + 2·4 + 10) = 210 × 154 tiles.
+        assert_eq!(
+            decode_png(&artifacts.join(epoch).join("sample_predictions.png")),
+            (630, 462)
+        );
+    }
+    assert_eq!(
+        decode_png(&artifacts.join("training_history/loss.png")),
+        (800, 500)
+    );
+    assert_eq!(
+        decode_png(&artifacts.join("training_history/accuracy.png")),
+        (800, 500)
+    );
+
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(artifacts.join("model_info.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        info["trainable_parameters"],
+        320 + 18_496 + 64 * 9 * 128 + 128 + 128 * 4 + 4
+    );
+    let labels: Value = serde_json::from_str(
+        &std::fs::read_to_string(artifacts.join("labels_mapping.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(labels["3"], "class 3");
+
+    let stats = std::fs::read_to_string(artifacts.join("dataset_statistics.csv")).unwrap();
+    let rows: Vec<&str> = stats.lines().collect();
+    assert_eq!(rows[0], "split,index,class,count,percent");
+    assert_eq!(rows.len(), 1 + 4 + 4);
+    let count = |split: &str| -> u64 {
+        rows.iter()
+            .filter(|r| r.starts_with(split))
+            .map(|r| r.split(',').nth(3).unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!((count("train,"), count("val,")), (256, 64));
+
+    let sampler = std::fs::read_to_string(artifacts.join("sampler_distribution.csv")).unwrap();
+    let rows: Vec<&str> = sampler.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2 * 4, "one row per class per epoch: {sampler}");
+    for epoch in ["1,", "2,"] {
+        let drawn: u64 = rows
+            .iter()
+            .filter(|r| r.starts_with(epoch))
+            .map(|r| r.split(',').nth(3).unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(
+            drawn, 256,
+            "an epoch draws as many samples as the split holds"
+        );
+    }
+    let records = std::fs::read_to_string(dir.path().join("o/metrics.jsonl")).unwrap();
+    assert!(
+        records.contains("\"sampler/ratio/class 0\""),
+        "sampler metrics are logged"
+    );
+
+    // The PNGs also reach TensorBoard as images.
+    let events_dir = dir.path().join("o/tensorboard");
+    let file = std::fs::read_dir(&events_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let events = vigil::sink::tensorboard::read_events(&file).unwrap();
+    let images: Vec<String> = events
+        .iter()
+        .filter_map(|e| e.summary.as_ref())
+        .flat_map(|s| {
+            s.value
+                .iter()
+                .filter(|v| v.image.is_some())
+                .map(|v| v.tag.clone())
+        })
+        .collect();
+    for tag in [
+        "confusion-matrix/confusion_matrix.png",
+        "sample-visualization/sample_predictions.png",
+        "training-history/loss.png",
+    ] {
+        assert!(
+            images.iter().any(|t| t == tag),
+            "{tag} not among {images:?}"
+        );
+    }
 }

@@ -69,6 +69,11 @@ pub struct RunFacts {
     pub class_names: RVec<RString>,
     /// Monitor names, by monitor index.
     pub monitor_names: Vec<String>,
+    /// Labels of the training and validation splits (for `vigil.labels.*` queries).
+    pub train_labels: Vec<i64>,
+    pub val_labels: Vec<i64>,
+    /// Every scalar the model holds, buffers such as batch-norm statistics included.
+    pub total_parameters: u64,
 }
 
 /// Writes artifacts under `<run_dir>/artifacts/`.
@@ -230,7 +235,17 @@ const EMPTY_SAMPLER: SamplerDraws<'static> = SamplerDraws {
 };
 
 /// Names [`HostFfi::query`] answers.
-const QUERIES: &str = "vigil.version, vigil.artifact_dir";
+const QUERIES: &str =
+    "vigil.version, vigil.artifact_dir, vigil.labels.train, vigil.labels.val, vigil.parameter_count";
+
+/// Labels as little-endian i64 bytes.
+fn label_bytes(labels: &[i64]) -> RVec<u8> {
+    labels
+        .iter()
+        .flat_map(|label| label.to_le_bytes())
+        .collect::<Vec<u8>>()
+        .into()
+}
 
 impl HostFfi for HostView<'_> {
     fn counters(&self) -> StepCounters {
@@ -362,6 +377,16 @@ impl HostFfi for HostView<'_> {
     fn query(&mut self, name: RStr<'_>, _input: RSlice<'_, u8>) -> RResult<RVec<u8>, RString> {
         match name.as_str() {
             "vigil.version" => ROk(env!("CARGO_PKG_VERSION").as_bytes().to_vec().into()),
+            "vigil.labels.train" => ROk(label_bytes(&self.facts.train_labels)),
+            "vigil.labels.val" => ROk(label_bytes(&self.facts.val_labels)),
+            "vigil.parameter_count" => {
+                let trainable: u64 = self.facts.parameters.iter().map(|p| p.numel).sum();
+                let json = format!(
+                    "{{\"total\":{},\"trainable\":{trainable}}}",
+                    self.facts.total_parameters.max(trainable)
+                );
+                ROk(json.into_bytes().into())
+            }
             "vigil.artifact_dir" => match &self.artifacts.root {
                 Some(root) => ROk(root.to_string_lossy().as_bytes().to_vec().into()),
                 None => RErr("no artifact directory yet (before training starts)".into()),

@@ -169,8 +169,9 @@ pub struct Trainer {
     feed: Feed,
     train: TensorSplit,
     test: TensorSplit,
-    /// Training labels on the CPU, for the sampler's report to monitors.
+    /// Labels on the CPU, for the sampler's report and label queries of monitors.
     train_labels: Vec<i64>,
+    val_labels: Vec<i64>,
     class_names: Vec<String>,
     probes: ProbeCache,
     progress: Progress,
@@ -229,6 +230,7 @@ impl Trainer {
             train: TensorSplit::new(&dataset.train, &mean, &std, device)?,
             test: TensorSplit::new(&dataset.test, &mean, &std, device)?,
             train_labels: dataset.train.labels.clone(),
+            val_labels: dataset.test.labels.clone(),
             class_names: dataset.class_names.clone(),
             vars,
             model,
@@ -321,6 +323,14 @@ impl Trainer {
                 .map(|c| RString::from(c.as_str()))
                 .collect(),
             monitor_names: Vec::new(),
+            train_labels: self.train_labels.clone(),
+            val_labels: self.val_labels.clone(),
+            total_parameters: self
+                .vars
+                .variables()
+                .values()
+                .map(|t| t.numel() as u64)
+                .sum(),
         }
     }
 
