@@ -72,7 +72,7 @@ fn summarize(name: &str, unit: &'static str, mut samples: Vec<f64>) -> Measureme
 /// Time to open, check and read the info of each plugin in `dirs` (ms), and the cost of one
 /// hook call through the ABI (ns), over `calls` calls per repeat.
 pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<Measurement>> {
-    let scan = library::scan(dirs);
+    let scan = library::scan(dirs, false);
     let mut results = Vec::new();
     for library in scan.libraries.values() {
         // Loading the same file again is served by the dynamic loader's cache; copy it to a
@@ -83,7 +83,7 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
             let copy = scratch.join(format!("{repeat}-{}", file_name(&library.path)));
             std::fs::copy(&library.path, &copy).map_err(|source| Error::io(&copy, source))?;
             let started = Instant::now();
-            library::load(&copy).map_err(|failure| Error::Plugins {
+            library::load(&copy, false).map_err(|failure| Error::Plugins {
                 problems: vec![failure.to_string()],
             })?;
             samples.push(started.elapsed().as_secs_f64() * 1e3);
@@ -108,6 +108,9 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
         enabled: true,
         on_error: OnError::Disable,
         path: Some(library.path.clone()),
+        sha256: None,
+        hook_budget: None,
+        hook_budget_strikes: 3,
         settings_toml: format!("log_every_n_steps = {}\n", u64::MAX),
     };
     let services = NoModel;
@@ -119,7 +122,14 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
         batch_size: 1,
         ..StepCounters::default()
     };
-    let mut host = PluginHost::load(&[spec], &[], RunFacts::default(), &services, counters)?;
+    let mut host = PluginHost::load(
+        &[spec],
+        &[],
+        false,
+        RunFacts::default(),
+        &services,
+        counters,
+    )?;
     let metrics = [("train_loss", 0.5), ("lr", 0.1)];
     let event = EventData::new(EventKind::TRAIN_BATCH_END, counters, &metrics);
     let mut scalars = Vec::new();

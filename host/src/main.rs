@@ -137,7 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 dirs
             };
-            print!("{}", vigil::plugin::listing(&dirs));
+            print!("{}", vigil::plugin::listing(&dirs, false));
             Ok(())
         }
     }

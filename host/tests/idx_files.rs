@@ -119,3 +119,15 @@ fn missing_directory_and_missing_file_say_what_to_do() {
     assert!(message.contains("t10k-images-idx3-ubyte.gz"), "{message}");
     assert!(message.contains("not found"), "{message}");
 }
+
+#[test]
+fn a_zero_size_split_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx_dataset(dir.path(), 0, 5, 4);
+    let err = load_idx_dataset(DataKind::Mnist, dir.path()).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("train-images-idx3-ubyte.gz: holds zero images"),
+        "{message}"
+    );
+}

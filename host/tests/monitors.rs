@@ -230,6 +230,9 @@ fn curvature_matches_the_exact_hessian_of_a_tiny_model() {
         enabled: true,
         on_error: OnError::Abort,
         path: Some(built_plugin("curvature")),
+        sha256: None,
+        hook_budget: None,
+        hook_budget_strikes: 3,
         settings_toml:
             "compute_every_n_steps = 1\ntol = 1e-12\nmax_iter = 20000\nnum_samples = 4000\n".into(),
     };
@@ -246,7 +249,7 @@ fn curvature_matches_the_exact_hessian_of_a_tiny_model() {
         total_parameters: n as u64,
     };
     let counters = StepCounters::default();
-    let mut host = PluginHost::load(&[spec], &[], facts, &services, counters).unwrap();
+    let mut host = PluginHost::load(&[spec], &[], false, facts, &services, counters).unwrap();
     let mut scalars = Vec::new();
     host.dispatch(
         &EventData::new(EventKind::FIT_START, counters, &[]),

@@ -2,8 +2,10 @@
 
 mod cli;
 mod experiment;
+mod fuzz;
 mod idx_files;
 mod monitors;
 mod plugin_loading;
+mod reliability;
 mod training;
 mod util;

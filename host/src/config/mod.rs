@@ -56,6 +56,8 @@ pub struct Settings {
     pub checkpoint: CheckpointSettings,
     /// Directories searched for plugin libraries, in order.
     pub plugin_dirs: Vec<PathBuf>,
+    /// Load plugin files even when they or their directory are world-writable.
+    pub allow_insecure_plugins: bool,
     /// The `[[monitors]]` entries, in config order.
     pub monitors: Vec<MonitorSettings>,
 }
@@ -163,6 +165,12 @@ pub struct MonitorSettings {
     pub on_error: OnError,
     /// Load this library file instead of searching `plugin_dirs`.
     pub path: Option<PathBuf>,
+    /// Refuse the library unless its SHA-256 is this (lower-case hex).
+    pub sha256: Option<String>,
+    /// A hook call longer than this is a strike; `hook_budget_strikes` of them disable the
+    /// monitor.
+    pub hook_budget: Option<std::time::Duration>,
+    pub hook_budget_strikes: u32,
     /// The `[monitors.settings]` table as TOML text, handed to the plugin.
     pub settings_toml: String,
 }

@@ -132,6 +132,7 @@ pub(super) struct RawConfig {
     schedule: RawSchedule,
     checkpoint: RawCheckpoint,
     plugin_dirs: Option<Vec<PathBuf>>,
+    allow_insecure_plugins: bool,
     monitors: Vec<RawMonitor>,
 }
 
@@ -160,6 +161,7 @@ impl Default for RawConfig {
             schedule: RawSchedule::default(),
             checkpoint: RawCheckpoint::default(),
             plugin_dirs: None,
+            allow_insecure_plugins: false,
             monitors: Vec::new(),
         }
     }
@@ -281,8 +283,16 @@ struct RawMonitor {
     #[serde(default)]
     on_error: OnError,
     path: Option<PathBuf>,
+    sha256: Option<String>,
+    hook_budget_ms: Option<f64>,
+    #[serde(default = "default_strikes")]
+    hook_budget_strikes: u32,
     #[serde(default)]
     settings: toml::Table,
+}
+
+fn default_strikes() -> u32 {
+    3
 }
 
 fn enabled_by_default() -> bool {
@@ -488,11 +498,45 @@ impl RawConfig {
                     ),
                 ));
             }
+            let sha256 = match monitor.sha256 {
+                Some(hash) => {
+                    let hash = hash.trim().to_ascii_lowercase();
+                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(invalid(
+                            &format!("monitors[{index}].sha256"),
+                            "must be 64 hexadecimal digits (as `vigil plugins` prints)".into(),
+                        ));
+                    }
+                    Some(hash)
+                }
+                None => None,
+            };
+            let hook_budget = match monitor.hook_budget_ms {
+                Some(ms) => Some(std::time::Duration::from_secs_f64(
+                    in_range(
+                        invalid,
+                        &format!("monitors[{index}].hook_budget_ms"),
+                        ms,
+                        0.0..=3.6e6,
+                        true,
+                    )? / 1e3,
+                )),
+                None => None,
+            };
+            if monitor.hook_budget_strikes == 0 {
+                return Err(invalid(
+                    &format!("monitors[{index}].hook_budget_strikes"),
+                    "must be at least 1".into(),
+                ));
+            }
             monitors.push(MonitorSettings {
                 name: monitor.name,
                 enabled: monitor.enabled,
                 on_error: monitor.on_error,
                 path: monitor.path,
+                sha256,
+                hook_budget,
+                hook_budget_strikes: monitor.hook_budget_strikes,
                 settings_toml: toml::to_string(&monitor.settings).unwrap_or_default(),
             });
         }
@@ -538,6 +582,7 @@ impl RawConfig {
             plugin_dirs: self
                 .plugin_dirs
                 .unwrap_or_else(crate::plugin::default_plugin_dirs),
+            allow_insecure_plugins: self.allow_insecure_plugins,
             monitors,
         })
     }

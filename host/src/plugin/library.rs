@@ -92,12 +92,34 @@ pub fn default_plugin_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Why a file or directory anyone may write to must not be trusted, or `None` if it is fine.
+/// Anyone who can replace a plugin, or drop a new one into a scanned directory, can run code
+/// inside every training run.
+pub fn insecure(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o002 != 0).then(|| {
+        format!(
+            "{what} {} is world-writable (mode {:o}): anyone could replace the code vigil runs; \
+             `chmod o-w` it, or set allow_insecure_plugins = true",
+            path.display(),
+            mode & 0o7777
+        )
+    })
+}
+
 /// Load every `*.so` file directly inside `dirs` (missing directories are skipped).
-pub fn scan(dirs: &[PathBuf]) -> Scan {
+/// Unless `allow_insecure`, world-writable directories and files are refused.
+pub fn scan(dirs: &[PathBuf], allow_insecure: bool) -> Scan {
     let mut scan = Scan::default();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
+        };
+        let dir_problem = if allow_insecure {
+            None
+        } else {
+            insecure(dir, "plugin directory")
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -105,7 +127,15 @@ pub fn scan(dirs: &[PathBuf]) -> Scan {
             .collect();
         files.sort();
         for file in files {
-            match load(&file) {
+            if let Some(reason) = &dir_problem {
+                scan.failures.push(LoadFailure {
+                    path: file,
+                    sha256: None,
+                    reason: reason.clone(),
+                });
+                continue;
+            }
+            match load(&file, allow_insecure) {
                 Ok(library) => {
                     if scan.libraries.contains_key(&library.info.name) {
                         scan.shadowed.push(library);
@@ -121,13 +151,25 @@ pub fn scan(dirs: &[PathBuf]) -> Scan {
 }
 
 /// Open `path`, check that it is a vigil plugin whose ABI matches this host, and read its
-/// info. Nothing of the plugin runs before the layout check passes.
-pub fn load(path: &Path) -> Result<PluginLibrary, LoadFailure> {
+/// info. Nothing of the plugin runs before the layout check passes. Unless `allow_insecure`, a
+/// world-writable file or parent directory is refused before it is opened.
+pub fn load(path: &Path, allow_insecure: bool) -> Result<PluginLibrary, LoadFailure> {
     let failure = |sha256: Option<String>, reason: String| LoadFailure {
         path: path.to_path_buf(),
         sha256,
         reason,
     };
+    if !allow_insecure && path.exists() {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Some(reason) =
+            insecure(path, "plugin file").or_else(|| insecure(parent, "plugin directory"))
+        {
+            return Err(failure(None, reason));
+        }
+    }
     let bytes = std::fs::read(path).map_err(|err| {
         let reason = match err.kind() {
             std::io::ErrorKind::NotFound => "file not found".to_string(),
@@ -319,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_reported_plainly() {
-        let failure = load(Path::new("/no/such/plugin.so")).unwrap_err();
+        let failure = load(Path::new("/no/such/plugin.so"), false).unwrap_err();
         assert_eq!(failure.reason, "file not found");
     }
 
@@ -328,13 +370,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("libfake.so");
         std::fs::write(&path, b"definitely not ELF").unwrap();
-        let failure = load(&path).unwrap_err();
+        let failure = load(&path, false).unwrap_err();
         assert!(
             failure.reason.starts_with("not a loadable shared library"),
             "{}",
             failure.reason
         );
         assert_eq!(failure.sha256.as_deref().map(str::len), Some(64));
+    }
+
+    #[test]
+    fn world_writable_files_and_directories_are_refused_unless_allowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libopen.so");
+        std::fs::write(&path, b"junk").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let reason = load(&path, false).unwrap_err().reason;
+        assert!(
+            reason.starts_with("plugin file") && reason.contains("world-writable (mode 666)"),
+            "{reason}"
+        );
+        assert!(load(&path, true)
+            .unwrap_err()
+            .reason
+            .starts_with("not a loadable shared library"));
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let reason = load(&path, false).unwrap_err().reason;
+        assert!(reason.starts_with("plugin directory"), "{reason}");
+        let scanned = scan(&[dir.path().to_path_buf()], false);
+        assert!(
+            scanned.failures[0].reason.starts_with("plugin directory"),
+            "{:?}",
+            scanned.failures
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     #[test]

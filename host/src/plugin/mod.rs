@@ -59,6 +59,10 @@ struct ActiveMonitor {
     disabled: Option<Disabled>,
     timings: [HookTiming; EventKind::ALL.len()],
     dropped_non_finite: u64,
+    /// A call longer than this is a strike; `strike_limit` strikes disable the monitor.
+    budget: Option<Duration>,
+    strike_limit: u32,
+    strikes: u32,
 }
 
 /// The monitors of one run.
@@ -100,6 +104,7 @@ impl PluginHost {
     pub fn load(
         specs: &[MonitorSettings],
         plugin_dirs: &[PathBuf],
+        allow_insecure: bool,
         facts: RunFacts,
         services: &dyn HostServices,
         counters: StepCounters,
@@ -114,7 +119,7 @@ impl PluginHost {
         }
         let needs_scan = enabled.iter().any(|spec| spec.path.is_none());
         let scan = if needs_scan {
-            library::scan(plugin_dirs)
+            library::scan(plugin_dirs, allow_insecure)
         } else {
             library::Scan::default()
         };
@@ -122,7 +127,7 @@ impl PluginHost {
         let mut libraries = Vec::new();
         for spec in &enabled {
             let found = match &spec.path {
-                Some(path) => library::load(path)
+                Some(path) => library::load(path, allow_insecure)
                     .map_err(|failure| failure.to_string())
                     .and_then(|library| {
                         if library.info.name == spec.name {
@@ -142,7 +147,17 @@ impl PluginHost {
                     .cloned()
                     .ok_or_else(|| unknown_monitor(&spec.name, &scan, plugin_dirs)),
             };
-            match found {
+            let pinned = found.and_then(|library| match &spec.sha256 {
+                Some(expected) if *expected != library.sha256 => Err(format!(
+                    "{}: sha256 mismatch for monitor `{}`: the config pins {expected}, the file is {}; \
+                     if the new file is trusted, update `sha256`",
+                    library.path.display(),
+                    spec.name,
+                    library.sha256
+                )),
+                _ => Ok(library),
+            });
+            match pinned {
                 Ok(library) => libraries.push(library),
                 Err(problem) => problems.push(problem),
             }
@@ -188,6 +203,9 @@ impl PluginHost {
                         disabled: None,
                         timings: Default::default(),
                         dropped_non_finite: 0,
+                        budget: spec.hook_budget,
+                        strike_limit: spec.hook_budget_strikes,
+                        strikes: 0,
                     });
                 }
                 Err(reason) => problems.push(format!(
@@ -239,6 +257,7 @@ impl PluginHost {
         }
         let hook = hook_index(event.kind);
         let mut failures = Vec::new();
+        let mut slow = Vec::new();
         let lazy_errors = {
             let mut view = HostView::new(
                 event,
@@ -264,12 +283,37 @@ impl PluginHost {
                 }
                 if let RErr(reason) = result {
                     failures.push((index, reason.into_string()));
+                } else if let Some(budget) = monitor.budget.filter(|&b| elapsed > b) {
+                    monitor.strikes += 1;
+                    let took = format!(
+                        "took {:.1} ms in {} (budget {:.1} ms)",
+                        elapsed.as_secs_f64() * 1e3,
+                        event.kind.name(),
+                        budget.as_secs_f64() * 1e3
+                    );
+                    if monitor.strikes >= monitor.strike_limit {
+                        failures.push((
+                            index,
+                            format!(
+                                "over its time budget {} times; last {took}",
+                                monitor.strikes
+                            ),
+                        ));
+                    } else {
+                        slow.push(format!(
+                            "monitor `{}` {took}: strike {} of {}",
+                            monitor.name, monitor.strikes, monitor.strike_limit
+                        ));
+                    }
                 }
             }
             view.errors.into_inner()
         };
         for error in lazy_errors {
             self.warn(format!("{}: {error}", event.kind.name()));
+        }
+        for message in slow {
+            self.warn(message);
         }
         let mut abort = None;
         let any_failed = !failures.is_empty();
@@ -462,8 +506,8 @@ impl PluginHost {
 
 /// The table `vigil plugins` prints: every `*.so` in `dirs` with its name, versions, file,
 /// sha256 and status.
-pub fn listing(dirs: &[PathBuf]) -> String {
-    let scan = library::scan(dirs);
+pub fn listing(dirs: &[PathBuf], allow_insecure: bool) -> String {
+    let scan = library::scan(dirs, allow_insecure);
     let mut rows: Vec<[String; 6]> = Vec::new();
     let mut add = |library: &PluginLibrary, status: String| {
         rows.push([

@@ -56,10 +56,10 @@ pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
     let dataset = data::load(&settings.data.source)?;
     let mut problems = Vec::new();
     let mut monitors = Vec::new();
-    let scan = library::scan(&settings.plugin_dirs);
+    let scan = library::scan(&settings.plugin_dirs, settings.allow_insecure_plugins);
     for monitor in settings.monitors.iter().filter(|m| m.enabled) {
         let found = match &monitor.path {
-            Some(path) => library::load(path)
+            Some(path) => library::load(path, settings.allow_insecure_plugins)
                 .map(|l| l.path)
                 .map_err(|f| f.to_string()),
             None => scan
@@ -145,6 +145,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     let mut plugins = PluginHost::load(
         &settings.monitors,
         &settings.plugin_dirs,
+        settings.allow_insecure_plugins,
         trainer.run_facts(),
         &trainer.services(),
         trainer.counters(0, 0),

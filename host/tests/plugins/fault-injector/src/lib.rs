@@ -20,6 +20,11 @@ struct Settings {
     fail_in_new: bool,
     /// Compute a Hessian-vector product at fit start and log it.
     probe_hvp: bool,
+    /// Sleep this long in every `train_batch_end` (to exceed a time budget).
+    sleep_ms: u64,
+    /// From this global step on, make every later checkpoint write fail by putting a file
+    /// where the checkpoint's temporary directory must go (works even as root).
+    block_checkpoints_from_step: Option<u64>,
 }
 
 impl Default for Settings {
@@ -30,6 +35,8 @@ impl Default for Settings {
             at_step: 0,
             fail_in_new: false,
             probe_hvp: false,
+            sleep_ms: 0,
+            block_checkpoints_from_step: None,
         }
     }
 }
@@ -115,6 +122,21 @@ impl Monitor for FaultInjector {
     }
 
     fn on_train_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+        if self.settings.sleep_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(self.settings.sleep_ms));
+        }
+        let step = ctx.counters().global_step;
+        if self.settings.block_checkpoints_from_step == Some(step) {
+            let artifacts =
+                String::from_utf8(ctx.query("vigil.artifact_dir", &[])?).unwrap_or_default();
+            let checkpoints = std::path::Path::new(&artifacts).with_file_name("checkpoints");
+            for later in step..step + 2_000 {
+                let _ = std::fs::write(
+                    checkpoints.join(format!(".tmp-step_{later:09}")),
+                    b"blocked",
+                );
+            }
+        }
         let norms: f64 = ctx.grad_norms().iter().sum();
         ctx.log("fault_injector/grad_norm_sum", norms);
         self.maybe_fail("train_batch_end", ctx)
