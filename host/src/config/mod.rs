@@ -370,6 +370,16 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_type_names_line_column_and_the_expected_type() {
+        let message = error_text("seed = 1\nepochs = \"two\"\n");
+        assert!(message.starts_with("test.toml:2:10:"), "{message}");
+        assert!(
+            message.contains("invalid type: string \"two\", expected usize"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn unknown_enum_value_lists_the_choices() {
         let message = error_text("data = \"cifar100\"\n");
         assert!(message.starts_with("test.toml:1:8:"), "{message}");
