@@ -70,7 +70,7 @@ pub use abi::{
     ArtifactKind, EventKind, EventSet, ImageBatch, LogLevel, ParameterInfo, ProbeSpec,
     SamplerDraws, StepCounters, Subscriptions, ValidationBatch, WriteMode,
 };
-pub use sdk::{parse_settings, Context, Monitor, MonitorInfo};
+pub use sdk::{expect_no_settings, parse_settings, Context, Monitor, MonitorInfo};
 
 /// Re-exported for [`export_monitor!`]; plugins need not depend on abi_stable themselves.
 #[doc(hidden)]

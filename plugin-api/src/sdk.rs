@@ -81,6 +81,15 @@ where
     toml::from_str(settings).map_err(|err| Error::Settings(err.message().trim().to_string()))
 }
 
+/// For a monitor without settings: accept an empty `[monitors.settings]` table and refuse any
+/// key, so that a misplaced setting is an error rather than silently ignored.
+pub fn expect_no_settings(settings: &str) -> Result<(), Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NoSettings {}
+    parse_settings::<NoSettings>(settings).map(|_| ())
+}
+
 /// The host, as a monitor sees it during one call.
 pub struct Context<'a> {
     host: HostRef<'a>,
@@ -402,6 +411,13 @@ mod tests {
         assert_eq!(failed.unwrap_err().as_str(), "no data");
         let formatted = guarded(|| -> Result<(), Error> { panic!("value {}", 3) });
         assert!(formatted.unwrap_err().as_str().ends_with(": value 3"));
+    }
+
+    #[test]
+    fn a_monitor_without_settings_refuses_any_key() {
+        assert!(expect_no_settings("").is_ok());
+        let err = expect_no_settings("every = 5").unwrap_err().to_string();
+        assert!(err.contains("unknown field `every`"), "{err}");
     }
 
     #[test]

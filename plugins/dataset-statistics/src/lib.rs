@@ -9,7 +9,7 @@
 //! Prints a table (split, class index, name, count, %) and writes `dataset_statistics.csv`.
 
 use vigil_plugin_api::{
-    export_monitor, parse_settings, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
+    expect_no_settings, export_monitor, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
     MonitorInfo, Subscriptions,
 };
 
@@ -66,10 +66,7 @@ impl Monitor for DatasetStatistics {
     }
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
-        #[derive(serde::Deserialize, Default)]
-        #[serde(deny_unknown_fields)]
-        struct NoSettings {}
-        let _: NoSettings = parse_settings(settings)?;
+        expect_no_settings(settings)?;
         Ok(DatasetStatistics)
     }
 

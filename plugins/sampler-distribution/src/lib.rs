@@ -13,7 +13,7 @@
 //! says so once and stays idle.
 
 use vigil_plugin_api::{
-    export_monitor, parse_settings, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
+    expect_no_settings, export_monitor, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
     MonitorInfo, Subscriptions,
 };
 
@@ -89,10 +89,7 @@ impl Monitor for SamplerDistribution {
     }
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
-        #[derive(serde::Deserialize, Default)]
-        #[serde(deny_unknown_fields)]
-        struct NoSettings {}
-        let _: NoSettings = parse_settings(settings)?;
+        expect_no_settings(settings)?;
         Ok(SamplerDistribution {
             names: Vec::new(),
             said_idle: false,

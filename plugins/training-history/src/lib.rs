@@ -12,7 +12,7 @@
 use vigil_monitor_draw::plotters::style::{BLUE, RED};
 use vigil_monitor_draw::{line_chart, Series};
 use vigil_plugin_api::{
-    export_monitor, parse_settings, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
+    expect_no_settings, export_monitor, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
     MonitorInfo, Subscriptions,
 };
 
@@ -85,10 +85,7 @@ impl Monitor for TrainingHistory {
     }
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
-        #[derive(serde::Deserialize, Default)]
-        #[serde(deny_unknown_fields)]
-        struct NoSettings {}
-        let _: NoSettings = parse_settings(settings)?;
+        expect_no_settings(settings)?;
         Ok(TrainingHistory {
             history: History::default(),
         })
