@@ -88,39 +88,76 @@ fn resume_after_a_stop_continues_the_same_metric_stream() {
     let full = train(dir.path(), SMALL, &["--set", "run_dir=full"]);
     assert!(full.status.success(), "{}", stderr(&full));
 
-    // The same run, stopped by a monitor at step 9, then resumed.
-    let stop = r#"monitors=[{name="fault-injector", settings={fault="stop", at_step=9}}]"#;
-    let dirs = format!("plugin_dirs=[\"{}\"]", plugin_dir());
-    let part = train(
+    let expected = comparable(&records(&dir.path().join("full")));
+    assert_eq!(expected.len(), 32 + 8 + 2);
+
+    // The same run, stopped by a monitor mid-epoch (at step 9) and at an epoch's end (step 15,
+    // whose checkpoint follows the epoch record), then resumed.
+    for (stop_at, taken, resumed_at) in
+        [(9, 10, "epoch 1, batch 10"), (15, 16, "epoch 1, batch 16")]
+    {
+        let run_dir = format!("part{stop_at}");
+        let stop = format!(
+            r#"monitors=[{{name="fault-injector", settings={{fault="stop", at_step={stop_at}}}}}]"#
+        );
+        let dirs = format!("plugin_dirs=[\"{}\"]", plugin_dir());
+        let part = train(
+            dir.path(),
+            SMALL,
+            &[
+                "--set",
+                &format!("run_dir={run_dir}"),
+                "--set",
+                &dirs,
+                "--set",
+                &stop,
+            ],
+        );
+        assert!(part.status.success(), "{}", stderr(&part));
+        let stopped = json(dir.path().join(&run_dir).join("run.json"));
+        assert_eq!(stopped["status"], "stopped");
+        assert_eq!(stopped["global_step"], taken);
+
+        let resumed = vigil(dir.path(), &["train", "--resume", &run_dir]);
+        assert!(resumed.status.success(), "{}", stderr(&resumed));
+        assert!(
+            stdout(&resumed).contains(&format!(
+                "resuming {run_dir} from step {taken} ({resumed_at})"
+            )),
+            "{}",
+            stdout(&resumed)
+        );
+        let summary = json(dir.path().join(&run_dir).join("run.json"));
+        assert_eq!(summary["status"], "completed");
+        assert_eq!(summary["resumed_from_step"], taken);
+        assert_eq!(
+            expected,
+            comparable(&records(&dir.path().join(&run_dir))),
+            "stopped at {stop_at}: the resumed run must produce the same records as the uninterrupted one"
+        );
+    }
+}
+
+#[test]
+fn every_epoch_ends_with_a_validation_and_its_record() {
+    // 0.3 of 16 batches: validations after 5, 10 and 15 batches, and at the epoch's end.
+    let dir = tempfile::tempdir().unwrap();
+    let output = train(
         dir.path(),
         SMALL,
-        &["--set", "run_dir=part", "--set", &dirs, "--set", stop],
+        &["--set", "run_dir=o", "--set", "val_check_interval=0.3"],
     );
-    assert!(part.status.success(), "{}", stderr(&part));
-    let stopped = json(dir.path().join("part/run.json"));
-    assert_eq!(stopped["status"], "stopped");
-    assert_eq!(stopped["global_step"], 10);
-
-    let resumed = vigil(dir.path(), &["train", "--resume", "part"]);
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert!(
-        stdout(&resumed).contains("resuming part from step 10 (epoch 1, batch 10)"),
-        "{}",
-        stdout(&resumed)
-    );
-    let summary = json(dir.path().join("part/run.json"));
-    assert_eq!(summary["status"], "completed");
-    assert_eq!(summary["resumed_from_step"], 10);
-
-    let (a, b) = (
-        comparable(&records(&dir.path().join("full"))),
-        comparable(&records(&dir.path().join("part"))),
-    );
-    assert_eq!(a.len(), 32 + 8 + 2);
-    assert_eq!(
-        a, b,
-        "the resumed run must produce the same records as the uninterrupted one"
-    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let written = records(&dir.path().join("o"));
+    let steps = |kind: &str| -> Vec<u64> {
+        written
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["global_step"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(steps("validation"), vec![5, 10, 15, 16, 21, 26, 31, 32]);
+    assert_eq!(steps("epoch"), vec![16, 32]);
 }
 
 #[test]

@@ -310,6 +310,25 @@ fn kill_9_at_random_moments_loses_nothing_that_was_written() {
                 (1..=192).collect::<Vec<u64>>(),
                 "trial {trial}: every step exactly once"
             );
+            let of_kind = |kind: &str| -> Vec<u64> {
+                std::fs::read_to_string(path.join("metrics.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                    .filter(|r| r["kind"] == kind)
+                    .map(|r| r["global_step"].as_u64().unwrap())
+                    .collect()
+            };
+            assert_eq!(
+                of_kind("validation"),
+                (1..=12).map(|k| 16 * k).collect::<Vec<u64>>(),
+                "trial {trial}: every validation exactly once"
+            );
+            assert_eq!(
+                of_kind("epoch"),
+                vec![64, 128, 192],
+                "trial {trial}: every epoch record exactly once"
+            );
         }
         outcomes.push(outcome);
     }

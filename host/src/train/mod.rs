@@ -70,7 +70,7 @@ pub struct FitSummary {
     pub validations: Vec<(u64, PassMetrics)>,
     /// Wall time of the training loop (training, validation, monitors, checkpoints).
     pub seconds: f64,
-    /// Optimizer steps per second of wall time, over the loop.
+    /// Optimizer steps taken in this call (fewer than the run's total after a resume).
     pub steps: u64,
     /// Set when a monitor asked to stop: (monitor, reason).
     pub stopped_by: Option<(String, String)>,
@@ -269,6 +269,17 @@ impl Trainer {
     /// Continue from a checkpoint: weights, optimizer state, counters.
     pub fn resume(&mut self, dir: &Path, state: &TrainingState) -> Result<()> {
         checkpoint::restore(dir, &mut self.vars, &mut self.optimizer, state)?;
+        if state.batches_done >= self.batches_per_epoch() {
+            // Taken at the end of an epoch, after its epoch record: go on with the next one.
+            self.progress = Progress {
+                global_step: state.global_step,
+                epoch: state.epoch + 1,
+                validation_pass: state.validation_pass,
+                best_val_loss: state.best_val_loss,
+                ..Progress::default()
+            };
+            return Ok(());
+        }
         self.progress = Progress {
             global_step: state.global_step,
             epoch: state.epoch,
@@ -350,7 +361,8 @@ impl Trainer {
     }
 
     /// After how many batches of an epoch validation runs: `k · val_check_interval` of the
-    /// epoch for k = 1, 2, …, rounded up to whole batches.
+    /// epoch for k = 1, 2, …, rounded up to whole batches, and always at the epoch's end (the
+    /// epoch record carries that validation).
     pub fn validation_points(&self) -> Vec<u32> {
         let batches = self.batches_per_epoch();
         let interval = self.settings.val_check_interval;
@@ -362,6 +374,7 @@ impl Trainer {
                     .clamp(1.0, f64::from(batches)) as u32
             })
             .collect();
+        points.push(batches);
         points.dedup();
         points
     }
@@ -459,7 +472,6 @@ impl Trainer {
                 self.notify(plugins, sinks, event)?;
             }
             let order = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
-            let mut last_val = None;
             while self.progress.batches_done < batches {
                 let batch_index = self.progress.batches_done;
                 self.train_batch(batch_index, &order, plugins, sinks)?;
@@ -467,7 +479,6 @@ impl Trainer {
                 if points.contains(&done) {
                     let val = self.validate(plugins, sinks)?;
                     summary.validations.push((self.progress.global_step, val));
-                    last_val = Some(val);
                     if done == batches {
                         let metrics = self.end_epoch(epoch, val, epoch_started, plugins, sinks)?;
                         summary.epochs.push(metrics);
@@ -479,16 +490,6 @@ impl Trainer {
                     summary.stopped_by = Some(stop);
                     return Ok(());
                 }
-            }
-            if last_val.is_none()
-                && summary.epochs.last().is_none_or(|m| m.epoch != epoch)
-                && self.progress.batches_done == batches
-            {
-                // A resumed epoch whose validations all happened before the checkpoint.
-                let val = self.validate(plugins, sinks)?;
-                let metrics = self.end_epoch(epoch, val, epoch_started, plugins, sinks)?;
-                summary.epochs.push(metrics);
-                self.save_checkpoint(sinks, Some(val.loss));
             }
             self.progress.epoch += 1;
             self.progress.batches_done = 0;
