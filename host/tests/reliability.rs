@@ -141,6 +141,14 @@ fn a_sha256_pin_refuses_any_other_file() {
     assert_eq!(refused.status.code(), Some(2));
     let message = stderr(&refused);
     assert!(message.contains(&format!("sha256 mismatch for monitor `example-loss-ema`: the config pins {wrong}, the file is {hash}")), "{message}");
+    // `vigil check` resolves monitors as `train` does, pin included.
+    let checked = vigil(dir.path(), &["check", "run.toml"]);
+    assert_eq!(checked.status.code(), Some(2), "{}", stdout(&checked));
+    assert!(
+        stderr(&checked).contains("sha256 mismatch for monitor `example-loss-ema`"),
+        "{}",
+        stderr(&checked)
+    );
     let malformed = run(
         dir.path(),
         &small(

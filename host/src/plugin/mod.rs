@@ -117,64 +117,9 @@ impl PluginHost {
         if enabled.is_empty() {
             return Ok(host);
         }
-        let needs_scan = enabled.iter().any(|spec| spec.path.is_none());
-        let scan = if needs_scan {
-            library::scan(plugin_dirs, allow_insecure)
-        } else {
-            library::Scan::default()
-        };
+        let (libraries, warnings) = resolve(&enabled, plugin_dirs, allow_insecure)?;
+        host.warnings = warnings;
         let mut problems = Vec::new();
-        let mut libraries = Vec::new();
-        for spec in &enabled {
-            let found = match &spec.path {
-                Some(path) => library::load(path, allow_insecure)
-                    .map_err(|failure| failure.to_string())
-                    .and_then(|library| {
-                        if library.info.name == spec.name {
-                            Ok(library)
-                        } else {
-                            Err(format!(
-                                "{}: provides monitor `{}`, not `{}`",
-                                path.display(),
-                                library.info.name,
-                                spec.name
-                            ))
-                        }
-                    }),
-                None => scan
-                    .libraries
-                    .get(&spec.name)
-                    .cloned()
-                    .ok_or_else(|| unknown_monitor(&spec.name, &scan, plugin_dirs)),
-            };
-            let pinned = found.and_then(|library| match &spec.sha256 {
-                Some(expected) if *expected != library.sha256 => Err(format!(
-                    "{}: sha256 mismatch for monitor `{}`: the config pins {expected}, the file is {}; \
-                     if the new file is trusted, update `sha256`",
-                    library.path.display(),
-                    spec.name,
-                    library.sha256
-                )),
-                _ => Ok(library),
-            });
-            match pinned {
-                Ok(library) => libraries.push(library),
-                Err(problem) => problems.push(problem),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Error::Plugins { problems });
-        }
-        for failure in &scan.failures {
-            host.warnings.push(format!("skipped plugin file {failure}"));
-        }
-        for shadowed in &scan.shadowed {
-            host.warnings.push(format!(
-                "{} also provides monitor `{}`; using the one found first",
-                shadowed.path.display(),
-                shadowed.info.name
-            ));
-        }
 
         host.facts.monitor_names = enabled.iter().map(|spec| spec.name.clone()).collect();
         let event = EventData::new(EventKind::FIT_START, counters, &[]);
@@ -565,6 +510,76 @@ pub fn listing(dirs: &[PathBuf], allow_insecure: bool) -> String {
     }
     out.push_str(&format!("searched: {}\n", searched.join(", ")));
     out
+}
+
+/// Find and check the library of every monitor in `specs` (searching `plugin_dirs`, or
+/// opening `path`), with its `sha256` pin. Every problem is collected; on success, the
+/// libraries in `specs` order and warnings about skipped or shadowed files.
+pub fn resolve(
+    specs: &[&MonitorSettings],
+    plugin_dirs: &[PathBuf],
+    allow_insecure: bool,
+) -> Result<(Vec<PluginLibrary>, Vec<String>)> {
+    let scan = if specs.iter().any(|spec| spec.path.is_none()) {
+        library::scan(plugin_dirs, allow_insecure)
+    } else {
+        library::Scan::default()
+    };
+    let mut problems = Vec::new();
+    let mut libraries = Vec::new();
+    for spec in specs {
+        let found = match &spec.path {
+            Some(path) => library::load(path, allow_insecure)
+                .map_err(|failure| failure.to_string())
+                .and_then(|library| {
+                    if library.info.name == spec.name {
+                        Ok(library)
+                    } else {
+                        Err(format!(
+                            "{}: provides monitor `{}`, not `{}`",
+                            path.display(),
+                            library.info.name,
+                            spec.name
+                        ))
+                    }
+                }),
+            None => scan
+                .libraries
+                .get(&spec.name)
+                .cloned()
+                .ok_or_else(|| unknown_monitor(&spec.name, &scan, plugin_dirs)),
+        };
+        let pinned = found.and_then(|library| match &spec.sha256 {
+            Some(expected) if *expected != library.sha256 => Err(format!(
+                "{}: sha256 mismatch for monitor `{}`: the config pins {expected}, the file is {}; \
+                 if the new file is trusted, update `sha256`",
+                library.path.display(),
+                spec.name,
+                library.sha256
+            )),
+            _ => Ok(library),
+        });
+        match pinned {
+            Ok(library) => libraries.push(library),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Plugins { problems });
+    }
+    let mut warnings: Vec<String> = scan
+        .failures
+        .iter()
+        .map(|f| format!("skipped plugin file {f}"))
+        .collect();
+    warnings.extend(scan.shadowed.iter().map(|shadowed| {
+        format!(
+            "{} also provides monitor `{}`; using the one found first",
+            shadowed.path.display(),
+            shadowed.info.name
+        )
+    }));
+    Ok((libraries, warnings))
 }
 
 fn hook_index(kind: EventKind) -> Option<usize> {

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{checkpoint, create_run_dir, write_atomically, FitSummary, Trainer};
-use crate::config::Settings;
+use crate::config::{MonitorSettings, Settings};
 use crate::data;
 use crate::error::{Error, Result};
-use crate::plugin::{library, PluginHost};
+use crate::plugin::{resolve, PluginHost};
 use crate::sink::{Background, ConsoleSink, JsonlSink, Sink, TensorBoardSink};
 
 /// What `vigil train` was asked to do.
@@ -54,38 +54,16 @@ fn read_config(path: &Path) -> Result<String> {
 pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
     let settings = Settings::load(config, overrides)?;
     let dataset = data::load(&settings.data.source)?;
-    let mut problems = Vec::new();
-    let mut monitors = Vec::new();
-    let scan = library::scan(&settings.plugin_dirs, settings.allow_insecure_plugins);
-    for monitor in settings.monitors.iter().filter(|m| m.enabled) {
-        let found = match &monitor.path {
-            Some(path) => library::load(path, settings.allow_insecure_plugins)
-                .map(|l| l.path)
-                .map_err(|f| f.to_string()),
-            None => scan
-                .libraries
-                .get(&monitor.name)
-                .map(|l| l.path.clone())
-                .ok_or_else(|| {
-                    format!(
-                        "unknown monitor `{}`; available: {}",
-                        monitor.name,
-                        scan.libraries
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }),
-        };
-        match found {
-            Ok(path) => monitors.push(format!("{} ({})", monitor.name, path.display())),
-            Err(problem) => problems.push(problem),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(Error::Plugins { problems });
-    }
+    let enabled: Vec<&MonitorSettings> = settings.monitors.iter().filter(|m| m.enabled).collect();
+    let (libraries, _) = resolve(
+        &enabled,
+        &settings.plugin_dirs,
+        settings.allow_insecure_plugins,
+    )?;
+    let monitors: Vec<String> = libraries
+        .iter()
+        .map(|library| format!("{} ({})", library.info.name, library.path.display()))
+        .collect();
     Ok(format!(
         "{}: ok\n  data: {} ({} train, {} validation images, {} classes)\n  model: {}; optim: {:?}, lr {}; {} epochs of batch {}\n  monitors: {}\n",
         config.display(),
