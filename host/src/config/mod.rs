@@ -183,14 +183,7 @@ impl Settings {
 
     /// Read a config file, apply `--set key=value` overrides, and validate the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => Error::Config {
-                location: path.display().to_string(),
-                message: "config file not found".into(),
-            },
-            _ => Error::io(path, source),
-        })?;
-        Self::from_toml_with(&text, path, overrides)
+        Self::from_toml_with(&read_config(path)?, path, overrides)
     }
 
     /// Validate a config given as TOML text; `path` is only used in error messages and to
@@ -199,7 +192,8 @@ impl Settings {
         Self::from_toml_with(text, path, &[])
     }
 
-    fn from_toml_with(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
+    /// Validate config text with `--set` overrides; `path` names the file in errors.
+    pub fn from_toml_with(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
         // The file alone first, so that its errors point at its lines.
         let raw: raw::RawConfig = toml::from_str(text).map_err(|err| {
             let (line, column) = err
@@ -227,6 +221,17 @@ impl Settings {
         };
         raw.validate(path, &invalid)
     }
+}
+
+/// The text of a config file; a missing file is a config error.
+pub fn read_config(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => Error::Config {
+            location: path.display().to_string(),
+            message: "config file not found".into(),
+        },
+        _ => Error::io(path, source),
+    })
 }
 
 /// Apply `key=value` assignments to the document and parse it again. The value is read as a

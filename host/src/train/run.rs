@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{checkpoint, create_run_dir, write_atomically, FitSummary, Trainer};
-use crate::config::{MonitorSettings, Settings};
+use crate::config::{read_config, MonitorSettings, Settings};
 use crate::data;
 use crate::error::{Error, Result};
 use crate::plugin::{resolve, PluginHost};
@@ -36,16 +36,6 @@ pub fn train_from_file(config: &Path) -> Result<RunOutcome> {
     train(&TrainRequest {
         config: Some(config.to_path_buf()),
         ..TrainRequest::default()
-    })
-}
-
-fn read_config(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::Config {
-            location: path.display().to_string(),
-            message: "config file not found".into(),
-        },
-        _ => Error::io(path, source),
     })
 }
 
@@ -97,7 +87,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         }
     };
     let config_text = read_config(&config_path)?;
-    let settings = Settings::load(&config_path, &request.overrides)?;
+    let settings = Settings::from_toml_with(&config_text, &config_path, &request.overrides)?;
     let dataset = data::load(&settings.data.source)?;
     println!(
         "data: {} ({} train, {} validation images of {}×{}×{}, {} classes)",
