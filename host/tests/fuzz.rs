@@ -54,16 +54,6 @@ fn mutate(base: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
     bytes
 }
 
-fn empty_set() -> ImageSet {
-    ImageSet {
-        images: Vec::new(),
-        labels: Vec::new(),
-        channels: 3,
-        height: 32,
-        width: 32,
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -102,7 +92,7 @@ proptest! {
         let mut valid = encode_record(3, 9);
         valid.extend(encode_record(7, 1));
         let bytes = mutate(&valid, &edits);
-        let mut set = empty_set();
+        let mut set = ImageSet::empty(3, 32, 32);
         if parse_batch(&bytes, &mut set).is_ok() {
             prop_assert_eq!(set.images.len(), set.labels.len() * 3072);
             prop_assert!(set.labels.iter().all(|&l| (0..10).contains(&l)));

@@ -62,13 +62,7 @@ pub fn load(dir: &Path) -> Result<Dataset> {
         });
     }
     let split = |files: &[String]| -> Result<ImageSet> {
-        let mut set = ImageSet {
-            images: Vec::new(),
-            labels: Vec::new(),
-            channels: 3,
-            height: SIDE,
-            width: SIDE,
-        };
+        let mut set = ImageSet::empty(3, SIDE, SIDE);
         for file in files {
             let path = dir.join(file);
             let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
@@ -106,21 +100,11 @@ pub fn encode_record(label: u8, value: u8) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn empty() -> ImageSet {
-        ImageSet {
-            images: Vec::new(),
-            labels: Vec::new(),
-            channels: 3,
-            height: 32,
-            width: 32,
-        }
-    }
-
     #[test]
     fn parses_whole_records() {
         let mut bytes = encode_record(3, 7);
         bytes.extend(encode_record(9, 200));
-        let mut set = empty();
+        let mut set = ImageSet::empty(3, 32, 32);
         parse_batch(&bytes, &mut set).unwrap();
         assert_eq!(set.labels, vec![3, 9]);
         assert_eq!(set.images.len(), 2 * 3072);
@@ -131,7 +115,7 @@ mod tests {
     fn rejects_a_partial_record() {
         let mut bytes = encode_record(1, 1);
         bytes.truncate(3000);
-        let reason = parse_batch(&bytes, &mut empty()).unwrap_err();
+        let reason = parse_batch(&bytes, &mut ImageSet::empty(3, 32, 32)).unwrap_err();
         assert!(
             reason.contains("not a whole number of 3073-byte records"),
             "{reason}"
@@ -142,14 +126,14 @@ mod tests {
     fn rejects_a_label_out_of_range() {
         let mut bytes = encode_record(1, 1);
         bytes.extend(encode_record(10, 1));
-        let reason = parse_batch(&bytes, &mut empty()).unwrap_err();
+        let reason = parse_batch(&bytes, &mut ImageSet::empty(3, 32, 32)).unwrap_err();
         assert!(reason.contains("label 10 of record 1"), "{reason}");
     }
 
     #[test]
     fn rejects_an_empty_file() {
         assert_eq!(
-            parse_batch(&[], &mut empty()).unwrap_err(),
+            parse_batch(&[], &mut ImageSet::empty(3, 32, 32)).unwrap_err(),
             "holds no records"
         );
     }

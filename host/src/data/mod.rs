@@ -37,6 +37,17 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
+    /// A split with no images yet, of images of the given shape.
+    pub fn empty(channels: usize, height: usize, width: usize) -> Self {
+        ImageSet {
+            images: Vec::new(),
+            labels: Vec::new(),
+            channels,
+            height,
+            width,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }
