@@ -58,6 +58,10 @@ pub enum Error {
     #[error("{0}")]
     Capability(String),
 
+    /// `vigil bench` could not run (bad options, a missing plugin, the Python baseline).
+    #[error("vigil bench: {0}")]
+    Bench(String),
+
     /// A metrics sink failed to write.
     #[error("the {sink} sink failed: {reason}")]
     Sink { sink: &'static str, reason: String },

@@ -7,7 +7,8 @@
 //! - [`model`]: the networks (MLP, small CNN);
 //! - [`train`]: the loop, evaluation, the run directory;
 //! - [`plugin`]: monitor plugins — find, check, load, dispatch, time, isolate;
-//! - [`bench`]: what the plugin machinery costs (`vigil bench`);
+//! - [`bench`]: what training and monitoring cost (`vigil bench`);
+//! - [`memory`]: the allocator settings training wants;
 //! - [`sink`]: where metrics go (`metrics.jsonl`, the console).
 //!
 //! Arrows run one way: the CLI calls the trainer; the trainer uses data, models and sinks;
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 mod error;
+pub mod memory;
 pub mod model;
 pub mod plugin;
 pub mod rng;

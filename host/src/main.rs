@@ -41,32 +41,77 @@ enum Command {
         #[arg(long = "dir", value_name = "DIR")]
         dirs: Vec<PathBuf>,
     },
-    /// Measure plugin load time and hook dispatch cost through the ABI (use a release build).
-    Bench {
-        /// A directory with plugins (repeatable). Default: as for `plugins`.
-        #[arg(long = "dir", value_name = "DIR")]
-        dirs: Vec<PathBuf>,
-        /// Hook calls per repeat.
-        #[arg(long, default_value_t = 1_000_000)]
-        calls: u64,
-        /// Repeats; the table shows their median, min and max.
-        #[arg(long, default_value_t = 7)]
-        repeats: usize,
-        /// Also write the results as JSON here.
-        #[arg(long, value_name = "FILE")]
-        json: Option<PathBuf>,
-    },
+    /// Measure training speed, monitor overhead (workload W1), plugin load time and hook
+    /// dispatch cost (use a release build on an otherwise idle machine).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// A directory with plugins (repeatable). Default: as for `plugins`.
+    #[arg(long = "dir", value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// Fashion-MNIST's directory; synthetic 28×28 images are used when it has no dataset.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/usr/share/datasets/fashion-mnist"
+    )]
+    data_dir: PathBuf,
+    /// A monitor to measure (repeatable). Default: every shipped monitor that is found.
+    #[arg(long = "monitor", value_name = "NAME")]
+    monitors: Vec<String>,
+    /// Training steps per timed segment (500 holds one curvature estimate at its default cadence).
+    #[arg(long, default_value_t = 500)]
+    steps: u64,
+    /// Steps a configuration trains before the next one takes its turn.
+    #[arg(long, default_value_t = 25)]
+    chunk_steps: u64,
+    /// Steps each configuration trains before timing starts.
+    #[arg(long, default_value_t = 100)]
+    warmup_steps: u64,
+    /// Timed segments per configuration; the table shows their median, min and max.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// The Python with PyTorch for bench/python_baseline.py. Default: the one
+    /// scripts/bootstrap.sh installs, when present.
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Do not run the Python baseline.
+    #[arg(long, conflicts_with = "python")]
+    no_python: bool,
+    /// The Python baseline script.
+    #[arg(long, value_name = "FILE", default_value = "bench/python_baseline.py")]
+    python_script: PathBuf,
+    /// Hook calls per repeat of the dispatch benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    calls: u64,
+    /// Only measure plugin load time and hook dispatch (seconds instead of minutes).
+    #[arg(long)]
+    plugins_only: bool,
+    /// Also write the results as JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    vigil::memory::reuse_freed_buffers();
     // Warnings and monitor messages go to stderr; `RUST_LOG` is not needed for them.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(match cli.command {
+            // Twelve configurations' monitors would repeat their start-up reports twelve
+            // times; the benchmark shows warnings only.
+            Command::Bench(_) => tracing::Level::WARN,
+            _ => tracing::Level::INFO,
+        })
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,25 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", vigil::train::check_config(&config, &overrides)?);
             Ok(())
         }
-        Command::Bench {
-            dirs,
-            calls,
-            repeats,
-            json,
-        } => {
-            let dirs = if dirs.is_empty() {
-                vigil::plugin::default_plugin_dirs()
-            } else {
-                dirs
-            };
-            let results = vigil::bench::plugin_costs(&dirs, calls.max(1), repeats.max(1))?;
-            print!("{}", vigil::bench::table(&results));
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
-                    .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
-            }
-            Ok(())
-        }
+        Command::Bench(args) => bench(args),
         Command::Plugins { dirs } => {
             let dirs = if dirs.is_empty() {
                 vigil::plugin::default_plugin_dirs()
@@ -141,6 +168,78 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let dirs = if args.dirs.is_empty() {
+        vigil::plugin::default_plugin_dirs()
+    } else {
+        args.dirs
+    };
+    let mut workload = None;
+    if !args.plugins_only {
+        let found = vigil::plugin::library::scan(&dirs, false);
+        let monitors = if args.monitors.is_empty() {
+            let shipped: Vec<String> = vigil::bench::SHIPPED_MONITORS
+                .iter()
+                .filter(|name| found.libraries.contains_key(**name))
+                .map(|name| name.to_string())
+                .collect();
+            if shipped.len() < vigil::bench::SHIPPED_MONITORS.len() {
+                eprintln!(
+                    "note: found {} of the {} shipped monitors in {}; build them with `cargo build --release --workspace`",
+                    shipped.len(),
+                    vigil::bench::SHIPPED_MONITORS.len(),
+                    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            shipped
+        } else {
+            args.monitors
+        };
+        let python = if args.no_python {
+            None
+        } else {
+            match args
+                .python
+                .or_else(vigil::bench::workload::bootstrap_python)
+            {
+                Some(interpreter) => Some(vigil::bench::PythonBaseline {
+                    interpreter,
+                    script: args.python_script,
+                }),
+                None => {
+                    eprintln!("note: no Python with PyTorch found (run scripts/bootstrap.sh, or give --python PATH); skipping the Python baseline");
+                    None
+                }
+            }
+        };
+        let options = vigil::bench::WorkloadOptions {
+            data_dir: args.data_dir,
+            plugin_dirs: dirs.clone(),
+            monitors,
+            steps: args.steps,
+            chunk_steps: args.chunk_steps,
+            warmup_steps: args.warmup_steps,
+            repeats: args.repeats,
+            batch_size: 128,
+            threads: args.threads,
+            python,
+            scratch: std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id())),
+        };
+        let report = vigil::bench::run_workload(&options, |message| eprintln!("bench: {message}"))?;
+        print!("{}", vigil::bench::workload_table(&report));
+        println!();
+        workload = Some(report);
+    }
+    let plugins = vigil::bench::plugin_costs(&dirs, args.calls.max(1), args.repeats.max(1))?;
+    print!("{}", vigil::bench::table(&plugins));
+    if let Some(path) = args.json {
+        let json = serde_json::json!({ "workload": workload, "plugins": plugins });
+        std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// 2 for bad input (config, plugins, data), 3 for a monitor with `on_error = "abort"` that

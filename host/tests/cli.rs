@@ -165,3 +165,95 @@ fn explicit_run_dir_is_never_overwritten() {
         before
     );
 }
+
+#[test]
+fn bench_measures_bare_and_monitored_training_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx_dataset(&data, 512, 128, 28);
+    let output = vigil(
+        dir.path(),
+        &[
+            "bench",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--monitor",
+            "gradient",
+            "--monitor",
+            "noise",
+            "--steps",
+            "4",
+            "--warmup-steps",
+            "2",
+            "--repeats",
+            "2",
+            "--calls",
+            "1000",
+            "--no-python",
+            "--json",
+            "bench.json",
+        ],
+    );
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let table = stdout(&output);
+    for row in ["bare", "gradient", "noise", "all monitors", "hook dispatch"] {
+        assert!(table.contains(row), "no `{row}` row in:\n{table}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    let workload = &json["workload"];
+    assert_eq!(workload["dataset"], "Fashion-MNIST");
+    assert_eq!(workload["batch_size"], 128);
+    let configs = workload["configs"].as_array().unwrap();
+    let names: Vec<&str> = configs
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bare", "gradient", "noise", "all monitors"]);
+    assert!(configs[0]["overhead_pct"].is_null());
+    for config in &configs[1..] {
+        assert_eq!(config["overhead_pct"]["repeats"], 2);
+        assert!(config["overhead_pct"]["median"]
+            .as_f64()
+            .unwrap()
+            .is_finite());
+        assert!(config["meets_target"].is_boolean());
+    }
+    // The noise monitor copies the gradient every step: its hooks take measurable time.
+    assert!(configs[2]["in_hooks_pct"].as_f64().unwrap() > 0.0);
+    assert!(
+        workload["bare_train_ms_per_step"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(workload["peak_rss_mib"].as_f64().unwrap() > 10.0);
+    assert!(workload["python"].is_null());
+    let plugins = json["plugins"].as_array().unwrap();
+    assert!(plugins
+        .iter()
+        .any(|m| m["unit"] == "ns/call" && m["median"].as_f64().unwrap() > 0.0));
+}
+
+#[test]
+fn bench_with_a_missing_monitor_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = vigil(
+        dir.path(),
+        &[
+            "bench",
+            "--monitor",
+            "no-such-monitor",
+            "--no-python",
+            "--steps",
+            "1",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no-such-monitor"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -179,8 +179,9 @@ impl HostServices for KnownHessian {
     fn weight_norms(&self) -> vigil::Result<Vec<f64>> {
         Ok(Vec::new())
     }
-    fn gradient(&self) -> vigil::Result<Vec<f32>> {
-        Ok(Vec::new())
+    fn gradient_into(&self, out: &mut Vec<f32>) -> vigil::Result<()> {
+        out.clear();
+        Ok(())
     }
     fn hessian_vector_product(
         &self,

@@ -1,6 +1,6 @@
 //! The host side of [`HostFfi`]: what a monitor can see and do during one event.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::path::{Component, Path, PathBuf};
 
 use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
@@ -19,8 +19,13 @@ pub trait HostServices {
     fn grad_norms(&self) -> crate::Result<Vec<f64>>;
     /// L2 norm of each trainable parameter.
     fn weight_norms(&self) -> crate::Result<Vec<f64>>;
-    /// All gradients, flattened in parameter order.
-    fn gradient(&self) -> crate::Result<Vec<f32>>;
+    /// All gradients, flattened in parameter order, into `out` (resized to fit; its
+    /// allocation is reused from step to step).
+    fn gradient_into(&self, out: &mut Vec<f32>) -> crate::Result<()>;
+    /// The same, without a copy, where the trainer keeps its gradients that way.
+    fn gradient_view(&self) -> Option<&[f32]> {
+        None
+    }
     /// `out = H · vector` for the mean loss on the probe subsample; returns the probe loss.
     fn hessian_vector_product(
         &self,
@@ -30,6 +35,9 @@ pub trait HostServices {
     ) -> crate::Result<f64>;
     /// Mean loss on the probe subsample.
     fn probe_loss(&self, probe: &ProbeSpec) -> crate::Result<f64>;
+    /// The hook that asked for Hessian-vector products has returned: drop anything kept to
+    /// make the next product cheaper within that hook (autograd graphs).
+    fn release_probe_state(&self) {}
 }
 
 /// The data of one event, prepared by the trainer.
@@ -162,6 +170,10 @@ pub(super) struct HostView<'a> {
     gradient: OnceCell<Vec<f32>>,
     /// Failures of lazily computed data, reported after the event.
     pub errors: RefCell<Vec<String>>,
+    /// Whether the monitor being called asked for a Hessian-vector product.
+    pub used_probe: bool,
+    /// The allocation the flattened gradient is written into.
+    pub gradient_buffer: Cell<Vec<f32>>,
 }
 
 impl<'a> HostView<'a> {
@@ -183,6 +195,8 @@ impl<'a> HostView<'a> {
             weight_norms: OnceCell::new(),
             gradient: OnceCell::new(),
             errors: RefCell::new(Vec::new()),
+            used_probe: false,
+            gradient_buffer: Cell::new(Vec::new()),
         }
     }
 
@@ -201,6 +215,13 @@ impl<'a> HostView<'a> {
             })
         });
         RSlice::from_slice(values)
+    }
+
+    /// The allocation of the flattened gradient, for the next event's view.
+    pub fn into_gradient_buffer(self) -> Vec<f32> {
+        self.gradient
+            .into_inner()
+            .unwrap_or_else(|| self.gradient_buffer.take())
     }
 
     fn monitor_name(&self) -> &str {
@@ -284,8 +305,13 @@ impl HostFfi for HostView<'_> {
         if self.event.kind != EventKind::TRAIN_BATCH_END {
             return RSlice::from_slice(&[]);
         }
+        if let Some(view) = self.services.gradient_view() {
+            return RSlice::from_slice(view);
+        }
         self.lazily(&self.gradient, "the flattened gradient", || {
-            self.services.gradient()
+            let mut buffer = self.gradient_buffer.take();
+            self.services.gradient_into(&mut buffer)?;
+            Ok(buffer)
         })
     }
 
@@ -306,6 +332,7 @@ impl HostFfi for HostView<'_> {
                 .into(),
             );
         }
+        self.used_probe = true;
         match self
             .services
             .hessian_vector_product(&probe, vector.as_slice(), out.as_mut_slice())

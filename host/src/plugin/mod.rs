@@ -6,11 +6,12 @@
 //! into a disabled one (or a stopped run, if the config says `on_error = "abort"`). Libraries
 //! are never unloaded; every monitor sees `fit_end` before the host drops it.
 
+mod clock;
 mod host_view;
 pub mod library;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, RStr};
@@ -23,21 +24,23 @@ pub use library::{default_plugin_dirs, LibraryInfo, LoadFailure, PluginLibrary};
 
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
+use clock::HookClock;
 use host_view::HostView;
 
-/// Calls and time spent in one hook of one monitor.
+/// Calls and time spent in one hook of one monitor, in [`HookClock`] ticks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct HookTiming {
-    pub calls: u64,
-    pub total: Duration,
-    pub max: Duration,
+struct HookTiming {
+    calls: u64,
+    ticks: u64,
+    max_ticks: u64,
 }
 
 impl HookTiming {
-    fn add(&mut self, elapsed: Duration) {
+    #[inline]
+    fn add(&mut self, ticks: u64) {
         self.calls += 1;
-        self.total += elapsed;
-        self.max = self.max.max(elapsed);
+        self.ticks += ticks;
+        self.max_ticks = self.max_ticks.max(ticks);
     }
 }
 
@@ -61,6 +64,8 @@ struct ActiveMonitor {
     dropped_non_finite: u64,
     /// A call longer than this is a strike; `strike_limit` strikes disable the monitor.
     budget: Option<Duration>,
+    /// The budget in clock ticks.
+    budget_ticks: u64,
     strike_limit: u32,
     strikes: u32,
 }
@@ -75,6 +80,10 @@ pub struct PluginHost {
     /// Union of the enabled monitors' events and subscriptions.
     events: EventSet,
     subscriptions: Subscriptions,
+    /// Times hook calls.
+    clock: HookClock,
+    /// The flattened gradient's allocation, reused from event to event.
+    gradient_buffer: Vec<f32>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -96,6 +105,8 @@ impl PluginHost {
             warnings: Vec::new(),
             events: EventSet::EMPTY,
             subscriptions: Subscriptions::NONE,
+            clock: HookClock::new(),
+            gradient_buffer: Vec::new(),
         }
     }
 
@@ -137,6 +148,9 @@ impl PluginHost {
                 settings,
                 HostFfi_TO::from_ptr(&mut view, TD_Opaque),
             );
+            if view.used_probe {
+                services.release_probe_state();
+            }
             match built.into_result() {
                 Ok(handle) => {
                     host.monitors.push(ActiveMonitor {
@@ -149,6 +163,9 @@ impl PluginHost {
                         timings: Default::default(),
                         dropped_non_finite: 0,
                         budget: spec.hook_budget,
+                        budget_ticks: spec
+                            .hook_budget
+                            .map_or(u64::MAX, |budget| host.clock.ticks(budget)),
                         strike_limit: spec.hook_budget_strikes,
                         strikes: 0,
                     });
@@ -211,6 +228,8 @@ impl PluginHost {
                 &self.artifacts,
                 &mut self.outputs,
             );
+            view.gradient_buffer
+                .set(std::mem::take(&mut self.gradient_buffer));
             for (index, monitor) in self.monitors.iter_mut().enumerate() {
                 let Some(handle) = monitor.handle.as_mut() else {
                     continue;
@@ -219,16 +238,22 @@ impl PluginHost {
                     continue;
                 }
                 view.monitor = index;
-                let started = Instant::now();
+                let started = self.clock.now();
                 let result =
                     handle.on_event(event.kind, HostFfi_TO::from_ptr(&mut view, TD_Opaque));
-                let elapsed = started.elapsed();
+                let ticks = self.clock.now().saturating_sub(started);
+                if view.used_probe {
+                    view.used_probe = false;
+                    services.release_probe_state();
+                }
                 if let Some(timing) = hook.and_then(|hook| monitor.timings.get_mut(hook)) {
-                    timing.add(elapsed);
+                    timing.add(ticks);
                 }
                 if let RErr(reason) = result {
                     failures.push((index, reason.into_string()));
-                } else if let Some(budget) = monitor.budget.filter(|&b| elapsed > b) {
+                } else if ticks > monitor.budget_ticks {
+                    let budget = monitor.budget.unwrap_or_default();
+                    let elapsed = self.clock.duration(ticks);
                     monitor.strikes += 1;
                     let took = format!(
                         "took {:.1} ms in {} (budget {:.1} ms)",
@@ -252,7 +277,9 @@ impl PluginHost {
                     }
                 }
             }
-            view.errors.into_inner()
+            let errors = view.errors.take();
+            self.gradient_buffer = view.into_gradient_buffer();
+            errors
         };
         for error in lazy_errors {
             self.warn(format!("{}: {error}", event.kind.name()));
@@ -348,25 +375,38 @@ impl PluginHost {
 
     /// Per-monitor load facts and timings for `run.json`; `loop_seconds` is the wall time of
     /// the training loop the shares are relative to.
+    /// Seconds spent inside the monitors' hooks so far, all monitors and events together.
+    pub fn hook_seconds(&self) -> f64 {
+        self.monitors
+            .iter()
+            .flat_map(|monitor| &monitor.timings)
+            .map(|timing| self.clock.duration(timing.ticks).as_secs_f64())
+            .sum()
+    }
+
     pub fn report(&self, loop_seconds: f64) -> serde_json::Value {
         let monitors: Vec<serde_json::Value> = self
             .monitors
             .iter()
             .map(|monitor| {
-                let total: Duration = monitor.timings.iter().map(|t| t.total).sum();
+                let total = self
+                    .clock
+                    .duration(monitor.timings.iter().map(|t| t.ticks).sum());
                 let hooks: serde_json::Map<String, serde_json::Value> = EventKind::ALL
                     .iter()
                     .zip(&monitor.timings)
                     .filter(|(_, timing)| timing.calls > 0)
                     .map(|(kind, timing)| {
+                        let total = self.clock.duration(timing.ticks);
+                        let max = self.clock.duration(timing.max_ticks);
                         (
                             kind.name().to_string(),
                             json!({
                                 "calls": timing.calls,
-                                "total_ms": timing.total.as_secs_f64() * 1e3,
-                                "mean_us": timing.total.as_secs_f64() * 1e6 / timing.calls as f64,
-                                "max_us": timing.max.as_secs_f64() * 1e6,
-                                "share_of_step_time": share(timing.total, loop_seconds),
+                                "total_ms": total.as_secs_f64() * 1e3,
+                                "mean_us": total.as_secs_f64() * 1e6 / timing.calls as f64,
+                                "max_us": max.as_secs_f64() * 1e6,
+                                "share_of_step_time": share(total, loop_seconds),
                             }),
                         )
                     })
@@ -417,6 +457,13 @@ impl PluginHost {
     /// Move what monitors produced to the caller (scalars), the console (messages) and the
     /// warning list.
     fn route_outputs(&mut self, scalars: &mut Vec<(String, String, f64)>) {
+        let outputs = &self.outputs;
+        if outputs.scalars.is_empty()
+            && outputs.messages.is_empty()
+            && outputs.dropped_non_finite.is_empty()
+        {
+            return;
+        }
         let names = &self.facts.monitor_names;
         scalars.extend(
             self.outputs

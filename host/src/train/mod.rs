@@ -122,6 +122,16 @@ impl TensorSplit {
         self.labels.size()[0]
     }
 
+    /// The same split, sharing its storage.
+    fn shallow_clone(&self) -> Self {
+        TensorSplit {
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
+
     /// The first `count` images, de-normalised to [0, 1], as CPU floats.
     fn display_images(&self, count: i64) -> Result<Vec<f32>> {
         let channels = self.mean.len() as i64;
@@ -179,11 +189,28 @@ pub struct Trainer {
     /// The JSONL metrics file, whose length each checkpoint records.
     metrics_path: Option<PathBuf>,
     warnings: Vec<String>,
+    validation_seconds: f64,
+    /// One tensor that every parameter's gradient is a slice of, once a monitor subscribed to
+    /// the flattened gradient (see [`services::flatten_grads`]).
+    flat_grads: Option<Tensor>,
+    /// The current epoch's sample order, on the CPU and on the device.
+    epoch_order: Option<(usize, Vec<i64>, Tensor)>,
 }
 
 impl Trainer {
     /// Build the model and optimiser and move the dataset to the device.
     pub fn new(settings: &Settings, dataset: &Dataset) -> Result<Self> {
+        Self::build(settings, dataset, None)
+    }
+
+    /// A trainer for `settings` that uses `other`'s copy of the dataset on the device instead
+    /// of making its own (`dataset` must be the one `other` was built from). `vigil bench`
+    /// trains several models side by side this way.
+    pub fn sharing_data(settings: &Settings, dataset: &Dataset, other: &Trainer) -> Result<Self> {
+        Self::build(settings, dataset, Some(other))
+    }
+
+    fn build(settings: &Settings, dataset: &Dataset, share: Option<&Trainer>) -> Result<Self> {
         if let Some(threads) = settings.threads {
             tch::set_num_threads(threads as i32);
         }
@@ -227,8 +254,14 @@ impl Trainer {
             device,
             parameters,
             parameter_names,
-            train: TensorSplit::new(&dataset.train, &mean, &std, device)?,
-            test: TensorSplit::new(&dataset.test, &mean, &std, device)?,
+            train: match share {
+                Some(other) if other.device == device => other.train.shallow_clone(),
+                _ => TensorSplit::new(&dataset.train, &mean, &std, device)?,
+            },
+            test: match share {
+                Some(other) if other.device == device => other.test.shallow_clone(),
+                _ => TensorSplit::new(&dataset.test, &mean, &std, device)?,
+            },
             train_labels: dataset.train.labels.clone(),
             val_labels: dataset.test.labels.clone(),
             class_names: dataset.class_names.clone(),
@@ -245,6 +278,9 @@ impl Trainer {
             checkpoints: None,
             metrics_path: None,
             warnings: Vec::new(),
+            validation_seconds: 0.0,
+            flat_grads: None,
+            epoch_order: None,
         })
     }
 
@@ -353,6 +389,7 @@ impl Trainer {
             train: &self.train,
             probes: &self.probes,
             device: self.device,
+            flat_grads: self.flat_grads.as_ref(),
         }
     }
 
@@ -418,7 +455,51 @@ impl Trainer {
             steps: 0,
             stopped_by: None,
         };
-        let result = self.run_epochs(sinks, plugins, &mut summary);
+        let result = self
+            .begin(plugins, sinks)
+            .and_then(|()| self.run_epochs(sinks, plugins, &mut summary, None));
+        let ended = self.end(plugins, sinks);
+        result?;
+        ended?;
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary.steps = self.progress.global_step - first_step;
+        Ok(summary)
+    }
+
+    /// Start a run that is trained in parts with [`Trainer::advance`]: the `fit_start` event.
+    pub fn begin(&mut self, plugins: &mut PluginHost, sinks: &mut [Box<dyn Sink>]) -> Result<()> {
+        self.notify(
+            plugins,
+            sinks,
+            EventData::new(EventKind::FIT_START, self.counters(0, 0), &[]),
+        )
+    }
+
+    /// Train until the global step reaches `until` (or the configured epochs end, or a
+    /// monitor stops the run), with validation, checkpoints and monitors as in a full run.
+    pub fn advance(
+        &mut self,
+        sinks: &mut [Box<dyn Sink>],
+        plugins: &mut PluginHost,
+        until: u64,
+    ) -> Result<FitSummary> {
+        let started = Instant::now();
+        let first_step = self.progress.global_step;
+        let mut summary = FitSummary {
+            epochs: Vec::new(),
+            validations: Vec::new(),
+            seconds: 0.0,
+            steps: 0,
+            stopped_by: None,
+        };
+        self.run_epochs(sinks, plugins, &mut summary, Some(until))?;
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary.steps = self.progress.global_step - first_step;
+        Ok(summary)
+    }
+
+    /// End a run: the `fit_end` event, which reaches every monitor still running.
+    pub fn end(&mut self, plugins: &mut PluginHost, sinks: &mut [Box<dyn Sink>]) -> Result<()> {
         let mut scalars = Vec::new();
         let counters = self.counters(0, 0);
         let finished = plugins.finish(
@@ -432,12 +513,19 @@ impl Trainer {
             counters.epoch as usize,
             self.progress.global_step,
         );
-        result?;
         finished?;
-        routed?;
-        summary.seconds = started.elapsed().as_secs_f64();
-        summary.steps = self.progress.global_step - first_step;
-        Ok(summary)
+        routed
+    }
+
+    /// Seconds spent in validation passes (monitors' validation hooks included) so far.
+    pub fn validation_seconds(&self) -> f64 {
+        self.validation_seconds
+    }
+
+    /// Hessian-vector products computed for monitors so far, and the seconds they took.
+    pub fn hvp_stats(&self) -> (u64, f64) {
+        let (count, time) = self.probes.hvps.get();
+        (count, time.as_secs_f64())
     }
 
     fn run_epochs(
@@ -445,19 +533,28 @@ impl Trainer {
         sinks: &mut [Box<dyn Sink>],
         plugins: &mut PluginHost,
         summary: &mut FitSummary,
+        until: Option<u64>,
     ) -> Result<()> {
-        self.notify(
-            plugins,
-            sinks,
-            EventData::new(EventKind::FIT_START, self.counters(0, 0), &[]),
-        )?;
+        let reached = |step: u64| until.is_some_and(|until| step >= until);
         let samples = self.train.len() as usize;
         let batches = self.batches_per_epoch();
         let points = self.validation_points();
         while self.progress.epoch <= self.settings.epochs {
+            if reached(self.progress.global_step) {
+                return Ok(());
+            }
             let epoch = self.progress.epoch;
             let epoch_started = Instant::now();
-            let order = self.feed.epoch_order(epoch, samples);
+            // The epoch's order, drawn once per epoch (a run trained in parts re-enters here).
+            let order = match self.epoch_order.take() {
+                Some((cached, order, on_device)) if cached == epoch => (order, on_device),
+                _ => {
+                    let order = self.feed.epoch_order(epoch, samples);
+                    let on_device = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
+                    (order, on_device)
+                }
+            };
+            let (order, order_on_device) = order;
             if self.progress.batches_done == 0 {
                 let mut event =
                     EventData::new(EventKind::TRAIN_EPOCH_START, self.counters(0, 0), &[]);
@@ -471,10 +568,13 @@ impl Trainer {
                 }
                 self.notify(plugins, sinks, event)?;
             }
-            let order = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
+            self.epoch_order = Some((epoch, order, order_on_device.shallow_clone()));
             while self.progress.batches_done < batches {
+                if reached(self.progress.global_step) {
+                    return Ok(());
+                }
                 let batch_index = self.progress.batches_done;
-                self.train_batch(batch_index, &order, plugins, sinks)?;
+                self.train_batch(batch_index, &order_on_device, plugins, sinks)?;
                 let done = self.progress.batches_done;
                 if points.contains(&done) {
                     let val = self.validate(plugins, sinks)?;
@@ -699,6 +799,9 @@ impl Trainer {
         }
         if !skip {
             loss.f_backward()?;
+            if self.flat_grads.is_none() && plugins.subscribes(Subscriptions::GRADIENT) {
+                self.flat_grads = services::flatten_grads(&self.parameters)?;
+            }
         }
         let grad_norm = match self.settings.optim.clip_grad_norm {
             Some(max) if !skip => {
@@ -781,7 +884,10 @@ impl Trainer {
         plugins: &mut PluginHost,
         sinks: &mut [Box<dyn Sink>],
     ) -> Result<PassMetrics> {
-        let metrics = self.evaluate_monitored(plugins, sinks)?;
+        let started = Instant::now();
+        let metrics = self.evaluate_monitored(plugins, sinks);
+        self.validation_seconds += started.elapsed().as_secs_f64();
+        let metrics = metrics?;
         let best = self
             .progress
             .best_val_loss

@@ -1,8 +1,9 @@
 //! What the trainer computes for monitors on request: norms, the flattened gradient, and
 //! Hessian-vector products on a fixed probe subsample.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
@@ -13,10 +14,29 @@ use crate::error::{Error, Result};
 use crate::plugin::HostServices;
 use crate::rng::SplitMix64;
 
-/// The probe subsamples drawn so far, by spec.
+/// The probe subsamples drawn so far, by spec, and what Hessian-vector products cost.
 #[derive(Default)]
 pub(super) struct ProbeCache {
     batches: RefCell<HashMap<ProbeSpec, (Tensor, Tensor)>>,
+    /// Hessian-vector products computed, and the time they took.
+    pub hvps: Cell<(u64, Duration)>,
+    /// The gradient graph of a one-chunk probe, kept while one hook asks for several
+    /// products (each then costs one backward pass instead of a forward and two).
+    graph: RefCell<Option<ProbeGraph>>,
+}
+
+/// A probe's loss and its gradient with the autograd graph that differentiates it again.
+struct ProbeGraph {
+    spec: ProbeSpec,
+    loss: f64,
+    grads: Vec<Tensor>,
+}
+
+impl ProbeCache {
+    /// Drop the kept gradient graph.
+    pub fn release_graph(&self) {
+        self.graph.borrow_mut().take();
+    }
 }
 
 /// A borrowed view of the trainer's model, parameters and data.
@@ -26,6 +46,44 @@ pub(super) struct TrainerServices<'a> {
     pub train: &'a TensorSplit,
     pub probes: &'a ProbeCache,
     pub device: Device,
+    pub flat_grads: Option<&'a Tensor>,
+}
+
+/// Make every parameter's gradient a slice of one flat tensor, in parameter order, so that
+/// the flattened gradient monitors subscribe to is that tensor itself, with no copy on the
+/// CPU. Backward passes accumulate into existing gradients in place, and the optimizer zeroes
+/// them in place, so the aliasing lasts. `None` (nothing changed) while some gradient is
+/// undefined or not `f32`.
+pub(super) fn flatten_grads(parameters: &[Tensor]) -> Result<Option<Tensor>> {
+    let _no_grad = tch::no_grad_guard();
+    let mut grads = Vec::with_capacity(parameters.len());
+    for parameter in parameters {
+        let grad = parameter.grad();
+        if !grad.defined() || grad.kind() != Kind::Float {
+            return Ok(None);
+        }
+        grads.push(grad);
+    }
+    let Some(first) = grads.first() else {
+        return Ok(None);
+    };
+    let total: i64 = grads.iter().map(|g| g.numel() as i64).sum();
+    let flat = Tensor::f_zeros([total], (Kind::Float, first.device()))?;
+    let mut offset = 0;
+    for grad in &mut grads {
+        let numel = grad.numel() as i64;
+        let shape = grad.size();
+        flat.f_narrow(0, offset, numel)?
+            .f_copy_(&grad.f_reshape([-1])?)?;
+        // Contiguous strides of `shape`.
+        let mut strides = vec![1i64; shape.len()];
+        for dim in (0..shape.len().saturating_sub(1)).rev() {
+            strides[dim] = strides[dim + 1] * shape[dim + 1];
+        }
+        let _ = grad.f_set_source_tensor_storage_offset_(&flat, offset, &shape, &strides)?;
+        offset += numel;
+    }
+    Ok(Some(flat))
 }
 
 /// Names and shapes of `parameters`, matched to the var store's names by storage.
@@ -148,12 +206,33 @@ pub fn batch_hessian_vector_product(
     let logits = model.forward_t(images, false);
     let loss = super::cross_entropy(&logits, labels, tch::Reduction::Mean)?;
     let grads = Tensor::f_run_backward(&[&loss], parameters, true, true)?;
-    let mut dot = Tensor::f_zeros([], (Kind::Float, images.device()))?;
-    for (grad, direction) in grads.iter().zip(directions) {
-        dot = dot.f_add(&grad.f_mul(direction)?.f_sum(Kind::Float)?)?;
-    }
-    let product = Tensor::f_run_backward(&[&dot], parameters, false, false)?;
+    let product = hessian_times(&grads, parameters, directions, false)?;
     Ok((loss.f_double_value(&[])?, product))
+}
+
+/// Differentiate `Σ grads·directions` with respect to `parameters` (grads built with a
+/// graph); `keep_graph` keeps that graph for another product.
+fn hessian_times(
+    grads: &[Tensor],
+    parameters: &[Tensor],
+    directions: &[Tensor],
+    keep_graph: bool,
+) -> Result<Vec<Tensor>> {
+    let mut dot: Option<Tensor> = None;
+    for (grad, direction) in grads.iter().zip(directions) {
+        let term = grad.f_mul(direction)?.f_sum(Kind::Float)?;
+        dot = Some(match dot {
+            Some(sum) => sum.f_add(&term)?,
+            None => term,
+        });
+    }
+    let dot = dot.ok_or_else(|| Error::Capability("the model has no parameters".into()))?;
+    Ok(Tensor::f_run_backward(
+        &[&dot],
+        parameters,
+        keep_graph,
+        false,
+    )?)
 }
 
 impl HostServices for TrainerServices<'_> {
@@ -166,16 +245,42 @@ impl HostServices for TrainerServices<'_> {
         self.norms(self.parameters.iter().map(|p| Ok(p.shallow_clone())))
     }
 
-    fn gradient(&self) -> Result<Vec<f32>> {
-        let flat = self
-            .parameters
-            .iter()
-            .map(|p| Ok(Self::grad_or_zeros(p)?.f_reshape([-1])?))
-            .collect::<Result<Vec<Tensor>>>()?;
-        let joined = Tensor::f_cat(&flat, 0)?
-            .f_to_kind(Kind::Float)?
-            .f_to_device(Device::Cpu)?;
-        Ok(Vec::<f32>::try_from(&joined)?)
+    fn gradient_view(&self) -> Option<&[f32]> {
+        let flat = self.flat_grads?;
+        if flat.device() != Device::Cpu || flat.kind() != Kind::Float || !flat.is_contiguous() {
+            return None;
+        }
+        // SAFETY: `flat` is a contiguous CPU f32 tensor of `numel` elements that lives as long
+        // as the trainer this view borrows. Nothing writes to it while the view is borrowed:
+        // gradients change only in the trainer's backward passes and optimizer steps, which
+        // need the trainer mutably, and Hessian-vector products differentiate into fresh
+        // tensors.
+        Some(unsafe { std::slice::from_raw_parts(flat.data_ptr() as *const f32, flat.numel()) })
+    }
+
+    fn gradient_into(&self, out: &mut Vec<f32>) -> Result<()> {
+        if let Some(flat) = self.flat_grads {
+            out.resize(flat.numel(), 0.0);
+            return Ok(flat
+                .f_to_kind(Kind::Float)?
+                .f_copy_data(out, flat.numel())?);
+        }
+        let total: usize = self.parameters.iter().map(Tensor::numel).sum();
+        out.resize(total, 0.0);
+        let mut offset = 0;
+        for parameter in self.parameters {
+            let numel = parameter.numel();
+            let target = &mut out[offset..offset + numel];
+            let grad = parameter.grad();
+            if grad.defined() {
+                // A CPU float gradient is copied once, straight into `out`.
+                grad.f_to_kind(Kind::Float)?.f_copy_data(target, numel)?;
+            } else {
+                target.fill(0.0);
+            }
+            offset += numel;
+        }
+        Ok(())
     }
 
     fn hessian_vector_product(
@@ -184,6 +289,31 @@ impl HostServices for TrainerServices<'_> {
         vector: &[f32],
         out: &mut [f32],
     ) -> Result<f64> {
+        let started = Instant::now();
+        let loss = self.hvp_into(probe, vector, out)?;
+        let (count, time) = self.probes.hvps.get();
+        self.probes.hvps.set((count + 1, time + started.elapsed()));
+        Ok(loss)
+    }
+
+    fn probe_loss(&self, probe: &ProbeSpec) -> Result<f64> {
+        let _no_grad = tch::no_grad_guard();
+        let mut loss_sum = 0.0;
+        self.over_probe(probe, |images, labels, weight| {
+            loss_sum += self.probe_chunk_loss(images, labels)?.f_double_value(&[])? * weight;
+            Ok(())
+        })?;
+        Ok(loss_sum)
+    }
+
+    fn release_probe_state(&self) {
+        self.probes.release_graph();
+    }
+}
+
+impl TrainerServices<'_> {
+    /// `H·vector` over the probe into `out`; returns the probe loss.
+    fn hvp_into(&self, probe: &ProbeSpec, vector: &[f32], out: &mut [f32]) -> Result<f64> {
         let numels: Vec<i64> = self.parameters.iter().map(|p| p.numel() as i64).collect();
         let flat = Tensor::f_from_slice(vector)?.f_to_device(self.device)?;
         let pieces = flat.f_split_with_sizes(&numels, 0)?;
@@ -192,6 +322,9 @@ impl HostServices for TrainerServices<'_> {
             .zip(self.parameters)
             .map(|(piece, p)| Ok(piece.f_view(p.size().as_slice())?.f_to_kind(p.kind())?))
             .collect::<Result<Vec<Tensor>>>()?;
+        if probe.samples <= probe.max_batch_size {
+            return self.one_chunk_hvp(probe, &directions, out);
+        }
         let mut product: Option<Tensor> = None;
         let mut loss_sum = 0.0;
         self.over_probe(probe, |images, labels, weight| {
@@ -220,13 +353,96 @@ impl HostServices for TrainerServices<'_> {
         Ok(loss_sum)
     }
 
-    fn probe_loss(&self, probe: &ProbeSpec) -> Result<f64> {
-        let _no_grad = tch::no_grad_guard();
-        let mut loss_sum = 0.0;
-        self.over_probe(probe, |images, labels, weight| {
-            loss_sum += self.probe_chunk_loss(images, labels)?.f_double_value(&[])? * weight;
-            Ok(())
-        })?;
-        Ok(loss_sum)
+    /// `H·directions` for a probe that fits in one forward pass, keeping the gradient graph
+    /// for the next product of the same hook (released by
+    /// [`HostServices::release_probe_state`]).
+    fn one_chunk_hvp(
+        &self,
+        probe: &ProbeSpec,
+        directions: &[Tensor],
+        out: &mut [f32],
+    ) -> Result<f64> {
+        let mut kept = self.probes.graph.borrow_mut();
+        if kept.as_ref().is_none_or(|graph| graph.spec != *probe) {
+            let (images, labels) = self.probe(probe)?;
+            let loss = self.probe_chunk_loss(&images, &labels)?;
+            let grads = Tensor::f_run_backward(&[&loss], self.parameters, true, true)?;
+            *kept = Some(ProbeGraph {
+                spec: *probe,
+                loss: loss.f_double_value(&[])?,
+                grads,
+            });
+        }
+        let graph = kept.as_ref().expect("the graph was just built");
+        let product = hessian_times(&graph.grads, self.parameters, directions, true)?;
+        let flat = Tensor::f_cat(
+            &product.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(),
+            0,
+        )?
+        .f_to_kind(Kind::Float)?
+        .f_to_device(Device::Cpu)?;
+        flat.f_copy_data(out, out.len())?;
+        Ok(graph.loss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{self, Module};
+
+    fn concatenated_grads(parameters: &[Tensor]) -> Vec<f32> {
+        parameters
+            .iter()
+            .flat_map(|p| Vec::<f32>::try_from(&p.grad().reshape([-1])).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn flattened_gradients_stay_the_parameters_gradients_across_steps() {
+        let vars = nn::VarStore::new(Device::Cpu);
+        let net = nn::seq()
+            .add(nn::linear(vars.root() / "a", 5, 4, Default::default()))
+            .add_fn(|x| x.tanh())
+            .add(nn::linear(vars.root() / "b", 4, 3, Default::default()));
+        let parameters = vars.trainable_variables();
+        let input = Tensor::randn([8, 5], (Kind::Float, Device::Cpu));
+        let step = |scale: f64| {
+            for p in &parameters {
+                let mut grad = p.grad();
+                if grad.defined() {
+                    let _ = grad.detach_();
+                    let _ = grad.zero_();
+                }
+            }
+            net.forward(&input)
+                .pow_tensor_scalar(2)
+                .sum(Kind::Float)
+                .multiply_scalar(scale)
+                .backward();
+        };
+        assert!(
+            flatten_grads(&parameters).unwrap().is_none(),
+            "no gradients yet"
+        );
+        step(1.0);
+        let before = concatenated_grads(&parameters);
+        let flat = flatten_grads(&parameters)
+            .unwrap()
+            .expect("every gradient is defined");
+        assert_eq!(Vec::<f32>::try_from(&flat).unwrap(), before);
+        for p in &parameters {
+            assert_eq!(p.grad().size(), p.size());
+        }
+        // The next backward pass writes into the flat tensor.
+        step(3.0);
+        let after = concatenated_grads(&parameters);
+        assert_eq!(Vec::<f32>::try_from(&flat).unwrap(), after);
+        for (a, b) in after.iter().zip(&before) {
+            assert!(
+                (a - 3.0 * b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{a} vs 3 × {b}"
+            );
+        }
     }
 }

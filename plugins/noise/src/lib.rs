@@ -10,22 +10,22 @@
 //! min_points = 64             # fewer buffered losses: log nothing, say why once
 //! psd_tail_bins = 16          # noise/psd_tail: mean of the last bins of the spectrum
 //! resid_band = [8, 32]        # noise/resid_power: sum of these bins (inclusive)
-//! grad_ema_beta = 0.99        # EMA of the gradient and its square
+//! grad_ema_beta = 0.99        # EMA of the gradient and of its mean square
 //! log_every_n_steps = 50      # noise/grad_var
 //! ```
 //!
 //! Every `compute_every_epochs` epochs it fits `loss ≈ c · (step + 1)^slope` by least squares in
 //! log-log space, takes the residuals of log loss, and their power spectrum (|FFT|² / n, one-sided,
 //! mean removed): `noise/power_law_slope`, `noise/power_law_r2`, `noise/psd_tail`,
-//! `noise/resid_power`. Every step it updates an exponential moving average of the gradient
-//! `m` and of its square `s`; `noise/grad_var` is the mean over parameters of `s − m²`.
+//! `noise/resid_power`. Every step it updates exponential moving averages of the gradient and of
+//! its variance, per coordinate; `noise/grad_var` is the mean over parameters of the variance.
 
 use std::collections::VecDeque;
 
 use rustfft::num_complex::Complex;
 use rustfft::FftPlanner;
 use serde::Deserialize;
-use vigil_monitor_math::{fit_power_law, LineFit};
+use vigil_monitor_math::{fit_power_law, without_subnormals, LineFit};
 use vigil_plugin_api::{
     export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
     Subscriptions,
@@ -110,11 +110,18 @@ pub fn analyse(points: &[(f64, f64)], tail_bins: usize, band: [usize; 2]) -> Opt
     })
 }
 
-/// Exponential moving averages of the gradient and its square.
+/// Exponential moving averages of the gradient (per coordinate) and of its mean square (one
+/// number), from which the mean over coordinates of the gradient's variance follows:
+/// `mean_i Var(g_i) = mean_i E[g_i²] − mean_i E[g_i]²`.
+///
+/// Every step streams the gradient and the `f32` average through memory once; that is the
+/// whole cost (W1: 421,642 coordinates, about 0.2 ms). Keeping a variance per coordinate
+/// would stream a third array for a number nobody reads.
 #[derive(Debug, Clone, Default)]
 pub struct GradientMoments {
-    mean: Vec<f64>,
-    square: Vec<f64>,
+    mean: Vec<f32>,
+    /// EMA of `mean_i g_i²`.
+    mean_square: f64,
     updates: u64,
 }
 
@@ -122,30 +129,53 @@ impl GradientMoments {
     pub fn update(&mut self, gradient: &[f32], beta: f64) {
         if self.mean.len() != gradient.len() {
             self.mean = vec![0.0; gradient.len()];
-            self.square = vec![0.0; gradient.len()];
+            self.mean_square = 0.0;
             self.updates = 0;
         }
-        for ((m, s), &g) in self.mean.iter_mut().zip(&mut self.square).zip(gradient) {
-            let g = f64::from(g);
-            *m = beta * *m + (1.0 - beta) * g;
-            *s = beta * *s + (1.0 - beta) * g * g;
-        }
+        let (keep, take) = (beta as f32, (1.0 - beta) as f32);
+        // Idle units' gradients square to subnormals, which cost x86 CPUs twenty times more
+        // than normal numbers: this loop took 3.7 ms instead of 0.18 ms on W1's gradient.
+        let square_sum = without_subnormals(|| {
+            let mut total = 0.0f64;
+            // Blocks small enough to stay in the L1 cache between the two loops, each of
+            // which the compiler vectorises (eight independent partial sums).
+            for (means, gradient) in self.mean.chunks_mut(4096).zip(gradient.chunks(4096)) {
+                for (m, &g) in means.iter_mut().zip(gradient) {
+                    *m = keep * *m + take * g;
+                }
+                let mut lanes = [0.0f32; 8];
+                let mut rows = gradient.chunks_exact(8);
+                for row in &mut rows {
+                    for (lane, &g) in lanes.iter_mut().zip(row) {
+                        *lane += g * g;
+                    }
+                }
+                let tail: f32 = rows.remainder().iter().map(|g| g * g).sum();
+                total += lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail);
+            }
+            total
+        });
+        let mean_square = square_sum / gradient.len().max(1) as f64;
+        self.mean_square = beta * self.mean_square + (1.0 - beta) * mean_square;
         self.updates += 1;
     }
 
-    /// Mean over coordinates of the bias-corrected `s − m²`.
+    /// Mean over coordinates of the gradient's variance, from the bias-corrected averages;
+    /// `None` before two updates. For independent gradients of variance σ² the average's own
+    /// spread makes `E[s − m²] = σ²·2β/(1 + β)`; the estimate divides that out.
     pub fn variance(&self, beta: f64) -> Option<f64> {
-        if self.updates == 0 || self.mean.is_empty() {
+        if self.updates < 2 || self.mean.is_empty() {
             return None;
         }
         let correction = 1.0 - beta.powi(self.updates.min(i32::MAX as u64) as i32);
-        let total: f64 = self
+        let squared_mean: f64 = self
             .mean
             .iter()
-            .zip(&self.square)
-            .map(|(m, s)| (s / correction - (m / correction).powi(2)).max(0.0))
-            .sum();
-        Some(total / self.mean.len() as f64)
+            .map(|&m| (f64::from(m) / correction).powi(2))
+            .sum::<f64>()
+            / self.mean.len() as f64;
+        let spread = 2.0 * beta / (1.0 + beta);
+        Some((self.mean_square / correction - squared_mean).max(0.0) / spread)
     }
 }
 
@@ -303,12 +333,33 @@ mod tests {
         for _ in 0..50 {
             constant.update(&[2.0, -1.0], 0.9);
         }
-        assert!(constant.variance(0.9).unwrap() < 1e-9);
+        // Zero up to the f32 rounding of the averages.
+        assert!(constant.variance(0.9).unwrap() < 1e-6);
         let mut flipping = GradientMoments::default();
         for step in 0..2000 {
             let g = if step % 2 == 0 { 1.0 } else { -1.0 };
             flipping.update(&[g], 0.99);
         }
         assert!((flipping.variance(0.99).unwrap() - 1.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn gradient_variance_of_independent_noise_is_unbiased() {
+        // Uniform on [-1, 1): variance 1/3, over 2000 coordinates and 3000 steps.
+        let mut state = 12345u64;
+        let mut uniform = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+        };
+        let mut moments = GradientMoments::default();
+        let mut gradient = vec![0.0f32; 2000];
+        for _ in 0..3000 {
+            gradient.iter_mut().for_each(|g| *g = 0.5 + uniform());
+            moments.update(&gradient, 0.99);
+        }
+        let variance = moments.variance(0.99).unwrap();
+        assert!((variance - 1.0 / 3.0).abs() < 0.01, "{variance}");
     }
 }

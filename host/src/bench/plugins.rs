@@ -1,4 +1,4 @@
-//! `vigil bench`: what the plugin machinery costs, measured on real plugin libraries.
+//! Plugin load time and hook dispatch cost, measured on real plugin libraries.
 //!
 //! Hook dispatch is measured through the same path training uses: [`PluginHost::dispatch`]
 //! with a `train_batch_end` event, a `HostFfi` view, the abi_stable vtable call, the SDK's
@@ -7,26 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
 use vigil_plugin_api::{EventKind, ProbeSpec, StepCounters};
 
+use super::Measurement;
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
 use crate::plugin::{library, EventData, HostServices, PluginHost, RunFacts};
 
 /// The monitor used to measure dispatch: it reads a metric and updates an average per call.
 pub const DISPATCH_PLUGIN: &str = "example-loss-ema";
-
-/// One measured quantity.
-#[derive(Debug, Clone, Serialize)]
-pub struct Measurement {
-    pub name: String,
-    pub unit: &'static str,
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub repeats: usize,
-}
 
 /// Services for a benchmark without a model: any capability call fails.
 struct NoModel;
@@ -40,7 +29,7 @@ impl HostServices for NoModel {
     fn weight_norms(&self) -> Result<Vec<f64>> {
         self.grad_norms()
     }
-    fn gradient(&self) -> Result<Vec<f32>> {
+    fn gradient_into(&self, _: &mut Vec<f32>) -> Result<()> {
         Err(Error::Capability(
             "no model in the dispatch benchmark".into(),
         ))
@@ -54,18 +43,6 @@ impl HostServices for NoModel {
         Err(Error::Capability(
             "no model in the dispatch benchmark".into(),
         ))
-    }
-}
-
-fn summarize(name: &str, unit: &'static str, mut samples: Vec<f64>) -> Measurement {
-    samples.sort_by(f64::total_cmp);
-    Measurement {
-        name: name.into(),
-        unit,
-        median: samples[samples.len() / 2],
-        min: samples[0],
-        max: samples[samples.len() - 1],
-        repeats: samples.len(),
     }
 }
 
@@ -89,7 +66,7 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
             samples.push(started.elapsed().as_secs_f64() * 1e3);
         }
         let _ = std::fs::remove_dir_all(&scratch);
-        results.push(summarize(
+        results.push(Measurement::of(
             &format!("load {}", library.info.name),
             "ms",
             samples,
@@ -142,7 +119,7 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
         samples.push(started.elapsed().as_secs_f64() * 1e9 / calls as f64);
     }
     samples.remove(0); // warm-up
-    results.push(summarize(
+    results.push(Measurement::of(
         "hook dispatch (train_batch_end, 1 monitor)",
         "ns/call",
         samples,
@@ -160,25 +137,4 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
     Ok(dir)
-}
-
-/// The measurements as an aligned table.
-pub fn table(measurements: &[Measurement]) -> String {
-    let width = measurements
-        .iter()
-        .map(|m| m.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(9);
-    let mut out = format!(
-        "{:<width$}  {:>10}  {:>10}  {:>10}  unit\n",
-        "benchmark", "median", "min", "max"
-    );
-    for m in measurements {
-        out.push_str(&format!(
-            "{:<width$}  {:>10.3}  {:>10.3}  {:>10.3}  {}\n",
-            m.name, m.median, m.min, m.max, m.unit
-        ));
-    }
-    out
 }

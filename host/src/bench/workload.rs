@@ -1,0 +1,766 @@
+//! The training workload W1, bare and monitored, measured in one process.
+//!
+//! W1 is the small CNN (conv32 → conv64 → fc128) on Fashion-MNIST (synthetic 28×28 images
+//! when the dataset is absent), batch 128, SGD with momentum 0.9, 2 intra-op threads, with
+//! the host's validation every ¼ epoch. Every configuration (bare, each monitor alone at its
+//! default cadence, all monitors together) is a separate [`Trainer`] with its own model,
+//! monitors and sinks, sharing one copy of the dataset. After a warm-up, each repeat trains
+//! `steps` steps of every configuration, the configurations taking turns every `chunk_steps`
+//! steps in an order that rotates, so that what the machine does meanwhile falls on all of
+//! them alike. The plain PyTorch loop (`bench/python_baseline.py`) takes its turn as one more
+//! configuration.
+//!
+//! Overhead of a configuration in one repeat = (its segment time − the bare segment time) /
+//! the bare segment's training time (the bare segment time without its validation passes),
+//! so validation never dilutes it. A segment of 500 steps holds exactly one curvature
+//! estimate (every 500 steps), ten gradient logs (every 50) and about four validations, so
+//! each segment's cost is already amortised at the default cadences.
+
+use std::cell::Cell;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{peak_rss_mib, Measurement};
+use crate::config::Settings;
+use crate::data::{self, Dataset};
+use crate::error::{Error, Result};
+use crate::plugin::PluginHost;
+use crate::sink::{Background, JsonlSink, Record, Sink, TensorBoardSink};
+use crate::train::Trainer;
+
+/// The monitors vigil ships; `vigil bench` measures each of those it finds.
+pub const SHIPPED_MONITORS: [&str; 10] = [
+    "gradient",
+    "curvature",
+    "noise",
+    "loss-slope",
+    "confusion-matrix",
+    "sampler-distribution",
+    "sample-visualization",
+    "training-history",
+    "model-info",
+    "dataset-statistics",
+];
+
+/// Overhead targets, in percent of the bare step time.
+const TARGET_EACH: f64 = 1.0;
+const TARGET_CURVATURE: f64 = 2.0;
+const TARGET_ALL: f64 = 3.0;
+/// Host steps/s over the Python loop's.
+const TARGET_SPEEDUP: f64 = 1.1;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    /// Fashion-MNIST's directory; synthetic 28×28 images when it has no dataset.
+    pub data_dir: PathBuf,
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The monitors measured alone and together.
+    pub monitors: Vec<String>,
+    /// Steps per timed segment (one repeat of a configuration).
+    pub steps: u64,
+    /// Steps a configuration trains before the next one takes its turn.
+    pub chunk_steps: u64,
+    /// Steps every configuration trains before the first timed segment.
+    pub warmup_steps: u64,
+    pub repeats: usize,
+    pub batch_size: usize,
+    pub threads: usize,
+    /// The Python loop to run beside the host, if any.
+    pub python: Option<PythonBaseline>,
+    /// Where the configurations' runs write (removed afterwards).
+    pub scratch: PathBuf,
+}
+
+/// An interpreter with PyTorch and the baseline script.
+#[derive(Debug, Clone)]
+pub struct PythonBaseline {
+    pub interpreter: PathBuf,
+    pub script: PathBuf,
+}
+
+/// One configuration's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigResult {
+    pub name: String,
+    pub monitors: Vec<String>,
+    /// Segment time per step, validation included.
+    pub ms_per_step: Measurement,
+    /// (segment − bare segment) / bare training time, in percent; `None` for bare.
+    pub overhead_pct: Option<Measurement>,
+    /// Time inside the monitors' hooks per bare training time, in percent, over all repeats.
+    pub in_hooks_pct: f64,
+    pub target_pct: Option<f64>,
+    pub meets_target: Option<bool>,
+}
+
+/// The Python loop beside the host.
+#[derive(Debug, Clone, Serialize)]
+pub struct PythonResult {
+    pub interpreter: String,
+    pub torch: String,
+    pub ms_per_step: Measurement,
+    /// Host bare training steps/s over the Python loop's, per repeat.
+    pub host_speedup: Measurement,
+    pub target: f64,
+    pub meets_target: bool,
+}
+
+/// What the curvature monitor's estimates cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurvatureCost {
+    pub estimates: u64,
+    pub hvps_per_estimate: f64,
+    pub ms_per_hvp: f64,
+}
+
+/// Everything `vigil bench` measured on W1.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadReport {
+    pub workload: String,
+    pub dataset: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub steps_per_segment: u64,
+    pub chunk_steps: u64,
+    pub warmup_steps: u64,
+    pub repeats: usize,
+    /// Bare training time per step, validation excluded.
+    pub bare_train_ms_per_step: Measurement,
+    pub bare_steps_per_second: f64,
+    /// One validation pass of the bare configuration.
+    pub validation_ms: Option<Measurement>,
+    pub configs: Vec<ConfigResult>,
+    pub python: Option<PythonResult>,
+    pub curvature: Option<CurvatureCost>,
+    pub peak_rss_mib: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+/// One timed segment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Segment {
+    wall: f64,
+    validation: f64,
+    validations: usize,
+    steps: u64,
+}
+
+impl Segment {
+    fn add(&mut self, other: Segment) {
+        self.wall += other.wall;
+        self.validation += other.validation;
+        self.validations += other.validations;
+        self.steps += other.steps;
+    }
+}
+
+/// Counts the curvature monitor's estimates and their HVPs as they are logged.
+#[derive(Default)]
+struct CurvatureLog {
+    estimates: Cell<u64>,
+    hvps: Cell<f64>,
+}
+
+struct CurvatureCapture(Rc<CurvatureLog>);
+
+impl Sink for CurvatureCapture {
+    fn write(&mut self, record: &Record) -> Result<()> {
+        if let Some((_, hvps)) = record.metrics.iter().find(|(k, _)| k == "curvature/hvps") {
+            self.0.estimates.set(self.0.estimates.get() + 1);
+            self.0.hvps.set(self.0.hvps.get() + hvps);
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One configuration in training.
+struct Lane {
+    name: String,
+    monitors: Vec<String>,
+    trainer: Trainer,
+    plugins: PluginHost,
+    sinks: Vec<Box<dyn Sink>>,
+    curvature: Rc<CurvatureLog>,
+    segments: Vec<Segment>,
+    hooks_before: f64,
+    hvps_before: (u64, f64),
+    curvature_before: (u64, f64),
+}
+
+impl Lane {
+    fn run_segment(&mut self, steps: u64) -> Result<Segment> {
+        let until = self.trainer.global_step() + steps;
+        let validation = self.trainer.validation_seconds();
+        let started = Instant::now();
+        let summary = self
+            .trainer
+            .advance(&mut self.sinks, &mut self.plugins, until)?;
+        let wall = started.elapsed().as_secs_f64();
+        if summary.steps != steps {
+            return Err(Error::Bench(format!(
+                "configuration `{}` trained {} steps instead of {steps}{}",
+                self.name,
+                summary.steps,
+                summary
+                    .stopped_by
+                    .map(|(monitor, reason)| format!(": monitor `{monitor}` stopped it: {reason}"))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(Segment {
+            wall,
+            validation: self.trainer.validation_seconds() - validation,
+            validations: summary.validations.len(),
+            steps,
+        })
+    }
+
+    /// Start counting hook time and HVPs from here (after the warm-up).
+    fn mark(&mut self) {
+        self.hooks_before = self.plugins.hook_seconds();
+        self.hvps_before = self.trainer.hvp_stats();
+        self.curvature_before = (self.curvature.estimates.get(), self.curvature.hvps.get());
+    }
+}
+
+/// The Python that `scripts/bootstrap.sh` installs PyTorch into, when it is there.
+pub fn bootstrap_python() -> Option<PathBuf> {
+    let cache = match std::env::var_os("VIGIL_CACHE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?
+            .join("vigil"),
+    };
+    let python = cache.join("torch-2.13.0/bin/python");
+    python.is_file().then_some(python)
+}
+
+/// The W1 settings, with `monitors` at their defaults.
+fn w1_settings(options: &WorkloadOptions, monitors: &[String], epochs: usize) -> Result<Settings> {
+    let mut text = format!(
+        r#"name = "bench-w1"
+seed = 0
+epochs = {epochs}
+batch_size = {batch}
+threads = {threads}
+data = "fashion-mnist"
+data_dir = {data_dir}
+synthetic_fallback = true
+plugin_dirs = [{dirs}]
+
+[synthetic]
+train_size = 60000
+test_size = 10000
+classes = 10
+channels = 1
+image_size = 28
+
+[model]
+kind = "cnn"
+
+[optim]
+kind = "sgd"
+lr = 0.05
+momentum = 0.9
+
+[checkpoint]
+enabled = false
+"#,
+        batch = options.batch_size,
+        threads = options.threads,
+        data_dir = toml_string(&options.data_dir),
+        dirs = options
+            .plugin_dirs
+            .iter()
+            .map(|dir| toml_string(dir))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    for monitor in monitors {
+        text.push_str(&format!("\n[[monitors]]\nname = \"{monitor}\"\n"));
+    }
+    Settings::from_toml(&text, Path::new("<vigil bench: W1>"))
+}
+
+fn toml_string(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// The Python loop, serving one segment per request.
+struct PythonLane {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    interpreter: String,
+    torch: String,
+    segments: Vec<f64>,
+}
+
+impl PythonLane {
+    fn start(baseline: &PythonBaseline, options: &WorkloadOptions) -> Result<PythonLane> {
+        let mut child = Command::new(&baseline.interpreter)
+            .arg(&baseline.script)
+            .arg("--serve")
+            .args(["--data-dir", &options.data_dir.display().to_string()])
+            .args(["--batch-size", &options.batch_size.to_string()])
+            .args(["--threads", &options.threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|err| {
+                Error::Bench(format!(
+                    "cannot start the Python baseline with {}: {err} (give --python PATH, or --no-python)",
+                    baseline.interpreter.display()
+                ))
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::Bench("the Python baseline has no pipes".into()));
+        };
+        let mut lane = PythonLane {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            interpreter: baseline.interpreter.display().to_string(),
+            torch: String::new(),
+            segments: Vec::new(),
+        };
+        let ready = lane.answer()?;
+        lane.torch = ready["torch"].as_str().unwrap_or("?").to_string();
+        Ok(lane)
+    }
+
+    fn answer(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        let read = self
+            .stdout
+            .read_line(&mut line)
+            .map_err(|err| Error::Bench(format!("reading the Python baseline: {err}")))?;
+        if read == 0 {
+            let status = self.child.wait().ok();
+            return Err(Error::Bench(format!(
+                "the Python baseline ({}) exited ({}) before answering; run it by hand to see why: {} bench/python_baseline.py",
+                self.interpreter,
+                status.map_or_else(|| "?".into(), |s| s.to_string()),
+                self.interpreter
+            )));
+        }
+        serde_json::from_str(&line).map_err(|err| {
+            Error::Bench(format!(
+                "the Python baseline answered `{}`: {err}",
+                line.trim()
+            ))
+        })
+    }
+
+    /// Run `steps` steps; returns ms per step.
+    fn segment(&mut self, steps: u64) -> Result<f64> {
+        writeln!(self.stdin, "{steps}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|err| Error::Bench(format!("writing to the Python baseline: {err}")))?;
+        let answer = self.answer()?;
+        answer["ms_per_step"].as_f64().ok_or_else(|| {
+            Error::Bench(format!(
+                "the Python baseline answered {answer} without ms_per_step"
+            ))
+        })
+    }
+}
+
+impl Drop for PythonLane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run W1 bare, with each monitor alone and with all of them, interleaved, beside the Python
+/// loop when one is given. `progress` hears what is happening.
+pub fn run_workload(
+    options: &WorkloadOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<WorkloadReport> {
+    if options.steps == 0 || options.repeats == 0 {
+        return Err(Error::Bench(
+            "--steps and --repeats must be at least 1".into(),
+        ));
+    }
+    let mut configs: Vec<(String, Vec<String>)> = vec![("bare".into(), Vec::new())];
+    for monitor in &options.monitors {
+        configs.push((monitor.clone(), vec![monitor.clone()]));
+    }
+    if options.monitors.len() > 1 {
+        configs.push(("all monitors".into(), options.monitors.clone()));
+    }
+    let probe = w1_settings(options, &[], 1)?;
+    let dataset: Dataset = data::load(&probe.data.source)?;
+    let batches = dataset.train.len().div_ceil(options.batch_size) as u64;
+    let total_steps = options.warmup_steps + options.steps * options.repeats as u64;
+    let epochs = (total_steps / batches.max(1) + 2) as usize;
+
+    let mut lanes: Vec<Lane> = Vec::new();
+    for (index, (name, monitors)) in configs.iter().enumerate() {
+        let settings = w1_settings(options, monitors, epochs)?;
+        let trainer = match lanes.first() {
+            Some(first) => Trainer::sharing_data(&settings, &dataset, &first.trainer)?,
+            None => Trainer::new(&settings, &dataset)?,
+        };
+        let mut plugins = PluginHost::load(
+            &settings.monitors,
+            &settings.plugin_dirs,
+            false,
+            trainer.run_facts(),
+            &trainer.services(),
+            trainer.counters(0, 0),
+        )?;
+        let dir = options
+            .scratch
+            .join(format!("{index:02}-{}", name.replace(' ', "-")));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
+        plugins.set_artifact_dir(dir.join("artifacts"));
+        let curvature = Rc::new(CurvatureLog::default());
+        let sinks: Vec<Box<dyn Sink>> = vec![
+            Box::new(Background::spawn(
+                "metrics.jsonl",
+                Box::new(JsonlSink::create(&dir.join("metrics.jsonl"))?),
+            )),
+            Box::new(Background::spawn(
+                "tensorboard",
+                Box::new(TensorBoardSink::create(&dir.join("tensorboard"))?),
+            )),
+            Box::new(CurvatureCapture(Rc::clone(&curvature))),
+        ];
+        lanes.push(Lane {
+            name: name.clone(),
+            monitors: monitors.clone(),
+            trainer,
+            plugins,
+            sinks,
+            curvature,
+            segments: Vec::new(),
+            hooks_before: 0.0,
+            hvps_before: (0, 0.0),
+            curvature_before: (0, 0.0),
+        });
+    }
+
+    let mut python = match &options.python {
+        Some(baseline) => {
+            progress("starting the Python baseline");
+            Some(PythonLane::start(baseline, options)?)
+        }
+        None => None,
+    };
+
+    progress(&format!(
+        "warm-up: {} steps of each of {} configurations",
+        options.warmup_steps,
+        lanes.len()
+    ));
+    for lane in &mut lanes {
+        lane.trainer.begin(&mut lane.plugins, &mut lane.sinks)?;
+        if options.warmup_steps > 0 {
+            lane.run_segment(options.warmup_steps)?;
+        }
+        lane.mark();
+    }
+    if let Some(python) = &mut python {
+        if options.warmup_steps > 0 {
+            python.segment(options.warmup_steps)?;
+        }
+    }
+
+    // Lane `lanes.len()` is the Python loop. Within a repeat the configurations take turns
+    // every `chunk_steps` steps, so that what the machine does meanwhile (other processes,
+    // frequency changes) falls on all of them alike.
+    let turns = lanes.len() + usize::from(python.is_some());
+    let chunk = options.chunk_steps.clamp(1, options.steps);
+    for repeat in 0..options.repeats {
+        let started = Instant::now();
+        let mut segments = vec![Segment::default(); lanes.len()];
+        let mut python_ms = 0.0;
+        let mut done = 0;
+        while done < options.steps {
+            let steps = chunk.min(options.steps - done);
+            for turn in 0..turns {
+                let index = (turn + repeat + (done / chunk) as usize) % turns;
+                match lanes.get_mut(index) {
+                    Some(lane) => segments[index].add(lane.run_segment(steps)?),
+                    None => {
+                        if let Some(python) = &mut python {
+                            python_ms += python.segment(steps)? * steps as f64;
+                        }
+                    }
+                }
+            }
+            done += steps;
+        }
+        for (lane, segment) in lanes.iter_mut().zip(segments) {
+            lane.segments.push(segment);
+        }
+        if let Some(python) = &mut python {
+            python.segments.push(python_ms / options.steps as f64);
+        }
+        progress(&format!(
+            "repeat {}/{} done in {:.0} s",
+            repeat + 1,
+            options.repeats,
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    for lane in &mut lanes {
+        lane.trainer.end(&mut lane.plugins, &mut lane.sinks)?;
+        for sink in &mut lane.sinks {
+            sink.flush()?;
+        }
+    }
+
+    let report = summarize(options, &dataset, &lanes, python.as_ref());
+    drop(lanes);
+    let _ = std::fs::remove_dir_all(&options.scratch);
+    Ok(report)
+}
+
+fn summarize(
+    options: &WorkloadOptions,
+    dataset: &Dataset,
+    lanes: &[Lane],
+    python: Option<&PythonLane>,
+) -> WorkloadReport {
+    let bare = &lanes[0];
+    let bare_train: Vec<f64> = bare
+        .segments
+        .iter()
+        .map(|s| s.wall - s.validation)
+        .collect();
+    let bare_train_ms = Measurement::of(
+        "bare training step",
+        "ms",
+        bare_train
+            .iter()
+            .zip(&bare.segments)
+            .map(|(train, s)| train * 1e3 / s.steps as f64)
+            .collect(),
+    );
+    let bare_train_total: f64 = bare_train.iter().sum();
+    let mut notes = Vec::new();
+    let configs: Vec<ConfigResult> = lanes
+        .iter()
+        .map(|lane| {
+            let ms_per_step = Measurement::of(
+                &lane.name,
+                "ms",
+                lane.segments
+                    .iter()
+                    .map(|s| s.wall * 1e3 / s.steps as f64)
+                    .collect(),
+            );
+            let is_bare = lane.monitors.is_empty();
+            let overhead_pct = (!is_bare).then(|| {
+                Measurement::of(
+                    &lane.name,
+                    "%",
+                    lane.segments
+                        .iter()
+                        .zip(&bare.segments)
+                        .zip(&bare_train)
+                        .map(|((s, b), train)| 100.0 * (s.wall - b.wall) / train)
+                        .collect(),
+                )
+            });
+            let target_pct = (!is_bare).then(|| {
+                if lane.monitors.len() > 1 {
+                    TARGET_ALL
+                } else if lane.monitors[0] == "curvature" {
+                    TARGET_CURVATURE
+                } else {
+                    TARGET_EACH
+                }
+            });
+            let in_hooks_pct =
+                100.0 * (lane.plugins.hook_seconds() - lane.hooks_before) / bare_train_total;
+            ConfigResult {
+                name: lane.name.clone(),
+                monitors: lane.monitors.clone(),
+                meets_target: overhead_pct
+                    .as_ref()
+                    .zip(target_pct)
+                    .map(|(o, t)| o.median <= t),
+                ms_per_step,
+                overhead_pct,
+                in_hooks_pct,
+                target_pct,
+            }
+        })
+        .collect();
+    let validations: Vec<f64> = bare
+        .segments
+        .iter()
+        .filter(|s| s.validations > 0)
+        .map(|s| s.validation * 1e3 / s.validations as f64)
+        .collect();
+    let python = python.filter(|p| !p.segments.is_empty()).map(|python| {
+        let speedups: Vec<f64> = python
+            .segments
+            .iter()
+            .zip(&bare_train)
+            .zip(&bare.segments)
+            .map(|((py, train), s)| py / (train * 1e3 / s.steps as f64))
+            .collect();
+        let host_speedup = Measurement::of("host steps/s ÷ Python steps/s", "×", speedups);
+        PythonResult {
+            interpreter: python.interpreter.clone(),
+            torch: python.torch.clone(),
+            ms_per_step: Measurement::of("Python loop step", "ms", python.segments.clone()),
+            meets_target: host_speedup.median >= TARGET_SPEEDUP,
+            host_speedup,
+            target: TARGET_SPEEDUP,
+        }
+    });
+    if python.is_none() {
+        notes.push("no Python baseline (give --python PATH to run bench/python_baseline.py beside the host)".into());
+    }
+    let curvature = lanes
+        .iter()
+        .find(|lane| lane.monitors == ["curvature"])
+        .and_then(|lane| {
+            let estimates = lane.curvature.estimates.get() - lane.curvature_before.0;
+            let hvps = lane.curvature.hvps.get() - lane.curvature_before.1;
+            let (calls, seconds) = lane.trainer.hvp_stats();
+            let (calls, seconds) = (calls - lane.hvps_before.0, seconds - lane.hvps_before.1);
+            (estimates > 0 && calls > 0).then(|| CurvatureCost {
+                estimates,
+                hvps_per_estimate: hvps / estimates as f64,
+                ms_per_hvp: seconds * 1e3 / calls as f64,
+            })
+        });
+    if configs.iter().any(|c| c.monitors == ["curvature"]) && curvature.is_none() {
+        notes.push(
+            "no curvature estimate fell in the timed segments; use --steps ≥ 500 (its default cadence)"
+                .into(),
+        );
+    }
+    WorkloadReport {
+        workload: format!(
+            "W1: small CNN (conv32-conv64-fc128), batch {}, SGD momentum 0.9, {} intra-op threads, validation every 1/4 epoch",
+            options.batch_size, options.threads
+        ),
+        dataset: dataset.name.clone(),
+        threads: options.threads,
+        batch_size: options.batch_size,
+        steps_per_segment: options.steps,
+        chunk_steps: options.chunk_steps.clamp(1, options.steps),
+        warmup_steps: options.warmup_steps,
+        repeats: options.repeats,
+        bare_steps_per_second: 1e3 / bare_train_ms.median,
+        bare_train_ms_per_step: bare_train_ms,
+        validation_ms: (!validations.is_empty())
+            .then(|| Measurement::of("validation pass", "ms", validations)),
+        configs,
+        python,
+        curvature,
+        peak_rss_mib: peak_rss_mib(),
+        notes,
+    }
+}
+
+/// The report as the table `vigil bench` prints.
+pub fn workload_table(report: &WorkloadReport) -> String {
+    let mut out = format!(
+        "{}\ndata: {}; {} repeats of {} steps per configuration after {} warm-up steps, taking turns every {} steps\n\n",
+        report.workload,
+        report.dataset,
+        report.repeats,
+        report.steps_per_segment,
+        report.warmup_steps,
+        report.chunk_steps
+    );
+    let b = &report.bare_train_ms_per_step;
+    out.push_str(&format!(
+        "bare training step (validation excluded): {:.2} ms median ({:.2}–{:.2}) = {:.1} steps/s\n",
+        b.median, b.min, b.max, report.bare_steps_per_second
+    ));
+    if let Some(v) = &report.validation_ms {
+        out.push_str(&format!(
+            "validation pass: {:.0} ms median ({:.0}–{:.0})\n",
+            v.median, v.min, v.max
+        ));
+    }
+    if let Some(p) = &report.python {
+        out.push_str(&format!(
+            "Python loop step (torch {}): {:.2} ms median ({:.2}–{:.2}) = {:.1} steps/s\nhost speed-up over Python: {:.2}× median ({:.2}–{:.2}); target ≥ {:.1}×: {}\n",
+            p.torch,
+            p.ms_per_step.median,
+            p.ms_per_step.min,
+            p.ms_per_step.max,
+            1e3 / p.ms_per_step.median,
+            p.host_speedup.median,
+            p.host_speedup.min,
+            p.host_speedup.max,
+            p.target,
+            verdict(p.meets_target)
+        ));
+    }
+    let width = report
+        .configs
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(13);
+    out.push_str(&format!(
+        "\n{:<width$}  {:>23}  {:>24}  {:>8}  {:>7}\n",
+        "configuration", "ms/step (min–max)", "overhead % (min–max)", "in hooks", "target"
+    ));
+    for c in &report.configs {
+        let step = format!(
+            "{:.2} ({:.2}–{:.2})",
+            c.ms_per_step.median, c.ms_per_step.min, c.ms_per_step.max
+        );
+        let overhead = c.overhead_pct.as_ref().map_or_else(
+            || "—".to_string(),
+            |o| format!("{:+.2} ({:+.2}…{:+.2})", o.median, o.min, o.max),
+        );
+        let target = match (c.target_pct, c.meets_target) {
+            (Some(t), Some(ok)) => format!("≤{t:.0}% {}", verdict(ok)),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<width$}  {:>23}  {:>24}  {:>7.2}%  {}\n",
+            c.name, step, overhead, c.in_hooks_pct, target
+        ));
+    }
+    if let Some(c) = &report.curvature {
+        out.push_str(&format!(
+            "\ncurvature: {:.1} HVPs per estimate, {:.1} ms per HVP ({} estimates timed)\n",
+            c.hvps_per_estimate, c.ms_per_hvp, c.estimates
+        ));
+    }
+    if let Some(rss) = report.peak_rss_mib {
+        out.push_str(&format!(
+            "peak RSS: {rss:.0} MiB (this process: all configurations, sharing one copy of the data)\n"
+        ));
+    }
+    for note in &report.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISSED"
+    }
+}
