@@ -176,8 +176,13 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         args.dirs
     };
+    // Load and dispatch first: they take seconds, and measure the ABI path on a machine not
+    // yet warmed by twenty minutes of training.
+    let plugins = vigil::bench::plugin_costs(&dirs, args.calls.max(1), args.repeats.max(1))?;
+    print!("{}", vigil::bench::table(&plugins));
     let mut workload = None;
     if !args.plugins_only {
+        println!();
         let found = vigil::plugin::library::scan(&dirs, false);
         let monitors = if args.monitors.is_empty() {
             let shipped: Vec<String> = vigil::bench::SHIPPED_MONITORS
@@ -229,11 +234,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         };
         let report = vigil::bench::run_workload(&options, |message| eprintln!("bench: {message}"))?;
         print!("{}", vigil::bench::workload_table(&report));
-        println!();
         workload = Some(report);
     }
-    let plugins = vigil::bench::plugin_costs(&dirs, args.calls.max(1), args.repeats.max(1))?;
-    print!("{}", vigil::bench::table(&plugins));
     if let Some(path) = args.json {
         let json = serde_json::json!({ "workload": workload, "plugins": plugins });
         std::fs::write(&path, serde_json::to_vec_pretty(&json)?)

@@ -6,9 +6,9 @@
 //! default cadence, all monitors together) is a separate [`Trainer`] with its own model,
 //! monitors and sinks, sharing one copy of the dataset. After a warm-up, each repeat trains
 //! `steps` steps of every configuration, the configurations taking turns every `chunk_steps`
-//! steps in an order that rotates, so that what the machine does meanwhile falls on all of
-//! them alike. The plain PyTorch loop (`bench/python_baseline.py`) takes its turn as one more
-//! configuration.
+//! steps in a random order, so that what the machine does meanwhile falls on all of them
+//! alike. The plain PyTorch loop (`bench/python_baseline.py`) runs its repeat's steps in one
+//! go at some point of each repeat.
 //!
 //! Overhead of a configuration in one repeat = (its segment time − the bare segment time) /
 //! the bare segment's training time (the bare segment time without its validation passes),
@@ -30,6 +30,7 @@ use crate::config::Settings;
 use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
 use crate::plugin::PluginHost;
+use crate::rng::SplitMix64;
 use crate::sink::{Background, JsonlSink, Record, Sink, TensorBoardSink};
 use crate::train::Trainer;
 
@@ -480,36 +481,34 @@ pub fn run_workload(
         }
     }
 
-    // Lane `lanes.len()` is the Python loop. Within a repeat the configurations take turns
-    // every `chunk_steps` steps, so that what the machine does meanwhile (other processes,
-    // frequency changes) falls on all of them alike.
-    let turns = lanes.len() + usize::from(python.is_some());
+    // Within a repeat the configurations take turns every `chunk_steps` steps, in a fresh
+    // random order each round, so that whatever else the machine does falls on all of them
+    // alike, and no configuration is always the one that starts right after another (a
+    // fixed rotation made the bare configuration always follow the Python process, which
+    // cost it 1–2 % in cold caches and sleeping threads). The Python loop runs its repeat in
+    // one go, in a different round each repeat: switching processes is what it would pay for.
     let chunk = options.chunk_steps.clamp(1, options.steps);
+    let rounds = options.steps.div_ceil(chunk);
+    let mut order_rng = SplitMix64::derived(0, "bench-order");
     for repeat in 0..options.repeats {
         let started = Instant::now();
         let mut segments = vec![Segment::default(); lanes.len()];
-        let mut python_ms = 0.0;
-        let mut done = 0;
-        while done < options.steps {
-            let steps = chunk.min(options.steps - done);
-            for turn in 0..turns {
-                let index = (turn + repeat + (done / chunk) as usize) % turns;
-                match lanes.get_mut(index) {
-                    Some(lane) => segments[index].add(lane.run_segment(steps)?),
-                    None => {
-                        if let Some(python) = &mut python {
-                            python_ms += python.segment(steps)? * steps as f64;
-                        }
-                    }
+        let python_round = (repeat as u64 * 7) % rounds;
+        for round in 0..rounds {
+            let steps = chunk.min(options.steps - round * chunk);
+            for index in order_rng.permutation(lanes.len()) {
+                let lane = &mut lanes[index as usize];
+                segments[index as usize].add(lane.run_segment(steps)?);
+            }
+            if round == python_round {
+                if let Some(python) = &mut python {
+                    let ms = python.segment(options.steps)?;
+                    python.segments.push(ms);
                 }
             }
-            done += steps;
         }
         for (lane, segment) in lanes.iter_mut().zip(segments) {
             lane.segments.push(segment);
-        }
-        if let Some(python) = &mut python {
-            python.segments.push(python_ms / options.steps as f64);
         }
         progress(&format!(
             "repeat {}/{} done in {:.0} s",

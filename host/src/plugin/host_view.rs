@@ -218,9 +218,9 @@ impl<'a> HostView<'a> {
     }
 
     /// The allocation of the flattened gradient, for the next event's view.
-    pub fn into_gradient_buffer(self) -> Vec<f32> {
+    pub fn take_gradient_buffer(&mut self) -> Vec<f32> {
         self.gradient
-            .into_inner()
+            .take()
             .unwrap_or_else(|| self.gradient_buffer.take())
     }
 

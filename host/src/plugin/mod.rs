@@ -228,8 +228,13 @@ impl PluginHost {
                 &self.artifacts,
                 &mut self.outputs,
             );
-            view.gradient_buffer
-                .set(std::mem::take(&mut self.gradient_buffer));
+            // Only a train-batch event with a gradient subscriber can fill the buffer.
+            let lend_gradient = event.kind == EventKind::TRAIN_BATCH_END
+                && self.subscriptions.contains(Subscriptions::GRADIENT);
+            if lend_gradient {
+                view.gradient_buffer
+                    .set(std::mem::take(&mut self.gradient_buffer));
+            }
             for (index, monitor) in self.monitors.iter_mut().enumerate() {
                 let Some(handle) = monitor.handle.as_mut() else {
                     continue;
@@ -277,9 +282,10 @@ impl PluginHost {
                     }
                 }
             }
-            let errors = view.errors.take();
-            self.gradient_buffer = view.into_gradient_buffer();
-            errors
+            if lend_gradient {
+                self.gradient_buffer = view.take_gradient_buffer();
+            }
+            view.errors.take()
         };
         for error in lazy_errors {
             self.warn(format!("{}: {error}", event.kind.name()));

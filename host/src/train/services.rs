@@ -375,13 +375,16 @@ impl TrainerServices<'_> {
         }
         let graph = kept.as_ref().expect("the graph was just built");
         let product = hessian_times(&graph.grads, self.parameters, directions, true)?;
-        let flat = Tensor::f_cat(
-            &product.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(),
-            0,
-        )?
-        .f_to_kind(Kind::Float)?
-        .f_to_device(Device::Cpu)?;
-        flat.f_copy_data(out, out.len())?;
+        // Each piece straight into its place in `out`: one copy, no concatenation.
+        let mut offset = 0;
+        for piece in &product {
+            let numel = piece.numel();
+            let target = out.get_mut(offset..offset + numel).ok_or_else(|| {
+                Error::Capability("the output is shorter than the parameters".into())
+            })?;
+            piece.f_to_kind(Kind::Float)?.f_copy_data(target, numel)?;
+            offset += numel;
+        }
         Ok(graph.loss)
     }
 }
