@@ -197,7 +197,14 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
     );
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let table = stdout(&output);
-    for row in ["bare", "gradient", "noise", "all monitors", "hook dispatch"] {
+    for row in [
+        "bare",
+        "bare (control)",
+        "gradient",
+        "noise",
+        "all monitors",
+        "hook dispatch",
+    ] {
         assert!(table.contains(row), "no `{row}` row in:\n{table}");
     }
     let json: serde_json::Value =
@@ -210,9 +217,24 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["bare", "gradient", "noise", "all monitors"]);
+    assert_eq!(
+        names,
+        [
+            "bare",
+            "bare (control)",
+            "gradient",
+            "noise",
+            "all monitors"
+        ]
+    );
     assert!(configs[0]["overhead_pct"].is_null());
-    for config in &configs[1..] {
+    // The control has an overhead (the noise floor) but no target.
+    assert!(configs[1]["overhead_pct"]["median"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    assert!(configs[1]["target_pct"].is_null());
+    for config in &configs[2..] {
         assert_eq!(config["overhead_pct"]["repeats"], 2);
         assert!(config["overhead_pct"]["median"]
             .as_f64()
@@ -221,7 +243,7 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
         assert!(config["meets_target"].is_boolean());
     }
     // The noise monitor copies the gradient every step: its hooks take measurable time.
-    assert!(configs[2]["in_hooks_pct"].as_f64().unwrap() > 0.0);
+    assert!(configs[3]["in_hooks_pct"].as_f64().unwrap() > 0.0);
     assert!(
         workload["bare_train_ms_per_step"]["median"]
             .as_f64()
