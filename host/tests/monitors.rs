@@ -129,43 +129,6 @@ fn hvp_hessian(tiny: &Tiny, n: usize) -> Vec<f64> {
     hessian
 }
 
-/// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations.
-fn symmetric_eigenvalues(matrix: &[f64], n: usize) -> Vec<f64> {
-    let mut a = matrix.to_vec();
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * n + j].powi(2))
-            .sum();
-        if off < 1e-22 {
-            break;
-        }
-        for p in 0..n {
-            for q in (p + 1)..n {
-                let apq = a[p * n + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
-                for k in 0..n {
-                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
-                    a[k * n + p] = c * akp - s * akq;
-                    a[k * n + q] = s * akp + c * akq;
-                }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-            }
-        }
-    }
-    (0..n).map(|i| a[i * n + i]).collect()
-}
-
 /// Host services whose Hessian-vector product is multiplication by a known matrix.
 struct KnownHessian {
     matrix: Vec<f64>,
@@ -218,7 +181,7 @@ fn curvature_matches_the_exact_hessian_of_a_tiny_model() {
     let exact: Vec<f64> = (0..n * n)
         .map(|k| 0.5 * (by_autograd[k] + by_autograd[(k % n) * n + k / n]))
         .collect();
-    let eigenvalues = symmetric_eigenvalues(&exact, n);
+    let (eigenvalues, _) = vigil_monitor_math::symmetric_eigen(&exact, n);
     let top = eigenvalues
         .iter()
         .copied()

@@ -69,10 +69,10 @@ mod tsc {
 
     /// Nanoseconds per tick, if the counter is invariant (CPUID 0x8000_0007, EDX bit 8).
     pub fn calibrate() -> Option<f64> {
-        // SAFETY: cpuid exists on every x86_64 CPU; leaf 0x8000_0000 reports the highest
-        // extended leaf, so 0x8000_0007 is only read where it exists.
+        // Leaf 0x8000_0000 reports the highest extended leaf, so 0x8000_0007 is only read
+        // where it exists.
         let invariant =
-            { __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0 };
+            __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0;
         if !invariant {
             return None;
         }

@@ -379,8 +379,6 @@ impl PluginHost {
         &self.warnings
     }
 
-    /// Per-monitor load facts and timings for `run.json`; `loop_seconds` is the wall time of
-    /// the training loop the shares are relative to.
     /// Seconds spent inside the monitors' hooks so far, all monitors and events together.
     pub fn hook_seconds(&self) -> f64 {
         self.monitors
@@ -390,6 +388,8 @@ impl PluginHost {
             .sum()
     }
 
+    /// Per-monitor load facts and timings for `run.json`; `loop_seconds` is the wall time of
+    /// the training loop the shares are relative to.
     pub fn report(&self, loop_seconds: f64) -> serde_json::Value {
         let monitors: Vec<serde_json::Value> = self
             .monitors

@@ -63,7 +63,7 @@ pub struct EpochMetrics {
 }
 
 /// What a whole run (or the resumed part of it) produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FitSummary {
     pub epochs: Vec<EpochMetrics>,
     /// Every validation: (global step, metrics).
@@ -243,8 +243,19 @@ impl Trainer {
             settings.epochs as u64,
         );
         let feed = Feed::new(settings, &dataset.train.labels, dataset.num_classes())?;
-        // Normalise both splits with the training split's statistics.
-        let (mean, std) = dataset.train.channel_stats();
+        let (train, test) = match share {
+            Some(other) if other.device == device => {
+                (other.train.shallow_clone(), other.test.shallow_clone())
+            }
+            _ => {
+                // Normalise both splits with the training split's statistics.
+                let (mean, std) = dataset.train.channel_stats();
+                (
+                    TensorSplit::new(&dataset.train, &mean, &std, device)?,
+                    TensorSplit::new(&dataset.test, &mean, &std, device)?,
+                )
+            }
+        };
         let parameter_names = parameter_infos(&vars, &parameters)
             .into_iter()
             .map(|p| p.name.into_string())
@@ -254,14 +265,8 @@ impl Trainer {
             device,
             parameters,
             parameter_names,
-            train: match share {
-                Some(other) if other.device == device => other.train.shallow_clone(),
-                _ => TensorSplit::new(&dataset.train, &mean, &std, device)?,
-            },
-            test: match share {
-                Some(other) if other.device == device => other.test.shallow_clone(),
-                _ => TensorSplit::new(&dataset.test, &mean, &std, device)?,
-            },
+            train,
+            test,
             train_labels: dataset.train.labels.clone(),
             val_labels: dataset.test.labels.clone(),
             class_names: dataset.class_names.clone(),
@@ -447,22 +452,14 @@ impl Trainer {
         plugins: &mut PluginHost,
     ) -> Result<FitSummary> {
         let started = Instant::now();
-        let first_step = self.progress.global_step;
-        let mut summary = FitSummary {
-            epochs: Vec::new(),
-            validations: Vec::new(),
-            seconds: 0.0,
-            steps: 0,
-            stopped_by: None,
-        };
         let result = self
             .begin(plugins, sinks)
-            .and_then(|()| self.run_epochs(sinks, plugins, &mut summary, None));
+            .and_then(|()| self.train_timed(sinks, plugins, None));
         let ended = self.end(plugins, sinks);
-        result?;
+        let mut summary = result?;
         ended?;
+        // The whole loop, `fit_start` and `fit_end` included.
         summary.seconds = started.elapsed().as_secs_f64();
-        summary.steps = self.progress.global_step - first_step;
         Ok(summary)
     }
 
@@ -483,16 +480,20 @@ impl Trainer {
         plugins: &mut PluginHost,
         until: u64,
     ) -> Result<FitSummary> {
+        self.train_timed(sinks, plugins, Some(until))
+    }
+
+    /// [`Trainer::run_epochs`], with the wall time and the steps it took.
+    fn train_timed(
+        &mut self,
+        sinks: &mut [Box<dyn Sink>],
+        plugins: &mut PluginHost,
+        until: Option<u64>,
+    ) -> Result<FitSummary> {
         let started = Instant::now();
         let first_step = self.progress.global_step;
-        let mut summary = FitSummary {
-            epochs: Vec::new(),
-            validations: Vec::new(),
-            seconds: 0.0,
-            steps: 0,
-            stopped_by: None,
-        };
-        self.run_epochs(sinks, plugins, &mut summary, Some(until))?;
+        let mut summary = FitSummary::default();
+        self.run_epochs(sinks, plugins, &mut summary, until)?;
         summary.seconds = started.elapsed().as_secs_f64();
         summary.steps = self.progress.global_step - first_step;
         Ok(summary)

@@ -203,11 +203,38 @@ pub fn batch_hessian_vector_product(
     labels: &Tensor,
     directions: &[Tensor],
 ) -> Result<(f64, Vec<Tensor>)> {
+    let (loss, grads) = gradient_with_graph(model, parameters, images, labels)?;
+    let product = hessian_times(&grads, parameters, directions, false)?;
+    Ok((loss, product))
+}
+
+/// The mean cross-entropy of `model` (in eval mode) on one batch, and its gradient with
+/// respect to `parameters`, built with a graph so that it can be differentiated again.
+fn gradient_with_graph(
+    model: &dyn ModuleT,
+    parameters: &[Tensor],
+    images: &Tensor,
+    labels: &Tensor,
+) -> Result<(f64, Vec<Tensor>)> {
     let logits = model.forward_t(images, false);
     let loss = super::cross_entropy(&logits, labels, tch::Reduction::Mean)?;
     let grads = Tensor::f_run_backward(&[&loss], parameters, true, true)?;
-    let product = hessian_times(&grads, parameters, directions, false)?;
-    Ok((loss.f_double_value(&[])?, product))
+    Ok((loss.f_double_value(&[])?, grads))
+}
+
+/// Copy `pieces` one after another into `out` as `f32`: one copy each, no concatenation.
+fn write_flat(pieces: impl IntoIterator<Item = Result<Tensor>>, out: &mut [f32]) -> Result<()> {
+    let mut offset = 0;
+    for piece in pieces {
+        let piece = piece?;
+        let numel = piece.numel();
+        let target = out
+            .get_mut(offset..offset + numel)
+            .ok_or_else(|| Error::Capability("the output is shorter than the parameters".into()))?;
+        piece.f_to_kind(Kind::Float)?.f_copy_data(target, numel)?;
+        offset += numel;
+    }
+    Ok(())
 }
 
 /// Differentiate `Σ grads·directions` with respect to `parameters` (grads built with a
@@ -267,20 +294,7 @@ impl HostServices for TrainerServices<'_> {
         }
         let total: usize = self.parameters.iter().map(Tensor::numel).sum();
         out.resize(total, 0.0);
-        let mut offset = 0;
-        for parameter in self.parameters {
-            let numel = parameter.numel();
-            let target = &mut out[offset..offset + numel];
-            let grad = parameter.grad();
-            if grad.defined() {
-                // A CPU float gradient is copied once, straight into `out`.
-                grad.f_to_kind(Kind::Float)?.f_copy_data(target, numel)?;
-            } else {
-                target.fill(0.0);
-            }
-            offset += numel;
-        }
-        Ok(())
+        write_flat(self.parameters.iter().map(Self::grad_or_zeros), out)
     }
 
     fn hessian_vector_product(
@@ -365,26 +379,16 @@ impl TrainerServices<'_> {
         let mut kept = self.probes.graph.borrow_mut();
         if kept.as_ref().is_none_or(|graph| graph.spec != *probe) {
             let (images, labels) = self.probe(probe)?;
-            let loss = self.probe_chunk_loss(&images, &labels)?;
-            let grads = Tensor::f_run_backward(&[&loss], self.parameters, true, true)?;
+            let (loss, grads) = gradient_with_graph(self.model, self.parameters, &images, &labels)?;
             *kept = Some(ProbeGraph {
                 spec: *probe,
-                loss: loss.f_double_value(&[])?,
+                loss,
                 grads,
             });
         }
         let graph = kept.as_ref().expect("the graph was just built");
         let product = hessian_times(&graph.grads, self.parameters, directions, true)?;
-        // Each piece straight into its place in `out`: one copy, no concatenation.
-        let mut offset = 0;
-        for piece in &product {
-            let numel = piece.numel();
-            let target = out.get_mut(offset..offset + numel).ok_or_else(|| {
-                Error::Capability("the output is shorter than the parameters".into())
-            })?;
-            piece.f_to_kind(Kind::Float)?.f_copy_data(target, numel)?;
-            offset += numel;
-        }
+        write_flat(product.into_iter().map(Ok), out)?;
         Ok(graph.loss)
     }
 }

@@ -92,11 +92,7 @@ pub fn power_iteration<E>(
     tol: f64,
     max_iter: u32,
 ) -> Result<Eigen, E> {
-    let mut vector = start;
-    let length = norm(&vector).max(f64::MIN_POSITIVE);
-    vector
-        .iter_mut()
-        .for_each(|v| *v = (f64::from(*v) / length) as f32);
+    let mut vector = unit(start);
     let mut product = vec![0.0f32; vector.len()];
     let mut value = f64::NAN;
     let mut iterations = 0;
