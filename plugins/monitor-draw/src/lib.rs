@@ -56,11 +56,18 @@ pub fn render_png(
 }
 
 /// Encode an RGB8 buffer as PNG.
+///
+/// With deflate level 1 and the `Up` filter: on the 854×760 confusion matrix that takes 1.4 ms
+/// instead of 8.3 ms for the encoder's default (level 6, adaptive filters), for a file 1.3×
+/// as large (65 KB instead of 49 KB), and monitors write these inside validation. The
+/// encoder's fastest mode is faster still but makes plots 2–20× larger.
 pub fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, DrawError> {
     let mut bytes = Vec::new();
     let mut encoder = png::Encoder::new(&mut bytes, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_deflate_compression(png::DeflateCompression::Level(1));
+    encoder.set_filter(png::Filter::Up);
     let mut writer = encoder
         .write_header()
         .map_err(|err| DrawError(format!("PNG header: {err}")))?;
