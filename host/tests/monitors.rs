@@ -1,6 +1,7 @@
 //! The monitors in plugins/, through their real `.so` files: curvature against an exact
 //! Hessian, and all of them in one real training run.
 
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use abi_stable::std_types::{RString, RVec};
@@ -8,7 +9,7 @@ use serde_json::Value;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 use vigil::config::{MonitorSettings, OnError};
-use vigil::plugin::{EventData, HostServices, PluginHost, RunFacts};
+use vigil::plugin::{EventData, GradientEmaSummary, HostServices, PluginHost, RunFacts};
 use vigil::train::batch_hessian_vector_product;
 use vigil_plugin_api::{EventKind, ParameterInfo, ProbeSpec, StepCounters};
 
@@ -478,4 +479,172 @@ fn the_artifact_monitors_write_every_file_they_promise() {
             "{tag} not among {images:?}"
         );
     }
+}
+
+type Averages = (f64, Vec<f64>, f64, u64);
+
+/// Host services that hand out a fixed gradient per step and, when `keep` is set, keep the
+/// gradient averages that `vigil.gradient_ema.update` asks for (in `f64`).
+struct GradientSequence {
+    gradient: RefCell<Vec<f32>>,
+    keep: bool,
+    /// (β, average of g, average of mean g², updates)
+    averages: RefCell<Option<Averages>>,
+    copies: Cell<usize>,
+}
+
+impl HostServices for GradientSequence {
+    fn grad_norms(&self) -> vigil::Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
+    fn weight_norms(&self) -> vigil::Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
+    fn gradient_into(&self, out: &mut Vec<f32>) -> vigil::Result<()> {
+        self.copies.set(self.copies.get() + 1);
+        out.clone_from(&self.gradient.borrow());
+        Ok(())
+    }
+    fn hessian_vector_product(
+        &self,
+        _: &ProbeSpec,
+        _: &[f32],
+        _: &mut [f32],
+    ) -> vigil::Result<f64> {
+        Err(vigil::Error::Capability("no model".into()))
+    }
+    fn probe_loss(&self, _: &ProbeSpec) -> vigil::Result<f64> {
+        Err(vigil::Error::Capability("no model".into()))
+    }
+    fn update_gradient_ema(&self, owner: usize, beta: f64, _step: u64) -> vigil::Result<()> {
+        assert_eq!(owner, 0);
+        if !self.keep {
+            return Err(vigil::Error::Capability("an older host".into()));
+        }
+        let gradient = self.gradient.borrow();
+        let mut averages = self.averages.borrow_mut();
+        let (_, mean, square, updates) =
+            averages.get_or_insert_with(|| (beta, vec![0.0; gradient.len()], 0.0, 0));
+        for (m, &g) in mean.iter_mut().zip(gradient.iter()) {
+            *m = beta * *m + (1.0 - beta) * f64::from(g);
+        }
+        let mean_square =
+            gradient.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>() / gradient.len() as f64;
+        *square = beta * *square + (1.0 - beta) * mean_square;
+        *updates += 1;
+        Ok(())
+    }
+    fn gradient_ema(&self, _owner: usize) -> vigil::Result<Option<GradientEmaSummary>> {
+        Ok(self
+            .averages
+            .borrow()
+            .as_ref()
+            .map(|(beta, mean, square, updates)| GradientEmaSummary {
+                updates: *updates,
+                numel: mean.len() as u64,
+                beta: *beta,
+                mean_square: *square,
+                squared_mean: mean.iter().map(|m| m * m).sum::<f64>() / mean.len() as f64,
+            }))
+    }
+}
+
+/// `noise/grad_var` of the real noise plugin over 40 steps of a fixed gradient sequence, from
+/// the host's averages (`keep`) or from its own; and how often it copied the gradient.
+fn noise_gradient_variance(keep: bool) -> (Vec<(u64, f64)>, usize) {
+    const DIM: usize = 50;
+    let services = GradientSequence {
+        gradient: RefCell::new(vec![0.0; DIM]),
+        keep,
+        averages: RefCell::new(None),
+        copies: Cell::new(0),
+    };
+    let spec = MonitorSettings {
+        name: "noise".into(),
+        enabled: true,
+        on_error: OnError::Abort,
+        path: Some(built_plugin("noise")),
+        sha256: None,
+        hook_budget: None,
+        hook_budget_strikes: 3,
+        settings_toml: "grad_ema_beta = 0.9\nlog_every_n_steps = 5\n".into(),
+    };
+    let facts = RunFacts {
+        parameters: RVec::from(vec![ParameterInfo {
+            name: RString::from("theta"),
+            shape: RVec::from(vec![DIM as u64]),
+            numel: DIM as u64,
+        }]),
+        total_parameters: DIM as u64,
+        ..RunFacts::default()
+    };
+    let mut host = PluginHost::load(
+        &[spec],
+        &[],
+        false,
+        facts,
+        &services,
+        StepCounters::default(),
+    )
+    .unwrap();
+    let mut seed = 11u64;
+    let mut logged = Vec::new();
+    for step in 0..40u64 {
+        // Coordinate i: a drift of i/50 plus uniform noise of variance (1 + i/25)²/3.
+        for (i, g) in services.gradient.borrow_mut().iter_mut().enumerate() {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let uniform = (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+            *g = (i as f64 / 50.0 + uniform * (1.0 + i as f64 / 25.0)) as f32;
+        }
+        let counters = StepCounters {
+            global_step: step,
+            epoch: 1,
+            ..StepCounters::default()
+        };
+        let mut scalars = Vec::new();
+        host.dispatch(
+            &EventData::new(EventKind::TRAIN_BATCH_END, counters, &[("train_loss", 1.0)]),
+            &services,
+            &mut scalars,
+        )
+        .unwrap();
+        logged.extend(
+            scalars
+                .into_iter()
+                .filter(|(_, metric, _)| metric == "noise/grad_var")
+                .map(|(_, _, value)| (step, value)),
+        );
+    }
+    (logged, services.copies.get())
+}
+
+#[test]
+fn noise_uses_the_hosts_gradient_averages_and_falls_back_to_its_own() {
+    let (on_host, host_copies) = noise_gradient_variance(true);
+    let (own, own_copies) = noise_gradient_variance(false);
+    assert_eq!(host_copies, 0, "the gradient left the host");
+    assert_eq!(own_copies, 40, "the fallback reads every step's gradient");
+    // Logged every 5 steps once there are two updates: steps 5, 10, …, 35.
+    let steps: Vec<u64> = on_host.iter().map(|&(step, _)| step).collect();
+    assert_eq!(steps, (1..8).map(|k| 5 * k).collect::<Vec<_>>());
+    assert_eq!(on_host.len(), own.len());
+    for (&(step, a), &(_, b)) in on_host.iter().zip(&own) {
+        assert!(
+            a > 0.0 && (a - b).abs() <= 1e-5 * a,
+            "step {step}: host {a} vs own {b}"
+        );
+    }
+    // Unbiased for the per-coordinate variance: mean_i (1 + i/25)²/3 ≈ 1.42; after 35 steps at
+    // β = 0.9 the estimate rests on about 19 effective samples.
+    let truth = (0..50)
+        .map(|i| (1.0 + i as f64 / 25.0).powi(2) / 3.0)
+        .sum::<f64>()
+        / 50.0;
+    let last = on_host.last().unwrap().1;
+    assert!(
+        (last - truth).abs() < 0.35 * truth,
+        "grad_var {last} vs {truth}"
+    );
 }

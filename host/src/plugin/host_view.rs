@@ -38,6 +38,43 @@ pub trait HostServices {
     /// The hook that asked for Hessian-vector products has returned: drop anything kept to
     /// make the next product cheaper within that hook (autograd graphs).
     fn release_probe_state(&self) {}
+    /// Fold the gradient of training step `step` into the moving averages (decay `beta`) kept
+    /// for monitor `owner`, once per step; a new `beta` starts them afresh.
+    fn update_gradient_ema(&self, _owner: usize, _beta: f64, _step: u64) -> crate::Result<()> {
+        Err(crate::Error::Capability(
+            "this host keeps no gradient averages".into(),
+        ))
+    }
+    /// Monitor `owner`'s gradient averages, if it has updated them.
+    fn gradient_ema(&self, _owner: usize) -> crate::Result<Option<GradientEmaSummary>> {
+        Ok(None)
+    }
+}
+
+/// What `vigil.gradient_ema` answers: a monitor's exponential moving averages of the
+/// gradient `g` (not bias-corrected; the correction is `1 − beta^updates`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradientEmaSummary {
+    pub updates: u64,
+    /// Trainable scalars.
+    pub numel: u64,
+    pub beta: f64,
+    /// EMA of `Σ g² / numel`.
+    pub mean_square: f64,
+    /// `Σ m² / numel` for `m` the EMA of `g`.
+    pub squared_mean: f64,
+}
+
+impl GradientEmaSummary {
+    /// 40 bytes: `updates` and `numel` as little-endian u64, then `beta`, `mean_square` and
+    /// `squared_mean` as little-endian f64.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        [self.updates.to_le_bytes(), self.numel.to_le_bytes()]
+            .into_iter()
+            .chain([self.beta, self.mean_square, self.squared_mean].map(f64::to_le_bytes))
+            .flatten()
+            .collect()
+    }
 }
 
 /// The data of one event, prepared by the trainer.
@@ -256,8 +293,7 @@ const EMPTY_SAMPLER: SamplerDraws<'static> = SamplerDraws {
 };
 
 /// Names [`HostFfi::query`] answers.
-const QUERIES: &str =
-    "vigil.version, vigil.artifact_dir, vigil.labels.train, vigil.labels.val, vigil.parameter_count";
+const QUERIES: &str = "vigil.version, vigil.artifact_dir, vigil.labels.train, vigil.labels.val, vigil.parameter_count, vigil.gradient_ema.update, vigil.gradient_ema";
 
 /// Labels as little-endian i64 bytes.
 fn label_bytes(labels: &[i64]) -> RVec<u8> {
@@ -401,8 +437,26 @@ impl HostFfi for HostView<'_> {
         }
     }
 
-    fn query(&mut self, name: RStr<'_>, _input: RSlice<'_, u8>) -> RResult<RVec<u8>, RString> {
+    fn query(&mut self, name: RStr<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, RString> {
         match name.as_str() {
+            "vigil.gradient_ema.update" => {
+                let Ok(beta) = <[u8; 8]>::try_from(input.as_slice()).map(f64::from_le_bytes)
+                else {
+                    return RErr(format!("vigil.gradient_ema.update takes the decay as 8 little-endian bytes of an f64; got {} bytes", input.len()).into());
+                };
+                if self.event.kind != EventKind::TRAIN_BATCH_END {
+                    return RErr(format!("vigil.gradient_ema.update works at train_batch_end, not at {}", self.event.kind.name()).into());
+                }
+                match self.services.update_gradient_ema(self.monitor, beta, self.event.counters.global_step) {
+                    Ok(()) => ROk(RVec::new()),
+                    Err(err) => RErr(err.to_string().into()),
+                }
+            }
+            "vigil.gradient_ema" => match self.services.gradient_ema(self.monitor) {
+                Ok(Some(summary)) => ROk(summary.to_bytes().into()),
+                Ok(None) => RErr("no gradient averages yet: call vigil.gradient_ema.update at train_batch_end first".into()),
+                Err(err) => RErr(err.to_string().into()),
+            },
             "vigil.version" => ROk(env!("CARGO_PKG_VERSION").as_bytes().to_vec().into()),
             "vigil.labels.train" => ROk(label_bytes(&self.facts.train_labels)),
             "vigil.labels.val" => ROk(label_bytes(&self.facts.val_labels)),
@@ -432,6 +486,94 @@ impl HostFfi for HostView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Services that keep gradient averages only as far as counting the updates.
+    struct Counting(Cell<u64>);
+
+    impl HostServices for Counting {
+        fn grad_norms(&self) -> crate::Result<Vec<f64>> {
+            Ok(Vec::new())
+        }
+        fn weight_norms(&self) -> crate::Result<Vec<f64>> {
+            Ok(Vec::new())
+        }
+        fn gradient_into(&self, _: &mut Vec<f32>) -> crate::Result<()> {
+            Ok(())
+        }
+        fn hessian_vector_product(
+            &self,
+            _: &ProbeSpec,
+            _: &[f32],
+            _: &mut [f32],
+        ) -> crate::Result<f64> {
+            Ok(0.0)
+        }
+        fn probe_loss(&self, _: &ProbeSpec) -> crate::Result<f64> {
+            Ok(0.0)
+        }
+        fn update_gradient_ema(&self, _: usize, _: f64, _: u64) -> crate::Result<()> {
+            self.0.set(self.0.get() + 1);
+            Ok(())
+        }
+        fn gradient_ema(&self, _: usize) -> crate::Result<Option<GradientEmaSummary>> {
+            Ok((self.0.get() > 0).then_some(GradientEmaSummary {
+                updates: self.0.get(),
+                numel: 3,
+                beta: 0.5,
+                mean_square: 2.0,
+                squared_mean: 1.0,
+            }))
+        }
+    }
+
+    #[test]
+    fn gradient_average_queries_check_their_input_and_event() {
+        let services = Counting(Cell::new(0));
+        let (facts, artifacts) = (RunFacts::default(), ArtifactWriter::default());
+        let mut outputs = Outputs::default();
+        let mut ask = |kind: EventKind, name: &str, input: &[u8]| {
+            let event = EventData::new(kind, StepCounters::default(), &[]);
+            let mut view = HostView::new(&event, &services, &facts, &artifacts, &mut outputs);
+            view.query(RStr::from_str(name), RSlice::from_slice(input))
+                .into_result()
+                .map(RVec::into_vec)
+                .map_err(RString::into_string)
+        };
+        let beta = 0.5f64.to_le_bytes();
+        let early = ask(EventKind::TRAIN_BATCH_END, "vigil.gradient_ema", &[]).unwrap_err();
+        assert!(early.contains("call vigil.gradient_ema.update"), "{early}");
+        let short = ask(
+            EventKind::TRAIN_BATCH_END,
+            "vigil.gradient_ema.update",
+            &beta[..4],
+        );
+        assert!(short.unwrap_err().contains("8 little-endian bytes"));
+        let elsewhere = ask(
+            EventKind::VALIDATION_END,
+            "vigil.gradient_ema.update",
+            &beta,
+        );
+        assert!(elsewhere
+            .unwrap_err()
+            .contains("at train_batch_end, not at validation_end"));
+        assert_eq!(
+            ask(
+                EventKind::TRAIN_BATCH_END,
+                "vigil.gradient_ema.update",
+                &beta
+            ),
+            Ok(Vec::new())
+        );
+        let summary = ask(EventKind::VALIDATION_END, "vigil.gradient_ema", &[]).unwrap();
+        let words: Vec<[u8; 8]> = summary.chunks(8).map(|w| w.try_into().unwrap()).collect();
+        assert_eq!(words.len(), 5);
+        assert_eq!(
+            (u64::from_le_bytes(words[0]), u64::from_le_bytes(words[1])),
+            (1, 3)
+        );
+        let floats: Vec<f64> = words[2..].iter().map(|&w| f64::from_le_bytes(w)).collect();
+        assert_eq!(floats, [0.5, 2.0, 1.0]);
+    }
 
     #[test]
     fn artifact_paths_must_stay_inside_the_run() {

@@ -19,7 +19,9 @@ use serde_json::json;
 use vigil_plugin_api::abi::{HostFfi_TO, MonitorBox};
 use vigil_plugin_api::{EventKind, EventSet, LogLevel, StepCounters, Subscriptions};
 
-pub use host_view::{ArtifactWriter, EventData, HostServices, Outputs, RunFacts};
+pub use host_view::{
+    ArtifactWriter, EventData, GradientEmaSummary, HostServices, Outputs, RunFacts,
+};
 pub use library::{default_plugin_dirs, LibraryInfo, LoadFailure, PluginLibrary};
 
 use crate::config::{MonitorSettings, OnError};

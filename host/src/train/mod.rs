@@ -33,7 +33,7 @@ pub use optim::Optimizer;
 pub use run_dir::{create_run_dir, write_atomically};
 pub use schedule::LrSchedule;
 pub use services::batch_hessian_vector_product;
-use services::{parameter_infos, ProbeCache, TrainerServices};
+use services::{parameter_infos, GradientAverages, ProbeCache, TrainerServices};
 
 mod run;
 pub use run::{check_config, train, train_from_file, RunOutcome, TrainRequest};
@@ -184,6 +184,7 @@ pub struct Trainer {
     val_labels: Vec<i64>,
     class_names: Vec<String>,
     probes: ProbeCache,
+    averages: GradientAverages,
     progress: Progress,
     checkpoints: Option<(Checkpoints, String)>,
     /// The JSONL metrics file, whose length each checkpoint records.
@@ -276,6 +277,7 @@ impl Trainer {
             schedule,
             feed,
             probes: ProbeCache::default(),
+            averages: GradientAverages::default(),
             progress: Progress {
                 epoch: 1,
                 ..Progress::default()
@@ -393,6 +395,7 @@ impl Trainer {
             parameters: &self.parameters,
             train: &self.train,
             probes: &self.probes,
+            averages: &self.averages,
             device: self.device,
             flat_grads: self.flat_grads.as_ref(),
         }

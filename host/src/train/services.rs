@@ -1,5 +1,5 @@
-//! What the trainer computes for monitors on request: norms, the flattened gradient, and
-//! Hessian-vector products on a fixed probe subsample.
+//! What the trainer computes for monitors on request: norms, the flattened gradient,
+//! Hessian-vector products on a fixed probe subsample, and moving averages of the gradient.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use vigil_plugin_api::{ParameterInfo, ProbeSpec};
 
 use super::TensorSplit;
 use crate::error::{Error, Result};
-use crate::plugin::HostServices;
+use crate::plugin::{GradientEmaSummary, HostServices};
 use crate::rng::SplitMix64;
 
 /// The probe subsamples drawn so far, by spec, and what Hessian-vector products cost.
@@ -39,12 +39,30 @@ impl ProbeCache {
     }
 }
 
+/// Exponential moving averages of the gradient, kept on the training device for the monitors
+/// that ask for them (by monitor index), so that no monitor copies the whole gradient off the
+/// device every step to average it.
+#[derive(Default)]
+pub(super) struct GradientAverages(RefCell<HashMap<usize, GradientEma>>);
+
+/// One monitor's averages.
+struct GradientEma {
+    beta: f64,
+    /// EMA of the flattened gradient (`f32`, on the device).
+    mean: Tensor,
+    /// EMA of `Σ g² / numel`.
+    mean_square: f64,
+    updates: u64,
+    last_step: u64,
+}
+
 /// A borrowed view of the trainer's model, parameters and data.
 pub(super) struct TrainerServices<'a> {
     pub model: &'a dyn ModuleT,
     pub parameters: &'a [Tensor],
     pub train: &'a TensorSplit,
     pub probes: &'a ProbeCache,
+    pub averages: &'a GradientAverages,
     pub device: Device,
     pub flat_grads: Option<&'a Tensor>,
 }
@@ -323,6 +341,84 @@ impl HostServices for TrainerServices<'_> {
     fn release_probe_state(&self) {
         self.probes.release_graph();
     }
+
+    fn update_gradient_ema(&self, owner: usize, beta: f64, step: u64) -> Result<()> {
+        if !(0.0..1.0).contains(&beta) {
+            return Err(Error::Capability(format!(
+                "the decay must be in [0, 1), got {beta}"
+            )));
+        }
+        let _no_grad = tch::no_grad_guard();
+        let numel: i64 = self.parameters.iter().map(Tensor::numel).sum::<usize>() as i64;
+        let mut averages = self.averages.0.borrow_mut();
+        let fresh = averages
+            .get(&owner)
+            .is_none_or(|ema| ema.beta != beta || ema.mean.numel() as i64 != numel);
+        if fresh {
+            averages.insert(
+                owner,
+                GradientEma {
+                    beta,
+                    mean: Tensor::f_zeros([numel], (Kind::Float, self.device))?,
+                    mean_square: 0.0,
+                    updates: 0,
+                    last_step: 0,
+                },
+            );
+        }
+        let ema = averages.get_mut(&owner).expect("inserted above");
+        if ema.updates > 0 && ema.last_step == step {
+            return Ok(());
+        }
+        // One fused, parallel pass per tensor: mean += (1 − β)(g − mean).
+        let weight = 1.0 - beta;
+        let square_sum = match self.flat_grads {
+            Some(flat) => {
+                let _ = ema.mean.f_lerp_(flat, weight)?;
+                flat.f_dot(flat)?
+            }
+            None => {
+                let mut sum = Tensor::f_zeros([], (Kind::Float, self.device))?;
+                let mut offset = 0;
+                for parameter in self.parameters {
+                    let grad = Self::grad_or_zeros(parameter)?
+                        .f_reshape([-1])?
+                        .f_to_kind(Kind::Float)?;
+                    let count = grad.numel() as i64;
+                    let _ = ema
+                        .mean
+                        .f_narrow(0, offset, count)?
+                        .f_lerp_(&grad, weight)?;
+                    sum = sum.f_add(&grad.f_dot(&grad)?)?;
+                    offset += count;
+                }
+                sum
+            }
+        };
+        // One number read back per step: the training loop reads its loss every step anyway,
+        // and four operations on a 0-d tensor cost more than the sync on the CPU.
+        let mean_square = square_sum.f_double_value(&[])? / numel.max(1) as f64;
+        ema.mean_square = beta * ema.mean_square + weight * mean_square;
+        ema.updates += 1;
+        ema.last_step = step;
+        Ok(())
+    }
+
+    fn gradient_ema(&self, owner: usize) -> Result<Option<GradientEmaSummary>> {
+        let _no_grad = tch::no_grad_guard();
+        let averages = self.averages.0.borrow();
+        let Some(ema) = averages.get(&owner) else {
+            return Ok(None);
+        };
+        let numel = ema.mean.numel();
+        Ok(Some(GradientEmaSummary {
+            updates: ema.updates,
+            numel: numel as u64,
+            beta: ema.beta,
+            mean_square: ema.mean_square,
+            squared_mean: ema.mean.f_dot(&ema.mean)?.f_double_value(&[])? / numel.max(1) as f64,
+        }))
+    }
 }
 
 impl TrainerServices<'_> {
@@ -403,6 +499,94 @@ mod tests {
             .iter()
             .flat_map(|p| Vec::<f32>::try_from(&p.grad().reshape([-1])).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn gradient_averages_follow_every_step_once_with_or_without_a_flat_gradient() {
+        for flat in [false, true] {
+            tch::manual_seed(3);
+            let vars = nn::VarStore::new(Device::Cpu);
+            let net = nn::seq()
+                .add(nn::linear(vars.root() / "a", 5, 4, Default::default()))
+                .add_fn(|x| x.tanh())
+                .add(nn::linear(vars.root() / "b", 4, 3, Default::default()));
+            let parameters = vars.trainable_variables();
+            let empty = || Tensor::zeros([0], (Kind::Float, Device::Cpu));
+            let train = TensorSplit {
+                images: empty(),
+                labels: empty(),
+                mean: Vec::new(),
+                std: Vec::new(),
+            };
+            let (probes, averages) = (ProbeCache::default(), GradientAverages::default());
+            let mut flat_grads = None;
+            let beta = 0.75;
+            let mut mean = Vec::new();
+            let mut mean_square = 0.0;
+            for step in 0..4u64 {
+                for p in &parameters {
+                    let mut grad = p.grad();
+                    if grad.defined() {
+                        let _ = grad.zero_();
+                    }
+                }
+                let input = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
+                net.forward(&input)
+                    .pow_tensor_scalar(2)
+                    .sum(Kind::Float)
+                    .backward();
+                if flat && flat_grads.is_none() {
+                    flat_grads = flatten_grads(&parameters).unwrap();
+                }
+                let services = TrainerServices {
+                    model: &net,
+                    parameters: &parameters,
+                    train: &train,
+                    probes: &probes,
+                    averages: &averages,
+                    device: Device::Cpu,
+                    flat_grads: flat_grads.as_ref(),
+                };
+                // A second call in the same step folds nothing in.
+                services.update_gradient_ema(2, beta, step).unwrap();
+                services.update_gradient_ema(2, beta, step).unwrap();
+                let gradient = concatenated_grads(&parameters);
+                mean.resize(gradient.len(), 0.0);
+                for (m, &g) in mean.iter_mut().zip(&gradient) {
+                    *m = beta * *m + (1.0 - beta) * f64::from(g);
+                }
+                let squares = gradient.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>();
+                mean_square = beta * mean_square + (1.0 - beta) * squares / gradient.len() as f64;
+            }
+            let services = TrainerServices {
+                model: &net,
+                parameters: &parameters,
+                train: &train,
+                probes: &probes,
+                averages: &averages,
+                device: Device::Cpu,
+                flat_grads: flat_grads.as_ref(),
+            };
+            assert_eq!(flat_grads.is_some(), flat);
+            let summary = services.gradient_ema(2).unwrap().expect("updated");
+            let squared_mean = mean.iter().map(|m| m * m).sum::<f64>() / mean.len() as f64;
+            assert_eq!((summary.updates, summary.numel), (4, 39));
+            assert_eq!(summary.beta, beta);
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
+            assert!(
+                close(summary.mean_square, mean_square),
+                "{summary:?} vs {mean_square}"
+            );
+            assert!(
+                close(summary.squared_mean, squared_mean),
+                "{summary:?} vs {squared_mean}"
+            );
+            // Each monitor has its own; a new decay starts afresh; the decay must be in [0, 1).
+            assert!(services.gradient_ema(3).unwrap().is_none());
+            services.update_gradient_ema(2, 0.5, 4).unwrap();
+            assert_eq!(services.gradient_ema(2).unwrap().unwrap().updates, 1);
+            assert!(services.update_gradient_ema(2, 1.0, 5).is_err());
+        }
     }
 
     #[test]

@@ -17,8 +17,12 @@
 //! Every `compute_every_epochs` epochs it fits `loss ≈ c · (step + 1)^slope` by least squares in
 //! log-log space, takes the residuals of log loss, and their power spectrum (|FFT|² / n, one-sided,
 //! mean removed): `noise/power_law_slope`, `noise/power_law_r2`, `noise/psd_tail`,
-//! `noise/resid_power`. Every step it updates exponential moving averages of the gradient and of
-//! its variance, per coordinate; `noise/grad_var` is the mean over parameters of the variance.
+//! `noise/resid_power`. Every step it folds the gradient into exponential moving averages of the
+//! gradient (per coordinate) and of its mean square; every `log_every_n_steps` steps
+//! `noise/grad_var` is the mean over coordinates of the gradient's variance from them. The host
+//! keeps these averages on the training device (`vigil.gradient_ema.update`), so the gradient
+//! never leaves it; on a host without that capability the monitor averages the flattened
+//! gradient itself.
 
 use std::collections::VecDeque;
 
@@ -110,12 +114,46 @@ pub fn analyse(points: &[(f64, f64)], tail_bins: usize, band: [usize; 2]) -> Opt
     })
 }
 
-/// Exponential moving averages of the gradient (per coordinate) and of its mean square (one
-/// number), from which the mean over coordinates of the gradient's variance follows:
-/// `mean_i Var(g_i) = mean_i E[g_i²] − mean_i E[g_i]²`.
+/// The mean over coordinates of the gradient's variance, `mean_i E[g_i²] − mean_i E[g_i]²`,
+/// from `updates` steps of exponential moving averages with decay `beta`: `mean_square` of
+/// `mean_i g_i²` and `squared_mean` = `mean_i m_i²` for `m` the average of `g` (neither
+/// bias-corrected). For independent gradients of variance σ² the average's own spread makes
+/// `E[s − m²] = σ²·2β/(1 + β)`; the estimate divides that out. `None` before two updates.
+pub fn ema_variance(updates: u64, beta: f64, mean_square: f64, squared_mean: f64) -> Option<f64> {
+    if updates < 2 {
+        return None;
+    }
+    let correction = 1.0 - beta.powi(updates.min(i32::MAX as u64) as i32);
+    let spread = 2.0 * beta / (1.0 + beta);
+    Some((mean_square / correction - squared_mean / (correction * correction)).max(0.0) / spread)
+}
+
+/// What the host's `vigil.gradient_ema` answers (40 bytes: two little-endian u64, three f64):
+/// `(updates, beta, mean_square, squared_mean)`.
+fn parse_host_averages(bytes: &[u8]) -> Result<(u64, f64, f64, f64), Error> {
+    let word =
+        |index: usize| -> Option<[u8; 8]> { bytes.get(index * 8..index * 8 + 8)?.try_into().ok() };
+    match (bytes.len(), word(0), word(2), word(3), word(4)) {
+        (40, Some(updates), Some(beta), Some(square), Some(mean)) => Ok((
+            u64::from_le_bytes(updates),
+            f64::from_le_bytes(beta),
+            f64::from_le_bytes(square),
+            f64::from_le_bytes(mean),
+        )),
+        _ => Err(Error::Host(format!(
+            "vigil.gradient_ema answered {} bytes, not 40",
+            bytes.len()
+        ))),
+    }
+}
+
+/// The same averages, kept by the monitor itself from the flattened gradient: for a host
+/// without `vigil.gradient_ema.update`, which keeps them on the training device (there one
+/// fused, parallel pass; here one single-threaded pass that must first have the gradient on
+/// the CPU).
 ///
 /// Every step streams the gradient and the `f32` average through memory once; that is the
-/// whole cost (W1: 421,642 coordinates, about 0.2 ms). Keeping a variance per coordinate
+/// whole cost (W1: 421,642 coordinates, about 0.3 ms). Keeping a variance per coordinate
 /// would stream a third array for a number nobody reads.
 #[derive(Debug, Clone, Default)]
 pub struct GradientMoments {
@@ -160,29 +198,32 @@ impl GradientMoments {
         self.updates += 1;
     }
 
-    /// Mean over coordinates of the gradient's variance, from the bias-corrected averages;
-    /// `None` before two updates. For independent gradients of variance σ² the average's own
-    /// spread makes `E[s − m²] = σ²·2β/(1 + β)`; the estimate divides that out.
+    /// Mean over coordinates of the gradient's variance (see [`ema_variance`]).
     pub fn variance(&self, beta: f64) -> Option<f64> {
-        if self.updates < 2 || self.mean.is_empty() {
+        if self.mean.is_empty() {
             return None;
         }
-        let correction = 1.0 - beta.powi(self.updates.min(i32::MAX as u64) as i32);
-        let squared_mean: f64 = self
-            .mean
-            .iter()
-            .map(|&m| (f64::from(m) / correction).powi(2))
-            .sum::<f64>()
-            / self.mean.len() as f64;
-        let spread = 2.0 * beta / (1.0 + beta);
-        Some((self.mean_square / correction - squared_mean).max(0.0) / spread)
+        let squared_mean =
+            self.mean.iter().map(|&m| f64::from(m).powi(2)).sum::<f64>() / self.mean.len() as f64;
+        ema_variance(self.updates, beta, self.mean_square, squared_mean)
     }
+}
+
+/// Where the gradient averages are kept.
+#[derive(Debug)]
+enum Averages {
+    /// Not yet asked: the first step finds out whether the host keeps them.
+    Undecided,
+    /// On the host, on the training device.
+    Host,
+    /// Here, from the flattened gradient.
+    Monitor(GradientMoments),
 }
 
 pub struct NoiseMonitor {
     settings: Settings,
     losses: VecDeque<(f64, f64)>,
-    moments: GradientMoments,
+    averages: Averages,
     said_why: bool,
 }
 
@@ -223,7 +264,7 @@ impl Monitor for NoiseMonitor {
         Ok(NoiseMonitor {
             losses: VecDeque::with_capacity(settings.buffer_size),
             settings,
-            moments: GradientMoments::default(),
+            averages: Averages::Undecided,
             said_why: false,
         })
     }
@@ -237,11 +278,37 @@ impl Monitor for NoiseMonitor {
             self.losses.push_back((step as f64, loss));
         }
         let beta = self.settings.grad_ema_beta;
-        self.moments.update(ctx.gradient(), beta);
-        if step % self.settings.log_every_n_steps == 0 {
-            if let Some(variance) = self.moments.variance(beta) {
-                ctx.log("noise/grad_var", variance);
+        let log = step % self.settings.log_every_n_steps == 0;
+        if matches!(self.averages, Averages::Undecided | Averages::Host) {
+            match ctx.query("vigil.gradient_ema.update", &beta.to_le_bytes()) {
+                Ok(_) => self.averages = Averages::Host,
+                Err(err) if matches!(self.averages, Averages::Undecided) => {
+                    ctx.info(&format!(
+                        "the host keeps no gradient averages ({err}); averaging the flattened gradient here"
+                    ));
+                    self.averages = Averages::Monitor(GradientMoments::default());
+                }
+                Err(err) => return Err(err),
             }
+        }
+        let variance = match &mut self.averages {
+            Averages::Host if log => {
+                let (updates, beta, mean_square, squared_mean) =
+                    parse_host_averages(&ctx.query("vigil.gradient_ema", &[])?)?;
+                ema_variance(updates, beta, mean_square, squared_mean)
+            }
+            Averages::Monitor(moments) => {
+                moments.update(ctx.gradient(), beta);
+                if log {
+                    moments.variance(beta)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        if let Some(variance) = variance {
+            ctx.log("noise/grad_var", variance);
         }
         Ok(())
     }
