@@ -236,13 +236,14 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
     assert!(configs[1]["target_pct"].is_null());
     for config in &configs[2..] {
         assert_eq!(config["overhead_pct"]["repeats"], 2);
+        assert_eq!(config["overhead_pct"]["samples"].as_array().unwrap().len(), 2);
         assert!(config["overhead_pct"]["median"]
             .as_f64()
             .unwrap()
             .is_finite());
         assert!(config["meets_target"].is_boolean());
     }
-    // The noise monitor copies the gradient every step: its hooks take measurable time.
+    // The noise monitor averages the gradient every step: its hooks take measurable time.
     assert!(configs[3]["in_hooks_pct"].as_f64().unwrap() > 0.0);
     assert!(
         workload["bare_train_ms_per_step"]["median"]

@@ -26,25 +26,29 @@ pub struct Measurement {
     pub min: f64,
     pub max: f64,
     pub repeats: usize,
+    /// Every repeat's value, in the order measured.
+    pub samples: Vec<f64>,
 }
 
 impl Measurement {
     /// Median, min and max of `samples` (at least one).
-    pub fn of(name: &str, unit: &'static str, mut samples: Vec<f64>) -> Measurement {
-        samples.sort_by(f64::total_cmp);
-        let middle = samples.len() / 2;
-        let median = if samples.len() % 2 == 1 {
-            samples[middle]
+    pub fn of(name: &str, unit: &'static str, samples: Vec<f64>) -> Measurement {
+        let mut sorted = samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let middle = sorted.len() / 2;
+        let median = if sorted.len() % 2 == 1 {
+            sorted[middle]
         } else {
-            (samples[middle - 1] + samples[middle]) / 2.0
+            (sorted[middle - 1] + sorted[middle]) / 2.0
         };
         Measurement {
             name: name.into(),
             unit,
             median,
-            min: samples[0],
-            max: samples[samples.len() - 1],
-            repeats: samples.len(),
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+            repeats: sorted.len(),
+            samples,
         }
     }
 }
