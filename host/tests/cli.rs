@@ -236,7 +236,10 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
     assert!(configs[1]["target_pct"].is_null());
     for config in &configs[2..] {
         assert_eq!(config["overhead_pct"]["repeats"], 2);
-        assert_eq!(config["overhead_pct"]["samples"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            config["overhead_pct"]["samples"].as_array().unwrap().len(),
+            2
+        );
         assert!(config["overhead_pct"]["median"]
             .as_f64()
             .unwrap()
