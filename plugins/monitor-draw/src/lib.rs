@@ -156,8 +156,11 @@ pub fn line_chart(
     let (y_min, y_max) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
         (a.min(v), b.max(v))
     });
-    let (x_min, x_max) = if x_min.is_finite() {
+    let (x_min, x_max) = if x_min.is_finite() && x_max > x_min {
         (x_min, x_max.max(x_min + 1.0))
+    } else if x_min.is_finite() {
+        // One point in x (a one-epoch run): centre it.
+        (x_min - 0.5, x_min + 0.5)
     } else {
         (0.0, 1.0)
     };
@@ -187,12 +190,15 @@ pub fn line_chart(
         )?;
         for line in series {
             let color = line.color;
-            let points = line
-                .points
-                .iter()
-                .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite());
-            drawing(chart.draw_series(LineSeries::new(points, color.stroke_width(2))))?
+            let points = || {
+                line.points
+                    .iter()
+                    .copied()
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+            };
+            // A marker on every point, so that a series of one point (one epoch) shows too.
+            drawing(chart.draw_series(points().map(|p| Circle::new(p, 3, color.filled()))))?;
+            drawing(chart.draw_series(LineSeries::new(points(), color.stroke_width(2))))?
                 .label(line.label)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -248,5 +254,30 @@ mod tests {
             .count();
         assert!(red > 100, "the line is drawn: {red}");
         assert!(dark > 500, "text and axes are drawn: {dark}");
+    }
+
+    #[test]
+    fn a_series_of_one_point_is_drawn() {
+        let png = line_chart(
+            "loss",
+            "epoch",
+            "loss",
+            &[Series {
+                label: "validation",
+                points: &[(1.0, 0.41)],
+                color: RED,
+            }],
+        )
+        .unwrap();
+        let (width, _, pixels) = decode_png(&png).unwrap();
+        // Red in the middle third, away from the legend on the right: the point's marker, a
+        // filled circle of radius 3, centred because a single x value is.
+        let red = pixels
+            .chunks_exact(3)
+            .enumerate()
+            .filter(|(i, _)| (width / 3..2 * width / 3).contains(&(*i as u32 % width)))
+            .filter(|(_, p)| p[0] > 200 && p[1] < 60 && p[2] < 60)
+            .count();
+        assert!(red >= 20, "the point is drawn: {red} red pixels");
     }
 }
