@@ -53,7 +53,8 @@ struct GradientEma {
     /// EMA of `Σ g² / numel`.
     mean_square: f64,
     updates: u64,
-    last_step: u64,
+    /// The step last folded in.
+    last_step: Option<u64>,
 }
 
 /// A borrowed view of the trainer's model, parameters and data.
@@ -362,12 +363,12 @@ impl HostServices for TrainerServices<'_> {
                     mean: Tensor::f_zeros([numel], (Kind::Float, self.device))?,
                     mean_square: 0.0,
                     updates: 0,
-                    last_step: 0,
+                    last_step: None,
                 },
             );
         }
         let ema = averages.get_mut(&owner).expect("inserted above");
-        if ema.updates > 0 && ema.last_step == step {
+        if ema.last_step == Some(step) {
             return Ok(());
         }
         // One fused, parallel pass per tensor: mean += (1 − β)(g − mean).
@@ -400,7 +401,7 @@ impl HostServices for TrainerServices<'_> {
         let mean_square = square_sum.f_double_value(&[])? / numel.max(1) as f64;
         ema.mean_square = beta * ema.mean_square + weight * mean_square;
         ema.updates += 1;
-        ema.last_step = step;
+        ema.last_step = Some(step);
         Ok(())
     }
 

@@ -131,20 +131,21 @@ pub fn ema_variance(updates: u64, beta: f64, mean_square: f64, squared_mean: f64
 /// What the host's `vigil.gradient_ema` answers (40 bytes: two little-endian u64, three f64):
 /// `(updates, beta, mean_square, squared_mean)`.
 fn parse_host_averages(bytes: &[u8]) -> Result<(u64, f64, f64, f64), Error> {
-    let word =
-        |index: usize| -> Option<[u8; 8]> { bytes.get(index * 8..index * 8 + 8)?.try_into().ok() };
-    match (bytes.len(), word(0), word(2), word(3), word(4)) {
-        (40, Some(updates), Some(beta), Some(square), Some(mean)) => Ok((
-            u64::from_le_bytes(updates),
-            f64::from_le_bytes(beta),
-            f64::from_le_bytes(square),
-            f64::from_le_bytes(mean),
-        )),
-        _ => Err(Error::Host(format!(
+    if bytes.len() != 40 {
+        return Err(Error::Host(format!(
             "vigil.gradient_ema answered {} bytes, not 40",
             bytes.len()
-        ))),
+        )));
     }
+    let word = |index: usize| {
+        <[u8; 8]>::try_from(&bytes[index * 8..index * 8 + 8]).expect("eight of the 40 bytes")
+    };
+    Ok((
+        u64::from_le_bytes(word(0)),
+        f64::from_le_bytes(word(2)),
+        f64::from_le_bytes(word(3)),
+        f64::from_le_bytes(word(4)),
+    ))
 }
 
 /// The same averages, kept by the monitor itself from the flattened gradient: for a host
