@@ -8,6 +8,8 @@
 //! - [`train`]: the loop, evaluation, the run directory;
 //! - [`plugin`]: monitor plugins — find, check, load, dispatch, time, isolate;
 //! - [`bench`]: what training and monitoring cost (`vigil bench`);
+//! - [`fs`]: atomic, durable writes and cut-backs of the files a run keeps;
+//! - [`interrupt`]: SIGTERM, SIGINT and SIGUSR1 stop a run cleanly, with a checkpoint;
 //! - [`memory`]: the allocator settings training wants;
 //! - [`sink`]: where metrics go (`metrics.jsonl`, the console).
 //!
@@ -24,6 +26,8 @@ pub mod bench;
 pub mod config;
 pub mod data;
 mod error;
+pub mod fs;
+pub mod interrupt;
 pub mod memory;
 pub mod model;
 pub mod plugin;

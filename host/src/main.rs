@@ -16,13 +16,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train the model a config file describes, or resume a run.
+    /// Train the model a config file describes, or resume a run. Exits 75 when SIGTERM,
+    /// SIGINT or SIGUSR1 interrupted it after writing a checkpoint (resume it to go on).
     Train {
         /// The experiment config (TOML), e.g. configs/quickstart.toml.
-        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+        #[arg(required_unless_present = "resume")]
         config: Option<PathBuf>,
-        /// Continue the run in RUN_DIR from its newest checkpoint.
-        #[arg(long, value_name = "RUN_DIR")]
+        /// Continue the run in RUN_DIR from its newest checkpoint, with the config it keeps
+        /// (`--set epochs=N` trains it longer). With a CONFIG, `--resume auto` continues the
+        /// run in the config's `run_dir` if it holds one, else starts it there.
+        #[arg(long, value_name = "RUN_DIR|auto")]
         resume: Option<PathBuf>,
         /// Override a config value, e.g. --set optim.lr=0.1 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -97,6 +100,13 @@ struct BenchArgs {
     json: Option<PathBuf>,
 }
 
+/// How a command ended without an error.
+enum RunEnd {
+    Done,
+    /// Interrupted by a signal after a checkpoint: exit 75.
+    Interrupted,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     vigil::memory::reuse_freed_buffers();
@@ -114,7 +124,8 @@ fn main() -> ExitCode {
         })
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(RunEnd::Done) => ExitCode::SUCCESS,
+        Ok(RunEnd::Interrupted) => ExitCode::from(vigil::interrupt::EXIT_INTERRUPTED),
         Err(err) => {
             let mut message = err.to_string();
             for cause in err.chain().skip(1) {
@@ -127,19 +138,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<RunEnd> {
     match cli.command {
         Command::Train {
             config,
             resume,
             overrides,
         } => {
+            let resume = match (&config, resume) {
+                (Some(_), Some(word)) if word.as_os_str() == "auto" => {
+                    Some(vigil::train::Resume::Auto)
+                }
+                (Some(_), Some(_)) => anyhow::bail!(vigil::Error::Config {
+                    location: "vigil train".into(),
+                    message: "with a CONFIG, --resume takes only `auto`; to continue a run directory,                               give `--resume RUN_DIR` without a CONFIG"
+                        .into(),
+                }),
+                (None, dir) => dir.map(vigil::train::Resume::Dir),
+                (Some(_), None) => None,
+            };
+            let interrupt = vigil::interrupt::install()
+                .map_err(|err| anyhow::anyhow!("installing signal handlers: {err}"))?;
             let request = vigil::train::TrainRequest {
                 config,
                 resume,
                 overrides,
+                interrupt: Some(interrupt),
             };
             let outcome = vigil::train::train(&request)?;
+            if let Some(signal) = outcome.interrupted {
+                println!(
+                    "interrupted by {}: checkpoint written; continue with `vigil train --resume {}`",
+                    vigil::train::signal_name(signal),
+                    outcome.run_dir.display()
+                );
+                return Ok(RunEnd::Interrupted);
+            }
             if let Some(last) = outcome.summary.last() {
                 println!(
                     "done: epoch {} in {:.1} s; val_acc {:.4}, val_loss {:.4}, best_val_loss {:.4}; results in {}",
@@ -151,13 +185,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     outcome.run_dir.display()
                 );
             }
-            Ok(())
+            Ok(RunEnd::Done)
         }
         Command::Check { config, overrides } => {
             print!("{}", vigil::train::check_config(&config, &overrides)?);
-            Ok(())
+            Ok(RunEnd::Done)
         }
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => bench(args).map(|()| RunEnd::Done),
         Command::Plugins { dirs } => {
             let dirs = if dirs.is_empty() {
                 vigil::plugin::default_plugin_dirs()
@@ -165,7 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dirs
             };
             print!("{}", vigil::plugin::listing(&dirs, false));
-            Ok(())
+            Ok(RunEnd::Done)
         }
     }
 }

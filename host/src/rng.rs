@@ -4,6 +4,12 @@
 //! synthetic dataset and the order in which each epoch visits the training set. The same seed
 //! gives the same stream on every platform, forever.
 
+/// SplitMix64's output function on `x` plus its increment: a bijection of 64-bit words
+/// whose outputs for nearby inputs look unrelated.
+fn mix(x: u64) -> u64 {
+    SplitMix64::new(x).next_u64()
+}
+
 /// SplitMix64 (Steele, Lea and Flood, 2014): 64 bits of state, passes BigCrush.
 #[derive(Debug, Clone)]
 pub struct SplitMix64 {
@@ -25,6 +31,13 @@ impl SplitMix64 {
             });
         let mut mixer = SplitMix64::new(seed ^ tag);
         SplitMix64::new(mixer.next_u64())
+    }
+
+    /// A generator for sub-stream `stream` of item `index` (an epoch, a step) under `seed`.
+    /// The key is a hash of all three, so that no two (seed, index) pairs share a stream:
+    /// seed 1's first epoch is not seed 0's second, as it would be with `seed + epoch`.
+    pub fn keyed(seed: u64, index: u64, stream: &str) -> Self {
+        SplitMix64::derived(mix(mix(seed) ^ index), stream)
     }
 
     pub fn next_u64(&mut self) -> u64 {

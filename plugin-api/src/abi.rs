@@ -16,7 +16,7 @@ use abi_stable::library::RootModule;
 use abi_stable::sabi_types::RMut;
 use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
-use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
+use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
 
 /// A point in training at which the host calls a monitor. New kinds may be added in later
 /// 1.x releases; a monitor ignores kinds it does not know.
@@ -38,11 +38,19 @@ impl EventKind {
     pub const VALIDATION_END: EventKind = EventKind(4);
     /// At the end of each training epoch.
     pub const TRAIN_EPOCH_END: EventKind = EventKind(5);
-    /// Once, after training (also after a failed or stopped run).
+    /// Once, after training (also after a failed or stopped run; not after an interrupted
+    /// one, which ends on resume).
     pub const FIT_END: EventKind = EventKind(6);
+    /// At every checkpoint (API 1.1): the monitor may hand the host its state, through the
+    /// query `vigil.state.save`. The SDK calls [`crate::Monitor::save_state`].
+    pub const SAVE_STATE: EventKind = EventKind(7);
+    /// On resume, instead of `FIT_START`, to a monitor that saved state at the checkpoint
+    /// (API 1.1): the query `vigil.state.saved` answers what it saved. The SDK calls
+    /// [`crate::Monitor::restore_state`].
+    pub const RESTORE_STATE: EventKind = EventKind(8);
 
     /// Every kind this release defines, in the order they first occur.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::FIT_START,
         EventKind::TRAIN_EPOCH_START,
         EventKind::TRAIN_BATCH_END,
@@ -50,6 +58,8 @@ impl EventKind {
         EventKind::VALIDATION_END,
         EventKind::TRAIN_EPOCH_END,
         EventKind::FIT_END,
+        EventKind::SAVE_STATE,
+        EventKind::RESTORE_STATE,
     ];
 
     /// The snake_case name used in logs and `run.json`.
@@ -62,6 +72,8 @@ impl EventKind {
             EventKind::VALIDATION_END => "validation_end",
             EventKind::TRAIN_EPOCH_END => "train_epoch_end",
             EventKind::FIT_END => "fit_end",
+            EventKind::SAVE_STATE => "save_state",
+            EventKind::RESTORE_STATE => "restore_state",
             _ => "unknown",
         }
     }
@@ -367,9 +379,16 @@ pub struct PluginModule {
         extern "C" fn(settings: RStr<'_>, host: HostRef<'_>) -> RResult<MonitorBox, RString>,
 }
 
+/// The version of the types in this module: `<major>.0.0`, so 1.0.0 for all of 1.x.
+/// abi_stable refuses a plugin whose version has a lower minor than the host's, so a host
+/// whose ABI said 1.1 would refuse every plugin built against 1.0. What later 1.x releases
+/// add travels as data; [`crate::API_VERSION`] (the crate's version, which a plugin reports in
+/// [`PluginInfo::api_version`]) says which of those additions a plugin knows.
+pub const ABI_VERSION: &str = concat!(env!("CARGO_PKG_VERSION_MAJOR"), ".0.0");
+
 impl RootModule for PluginModuleRef {
     declare_root_module_statics! {PluginModuleRef}
     const BASE_NAME: &'static str = "vigil_plugin";
     const NAME: &'static str = "vigil_plugin";
-    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new(ABI_VERSION);
 }

@@ -62,15 +62,22 @@
 //! capabilities arrive as data (new [`EventKind`] values, metric names, [`Subscriptions`]
 //! bits, [`Context::query`] names), so a plugin built against 1.0 keeps loading in later 1.x
 //! hosts.
+//!
+//! Added in 1.1: monitor state across `--resume` ([`Monitor::save_state`],
+//! [`Monitor::restore_state`], the [`state`] module, event kinds `SAVE_STATE` and
+//! `RESTORE_STATE`). A 1.1 host treats a 1.0 plugin as one that keeps no state: on resume it
+//! starts fresh.
 
 pub mod abi;
 pub mod sdk;
+pub mod state;
 
 pub use abi::{
     ArtifactKind, EventKind, EventSet, ImageBatch, LogLevel, ParameterInfo, ProbeSpec,
     SamplerDraws, StepCounters, Subscriptions, ValidationBatch, WriteMode,
 };
 pub use sdk::{expect_no_settings, parse_settings, Context, Monitor, MonitorInfo};
+pub use state::{SavedState, StateReader, StateWriter};
 
 /// Re-exported for [`export_monitor!`]; plugins need not depend on abi_stable themselves.
 #[doc(hidden)]

@@ -70,6 +70,32 @@ pub trait Monitor: Sized + 'static {
     fn on_other_event(&mut self, _kind: EventKind, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
+
+    /// The state to carry across `--resume`, asked for at every checkpoint (API 1.1).
+    ///
+    /// `None`, the default, says the monitor keeps no state: on resume it starts fresh, and
+    /// sees `fit_start` again (plus `train_epoch_start` when the run resumes mid-epoch), as a
+    /// new run's monitor would. `Some(bytes)` (empty is fine, for a monitor whose only state is
+    /// "started") says: on resume, call [`Monitor::restore_state`] with these bytes
+    /// *instead of* [`Monitor::on_fit_start`]. Save everything a later hook reads (counts,
+    /// buffers, random generators, what was already written), so that the resumed run logs and
+    /// writes what the uninterrupted one would. [`crate::StateWriter`] encodes it.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(None)
+    }
+
+    /// On resume, with what [`Monitor::save_state`] returned at the checkpoint, in place of
+    /// `on_fit_start`. `saved.plugin_version` says which version of the plugin saved it; a
+    /// monitor that cannot read another version's bytes returns an error (the host then
+    /// disables it or stops, as `on_error` says) or starts afresh and says so with
+    /// [`Context::warn`].
+    fn restore_state(
+        &mut self,
+        _saved: crate::SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Parse settings TOML into `T`, with `T::default()` for an empty table. Use
@@ -266,6 +292,15 @@ impl<M: Monitor> MonitorFfi for Adapter<M> {
             EventKind::VALIDATION_END => monitor.on_validation_end(&mut ctx),
             EventKind::TRAIN_EPOCH_END => monitor.on_train_epoch_end(&mut ctx),
             EventKind::FIT_END => monitor.on_fit_end(&mut ctx),
+            EventKind::SAVE_STATE => match monitor.save_state(&mut ctx)? {
+                Some(bytes) => ctx.query(crate::state::SAVE_QUERY, &bytes).map(drop),
+                None => Ok(()),
+            },
+            EventKind::RESTORE_STATE => {
+                let answer = ctx.query(crate::state::SAVED_QUERY, &[])?;
+                let saved = crate::SavedState::decode(&answer)?;
+                monitor.restore_state(saved, &mut ctx)
+            }
             other => monitor.on_other_event(other, &mut ctx),
         }))
     }
@@ -318,6 +353,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("(a panic with a non-string payload)")
 }
 
+/// The events of the state protocol, which the SDK adds to every monitor's events.
+pub const STATE_EVENTS: EventSet = EventSet::of(&[EventKind::SAVE_STATE, EventKind::RESTORE_STATE]);
+
 /// The `info` entry point for monitor type `M`.
 pub extern "C" fn info_entry<M: Monitor>() -> PluginInfo {
     // `M::info()` only builds a struct of constants; if it panics anyway, report an empty
@@ -330,7 +368,11 @@ pub extern "C" fn info_entry<M: Monitor>() -> PluginInfo {
             .map_or("Monitor::info panicked", |i| i.description)
             .into(),
         api_version: crate::API_VERSION.into(),
-        events: info.map_or(EventSet::EMPTY, |i| i.events),
+        // Every monitor of this SDK takes part in saving state; the host tells a plugin built
+        // before 1.1 by these bits missing.
+        events: info.map_or(EventSet::EMPTY, |i| {
+            EventSet(i.events.0 | STATE_EVENTS.0)
+        }),
         subscriptions: info.map_or(Subscriptions::NONE, |i| i.subscriptions),
     }
 }

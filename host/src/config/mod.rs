@@ -18,7 +18,10 @@
 //! lr = 0.05
 //! ```
 
+mod effective;
 mod raw;
+
+pub use effective::RESUMABLE_KEYS;
 
 use std::path::{Path, PathBuf};
 

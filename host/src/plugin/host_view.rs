@@ -5,12 +5,13 @@ use std::path::{Component, Path, PathBuf};
 
 use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
 use vigil_plugin_api::abi::{Artifact, HostFfi};
+use vigil_plugin_api::state;
 use vigil_plugin_api::{
     ArtifactKind, EventKind, ImageBatch, LogLevel, ParameterInfo, ProbeSpec, SamplerDraws,
     StepCounters, ValidationBatch, WriteMode,
 };
 
-use crate::train::write_atomically;
+use crate::fs::write_atomically;
 
 /// What the training loop computes for monitors on request. Implemented where libtorch lives
 /// (the trainer); everything here runs on the training thread.
@@ -122,14 +123,59 @@ pub struct RunFacts {
 }
 
 /// Writes artifacts under `<run_dir>/artifacts/`.
+///
+/// It remembers the files appended to in this run. The first append to a file it does not
+/// know starts the file afresh, so that a resumed run never appends after lines written
+/// past its checkpoint; the files it knows are cut back to their checkpoint lengths on resume.
 #[derive(Debug, Default)]
 pub struct ArtifactWriter {
     root: Option<PathBuf>,
+    /// Appended files (relative paths, `/`-separated).
+    appended: RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl ArtifactWriter {
     pub fn new(root: Option<PathBuf>) -> Self {
-        ArtifactWriter { root }
+        ArtifactWriter {
+            root,
+            appended: RefCell::default(),
+        }
+    }
+
+    /// The appended files with their current lengths, each fsynced (a checkpoint records
+    /// them).
+    pub fn appended_lengths(&self) -> crate::Result<std::collections::BTreeMap<String, u64>> {
+        let Some(root) = &self.root else {
+            return Ok(Default::default());
+        };
+        self.appended
+            .borrow()
+            .iter()
+            .map(|relative| {
+                let path = root.join(relative);
+                crate::fs::sync_file(&path)?;
+                let length = std::fs::metadata(&path)
+                    .map_err(|source| crate::Error::io(&path, source))?
+                    .len();
+                Ok((relative.clone(), length))
+            })
+            .collect()
+    }
+
+    /// Cut appended files back to `lengths` and remember them as appended.
+    pub fn restore_appended(
+        &self,
+        lengths: &std::collections::BTreeMap<String, u64>,
+    ) -> crate::Result<()> {
+        let Some(root) = &self.root else {
+            return Ok(());
+        };
+        for (relative, &length) in lengths {
+            let relative_path = checked_relative_path(relative).map_err(crate::Error::Capability)?;
+            crate::fs::cut_back(&root.join(relative_path), length)?;
+            self.appended.borrow_mut().insert(relative.clone());
+        }
+        Ok(())
     }
 
     /// Write one artifact; returns the file written.
@@ -147,9 +193,13 @@ impl ArtifactWriter {
         match artifact.mode {
             WriteMode::APPEND => {
                 use std::io::Write;
+                // True for a file this run has not appended to yet: start it afresh.
+                let fresh = self.appended.borrow_mut().insert(artifact.path.to_string());
                 std::fs::OpenOptions::new()
                     .create(true)
-                    .append(true)
+                    .append(!fresh)
+                    .write(true)
+                    .truncate(fresh)
                     .open(&path)
                     .and_then(|mut file| file.write_all(bytes))
                     .map_err(|err| format!("cannot append to {}: {err}", path.display()))?;
@@ -191,6 +241,10 @@ pub struct Outputs {
     pub stop_request: Option<(usize, String)>,
     /// Non-finite scalars dropped, per monitor index.
     pub dropped_non_finite: Vec<(usize, String, f64)>,
+    /// State monitors handed over during `SAVE_STATE`: (monitor index, bytes).
+    pub saved_states: Vec<(usize, Vec<u8>)>,
+    /// During `RESTORE_STATE`: per monitor index, (plugin version that saved, bytes).
+    pub restoring: Vec<Option<(String, Vec<u8>)>>,
 }
 
 /// The host, as one event's monitors see it.
@@ -293,7 +347,7 @@ const EMPTY_SAMPLER: SamplerDraws<'static> = SamplerDraws {
 };
 
 /// Names [`HostFfi::query`] answers.
-const QUERIES: &str = "vigil.version, vigil.artifact_dir, vigil.labels.train, vigil.labels.val, vigil.parameter_count, vigil.gradient_ema.update, vigil.gradient_ema";
+const QUERIES: &str = "vigil.version, vigil.artifact_dir, vigil.labels.train, vigil.labels.val, vigil.parameter_count, vigil.gradient_ema.update, vigil.gradient_ema, vigil.state.save, vigil.state.saved";
 
 /// Labels as little-endian i64 bytes.
 fn label_bytes(labels: &[i64]) -> RVec<u8> {
@@ -456,6 +510,21 @@ impl HostFfi for HostView<'_> {
                 Ok(Some(summary)) => ROk(summary.to_bytes().into()),
                 Ok(None) => RErr("no gradient averages yet: call vigil.gradient_ema.update at train_batch_end first".into()),
                 Err(err) => RErr(err.to_string().into()),
+            },
+            state::SAVE_QUERY => {
+                if self.event.kind != EventKind::SAVE_STATE {
+                    return RErr(format!("{} works at save_state, not at {}", state::SAVE_QUERY, self.event.kind.name()).into());
+                }
+                self.outputs.saved_states.retain(|(owner, _)| *owner != self.monitor);
+                self.outputs.saved_states.push((self.monitor, input.to_vec()));
+                ROk(RVec::new())
+            }
+            state::SAVED_QUERY => match self.outputs.restoring.get(self.monitor) {
+                Some(Some((version, bytes))) if self.event.kind == EventKind::RESTORE_STATE => {
+                    let saved = state::SavedState { plugin_version: version, bytes };
+                    ROk(saved.encode().into())
+                }
+                _ => RErr(format!("{} works at restore_state, for a monitor that saved state; this is {}", state::SAVED_QUERY, self.event.kind.name()).into()),
             },
             "vigil.version" => ROk(env!("CARGO_PKG_VERSION").as_bytes().to_vec().into()),
             "vigil.labels.train" => ROk(label_bytes(&self.facts.train_labels)),

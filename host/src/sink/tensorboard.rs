@@ -5,6 +5,13 @@
 //! the payload, and the masked CRC-32C of the payload; the mask is
 //! `((crc >> 15) | (crc << 17)) + 0xa282ead8`. The first event holds `file_version =
 //! "brain.Event:2"`. Only the protobuf fields used here are declared.
+//!
+//! A resumed run opens a new file whose second event is `SessionLog { status: START }` at the
+//! checkpoint's step. TensorBoard's reader (for files of version 2) then drops every value at
+//! that step or later that it read before the marker: the steps a killed run wrote past its
+//! checkpoint. The events the run had written *at* the checkpoint's step before the
+//! checkpoint are copied in after the marker ([`TensorBoardSink::resume`]), so that each
+//! (tag, step) has exactly one value.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -26,7 +33,20 @@ pub struct Event {
     pub file_version: Option<String>,
     #[prost(message, optional, tag = "5")]
     pub summary: Option<Summary>,
+    #[prost(message, optional, tag = "7")]
+    pub session_log: Option<SessionLog>,
 }
+
+/// `tensorflow.SessionLog`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SessionLog {
+    /// `SessionStatus`: 1 is `START`.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// `SessionLog.SessionStatus.START`.
+pub const SESSION_START: i32 = 1;
 
 /// `tensorflow.Summary`.
 #[derive(Clone, PartialEq, Message)]
@@ -81,6 +101,14 @@ pub struct HistogramProto {
     pub bucket: Vec<f64>,
 }
 
+/// Where a run's event file stood at a checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TensorBoardMark {
+    /// File name inside the run's `tensorboard/` directory.
+    pub file: String,
+    pub bytes: u64,
+}
+
 /// The CRC-32C of `bytes`, masked as TFRecord does.
 pub fn masked_crc(bytes: &[u8]) -> u32 {
     let crc = crc32c::crc32c(bytes);
@@ -95,6 +123,42 @@ pub struct TensorBoardSink {
 }
 
 impl TensorBoardSink {
+    /// Continue a run's TensorBoard log after a resume from a checkpoint at `step`, taken when
+    /// the file `dir/previous.file` was `previous.bytes` long: a new file, a restart marker at
+    /// `step`, then the events at `step` that the previous file held before the checkpoint.
+    pub fn resume(
+        dir: &Path,
+        previous: &TensorBoardMark,
+        step: u64,
+    ) -> Result<Self> {
+        let old = dir.join(&previous.file);
+        let replay: Vec<Event> = read_records(&old, Some(previous.bytes))?
+            .into_iter()
+            .filter(|event| event.step == step as i64 && event.summary.is_some())
+            .collect();
+        let mut sink = Self::create(dir)?;
+        sink.write_event(&Event {
+            wall_time: super::unix_time(),
+            step: step as i64,
+            session_log: Some(SessionLog {
+                status: SESSION_START,
+            }),
+            ..Event::default()
+        })?;
+        for event in &replay {
+            sink.write_event(event)?;
+        }
+        Ok(sink)
+    }
+
+    /// The file's name inside its directory.
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// Create a new event file in `dir` (created if needed).
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
@@ -129,9 +193,8 @@ impl TensorBoardSink {
         };
         sink.write_event(&Event {
             wall_time: now,
-            step: 0,
             file_version: Some("brain.Event:2".into()),
-            summary: None,
+            ..Event::default()
         })?;
         Ok(sink)
     }
@@ -161,8 +224,8 @@ impl TensorBoardSink {
         Event {
             wall_time,
             step: step as i64,
-            file_version: None,
             summary: Some(Summary { value }),
+            ..Event::default()
         }
     }
 }
@@ -284,7 +347,24 @@ fn png_header(png: &[u8]) -> Option<(u32, u32, i32)> {
 
 /// Read every event of an event file, checking each record's length and both CRCs.
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::io(path, source))?;
+    read_records(path, None)
+}
+
+/// The events of the first `limit` bytes of an event file (all of it for `None`).
+fn read_records(path: &Path, limit: Option<u64>) -> Result<Vec<Event>> {
+    let mut bytes = std::fs::read(path).map_err(|source| Error::io(path, source))?;
+    if let Some(limit) = limit {
+        if (bytes.len() as u64) < limit {
+            return Err(Error::DataCorrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "is {} bytes long, shorter than the {limit} bytes the checkpoint recorded",
+                    bytes.len()
+                ),
+            });
+        }
+        bytes.truncate(limit as usize);
+    }
     let corrupt = |reason: String| Error::DataCorrupt {
         path: path.to_path_buf(),
         reason,
@@ -376,6 +456,52 @@ mod tests {
             .unwrap();
         assert_eq!(histo.num, 4.0);
         assert_eq!(histo.bucket.iter().sum::<f64>(), 4.0);
+    }
+
+    #[test]
+    fn a_resumed_file_starts_with_a_restart_marker_and_the_checkpoint_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = TensorBoardSink::create(dir.path()).unwrap();
+        let record = |step: u64, loss: f64| Record {
+            kind: RecordKind::Train,
+            source: None,
+            epoch: 1,
+            global_step: step,
+            wall_time: 1.0,
+            metrics: vec![("train_loss".into(), loss)],
+        };
+        first.write(&record(4, 0.4)).unwrap();
+        first.write(&record(5, 0.5)).unwrap();
+        first.flush().unwrap();
+        let mark = TensorBoardMark {
+            file: first.file_name(),
+            bytes: std::fs::metadata(first.path()).unwrap().len(),
+        };
+        // Written after the checkpoint at step 5, then the process dies.
+        first.write(&record(5, 9.0)).unwrap();
+        first.write(&record(6, 9.0)).unwrap();
+        first.flush().unwrap();
+
+        let mut resumed = TensorBoardSink::resume(dir.path(), &mark, 5).unwrap();
+        resumed.flush().unwrap();
+        assert_ne!(resumed.path(), first.path());
+        let events = read_events(resumed.path()).unwrap();
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
+        assert_eq!(events[1].step, 5);
+        assert_eq!(events[1].session_log.as_ref().unwrap().status, SESSION_START);
+        let replayed = &events[2];
+        assert_eq!(replayed.step, 5);
+        assert_eq!(
+            replayed.summary.as_ref().unwrap().value[0].simple_value,
+            Some(0.5),
+            "only the value written before the checkpoint"
+        );
+        let short = TensorBoardMark {
+            bytes: mark.bytes * 10,
+            ..mark
+        };
+        assert!(TensorBoardSink::resume(dir.path(), &short, 5).is_err());
     }
 
     #[test]

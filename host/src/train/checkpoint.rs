@@ -2,11 +2,16 @@
 //!
 //! Each checkpoint is a directory `step_<global step>/` with `model.safetensors` (every
 //! variable of the model, batch-norm statistics included), `optimizer.safetensors` (momentum
-//! and moment buffers) and `state.json` (counters, the epoch's running sums, the config). It
-//! is written under a temporary name and renamed into place, and `index.json`, which says
-//! which directories are the best and which is the last, is replaced atomically afterwards; a
-//! crash at any moment leaves the previous complete checkpoint loadable. Directories no longer
-//! referenced are removed only after the new index is in place.
+//! and moment buffers), `host.safetensors` (tensors the host keeps for monitors, such as
+//! gradient averages; absent when there are none), one `monitor-<index>.state` file per
+//! monitor that saved state, and `state.json` (counters, the epoch's running sums, the
+//! effective config, the lengths of every file the run appends to, what each monitor saved).
+//!
+//! Durability: every file is fsynced, the directory is written under a temporary name,
+//! fsynced, renamed into place, and the parent fsynced; only then is `index.json` (which says
+//! which directories are the best and which is the last) replaced atomically and durably. A
+//! crash or power loss at any moment leaves the previous complete checkpoint loadable.
+//! Directories no longer referenced are removed only after the new index is in place.
 
 use std::path::{Path, PathBuf};
 
@@ -14,14 +19,20 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use super::optim::Optimizer;
-use super::run_dir::write_atomically;
+use crate::fs::{self, write_atomically};
 use crate::error::{Error, Result};
+pub use crate::sink::tensorboard::TensorBoardMark;
 
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 const INDEX: &str = "index.json";
 const STATE: &str = "state.json";
 const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
+const HOST: &str = "host.safetensors";
+
+/// The checkpoint format this version writes and reads. Format 1 (vigil 0.1 before faithful
+/// resume) kept the raw config text and derived epoch orders differently; it is refused.
+pub const FORMAT: u32 = 2;
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,12 +55,60 @@ pub struct TrainingState {
     pub val_loss: Option<f64>,
     pub optimizer_steps: u64,
     pub seed: u64,
-    /// The config text the run was started with.
+    /// The effective config of the run (file, overrides and defaults), as TOML.
     pub config: String,
     /// Length of `metrics.jsonl` when the checkpoint was taken: a resumed run cuts the file
     /// back to it, so that no record is written twice.
     pub metrics_bytes: Option<u64>,
+    /// Every other file the run appends to (monitor artifacts), relative to the run
+    /// directory, with its length: a resumed run cuts each back the same way.
+    #[serde(default)]
+    pub appended: std::collections::BTreeMap<String, u64>,
+    /// The TensorBoard event file being written and its length: a resumed run copies the
+    /// events at the checkpoint's step from it into its own file, after a restart marker.
+    #[serde(default)]
+    pub tensorboard: Option<TensorBoardMark>,
+    /// What each monitor left, in config order.
+    #[serde(default)]
+    pub monitors: Vec<SavedMonitor>,
+    /// Gradient averages the host keeps for monitors (their tensors are in `host.safetensors`).
+    #[serde(default)]
+    pub gradient_averages: Vec<SavedGradientAverage>,
     pub vigil_version: String,
+}
+
+/// One monitor's part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedMonitor {
+    pub name: String,
+    pub plugin_version: String,
+    /// The `vigil-plugin-api` version the plugin was built against.
+    pub api_version: String,
+    /// Whether the plugin takes part in saving state (built against API 1.1 or later).
+    pub saves_state: bool,
+    /// The state file in the checkpoint directory, when the monitor returned state.
+    pub state_file: Option<String>,
+    /// Why the monitor had been disabled, if it had.
+    pub disabled: Option<String>,
+}
+
+/// One monitor's host-kept gradient averages (the EMA tensor is `gradient_ema.<owner>` in
+/// `host.safetensors`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedGradientAverage {
+    pub owner: usize,
+    pub beta: f64,
+    pub mean_square: f64,
+    pub updates: u64,
+    pub last_step: Option<u64>,
+}
+
+/// Besides the model and the optimizer: tensors the host keeps (`host.safetensors`) and files
+/// of bytes (monitor state), by file name.
+#[derive(Debug, Default)]
+pub struct Extras {
+    pub tensors: Vec<(String, Tensor)>,
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// One entry of the index.
@@ -95,11 +154,15 @@ impl Checkpoints {
 
     /// Save a checkpoint at `state.global_step`; it becomes `last`, and one of the best if its
     /// validation loss ranks among the best `keep_best`.
+    ///
+    /// A complete checkpoint of the same step is kept as it is: nothing a resume depends on
+    /// changes while the step does not.
     pub fn save(
         &mut self,
         vars: &nn::VarStore,
         optimizer: &Optimizer,
         state: &TrainingState,
+        extras: &Extras,
     ) -> Result<PathBuf> {
         let name = format!("step_{:09}", state.global_step);
         let final_dir = self.root.join(&name);
@@ -107,10 +170,12 @@ impl Checkpoints {
             let temporary = self.root.join(format!(".tmp-{name}"));
             let _ = std::fs::remove_dir_all(&temporary);
             std::fs::create_dir_all(&temporary).map_err(|source| Error::io(&temporary, source))?;
-            write_checkpoint(&temporary, vars, optimizer, state)?;
+            write_checkpoint(&temporary, vars, optimizer, state, extras)?;
+            fs::sync_dir(&temporary)?;
             let _ = std::fs::remove_dir_all(&final_dir);
             std::fs::rename(&temporary, &final_dir)
                 .map_err(|source| Error::io(&final_dir, source))?;
+            fs::sync_dir(&self.root)?;
         }
         let entry = CheckpointEntry {
             dir: name,
@@ -163,29 +228,59 @@ impl Checkpoints {
     }
 }
 
+/// Tensors as contiguous CPU copies, as safetensors needs them.
+fn on_cpu(tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+    tensors
+        .into_iter()
+        .map(|(name, tensor)| Ok((name, tensor.f_to_device(Device::Cpu)?.f_contiguous()?)))
+        .collect()
+}
+
+/// Write `tensors` to `path` and fsync it; safetensors cannot hold zero tensors, so an empty
+/// file stands for none.
+fn write_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    let tensors = on_cpu(tensors)?;
+    if tensors.is_empty() {
+        std::fs::write(path, b"").map_err(|source| Error::io(path, source))?;
+    } else {
+        Tensor::write_safetensors(&tensors, path)?;
+    }
+    fs::sync_file(path)
+}
+
+/// Read what [`write_tensors`] wrote.
+fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let empty = std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .map_err(|source| Error::io(path, source))?;
+    if empty {
+        Ok(Vec::new())
+    } else {
+        Ok(Tensor::read_safetensors(path)?)
+    }
+}
+
 fn write_checkpoint(
     dir: &Path,
     vars: &nn::VarStore,
     optimizer: &Optimizer,
     state: &TrainingState,
+    extras: &Extras,
 ) -> Result<()> {
-    let model: Vec<(String, Tensor)> = vars
-        .variables()
-        .into_iter()
-        .map(|(name, tensor)| Ok((name, tensor.f_to_device(Device::Cpu)?.f_contiguous()?)))
-        .collect::<Result<_>>()?;
-    Tensor::write_safetensors(&model, dir.join(MODEL))?;
-    let (optimizer_state, _) = optimizer.state_tensors();
-    let optimizer_state: Vec<(String, Tensor)> = optimizer_state
-        .into_iter()
-        .map(|(name, tensor)| Ok((name, tensor.f_to_device(Device::Cpu)?.f_contiguous()?)))
-        .collect::<Result<_>>()?;
-    if optimizer_state.is_empty() {
-        // safetensors cannot hold zero tensors; an empty file means "no state yet".
-        std::fs::write(dir.join(OPTIMIZER), b"")
-            .map_err(|source| Error::io(dir.join(OPTIMIZER), source))?;
-    } else {
-        Tensor::write_safetensors(&optimizer_state, dir.join(OPTIMIZER))?;
+    write_tensors(&dir.join(MODEL), vars.variables().into_iter().collect())?;
+    write_tensors(&dir.join(OPTIMIZER), optimizer.state_tensors().0)?;
+    if !extras.tensors.is_empty() {
+        let tensors = extras
+            .tensors
+            .iter()
+            .map(|(name, tensor)| (name.clone(), tensor.shallow_clone()))
+            .collect();
+        write_tensors(&dir.join(HOST), tensors)?;
+    }
+    for (name, bytes) in &extras.files {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|source| Error::io(&path, source))?;
+        fs::sync_file(&path)?;
     }
     let text = serde_json::to_vec_pretty(state).map_err(|source| Error::Json {
         what: "checkpoint state".into(),
@@ -249,14 +344,21 @@ pub fn restore(
     state: &TrainingState,
 ) -> Result<()> {
     vars.load(dir.join(MODEL))?;
-    let optimizer_path = dir.join(OPTIMIZER);
-    let empty = std::fs::metadata(&optimizer_path)
-        .map(|m| m.len() == 0)
-        .map_err(|source| Error::io(&optimizer_path, source))?;
-    let named = if empty {
-        Vec::new()
+    optimizer.load_state(read_tensors(&dir.join(OPTIMIZER))?, state.optimizer_steps)
+}
+
+/// The host's own tensors of a checkpoint (`host.safetensors`), none when it has no such file.
+pub fn host_tensors(dir: &Path) -> Result<Vec<(String, Tensor)>> {
+    let path = dir.join(HOST);
+    if path.is_file() {
+        read_tensors(&path)
     } else {
-        Tensor::read_safetensors(&optimizer_path)?
-    };
-    optimizer.load_state(named, state.optimizer_steps)
+        Ok(Vec::new())
+    }
+}
+
+/// A monitor's saved state file of a checkpoint.
+pub fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    std::fs::read(&path).map_err(|source| Error::io(&path, source))
 }

@@ -3,40 +3,47 @@
 //! the sinks.
 
 pub mod checkpoint;
+mod events;
 mod feed;
 mod optim;
 mod run_dir;
 mod schedule;
 mod services;
+mod split;
+mod state;
+mod step;
+mod validation;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use abi_stable::std_types::{RSlice, RString, RVec};
 use tch::nn::{self, ModuleT};
-use tch::{Device, Kind, Tensor};
-use vigil_plugin_api::{
-    ArtifactKind, EventKind, ImageBatch, SamplerDraws, StepCounters, Subscriptions, ValidationBatch,
-};
+use tch::{Device, Tensor};
+use vigil_plugin_api::{EventKind, SamplerDraws, StepCounters};
 
-use crate::config::{AnomalyPolicy, Settings};
-use crate::data::{Dataset, ImageSet};
-use crate::error::{Error, Result};
+use crate::config::Settings;
+use crate::data::Dataset;
+use crate::error::Result;
 use crate::model::{self, InputShape};
 use crate::plugin::{EventData, PluginHost, RunFacts};
-use crate::sink::{unix_time, Histogram, Record, RecordKind, Sink};
+use crate::sink::{RecordKind, Sink};
 
 pub use checkpoint::{CheckpointIndex, Checkpoints, TrainingState};
+use events::write_monitor_scalars;
 use feed::{choose_device, Feed};
 pub use optim::Optimizer;
-pub use run_dir::{create_run_dir, write_atomically};
+pub use run_dir::create_run_dir;
 pub use schedule::LrSchedule;
 pub use services::batch_hessian_vector_product;
 use services::{parameter_infos, GradientAverages, ProbeCache, TrainerServices};
+use split::TensorSplit;
+pub use state::signal_name;
 
 mod run;
-pub use run::{check_config, train, train_from_file, RunOutcome, TrainRequest};
+pub use run::{check_config, train, train_from_file, Resume, RunOutcome, TrainRequest, CONFIG_FILE};
 
 /// Serialises "seed libtorch's global generator, then initialise a model".
 static SEEDED_INIT: Mutex<()> = Mutex::new(());
@@ -74,79 +81,14 @@ pub struct FitSummary {
     pub steps: u64,
     /// Set when a monitor asked to stop: (monitor, reason).
     pub stopped_by: Option<(String, String)>,
+    /// Set when a signal interrupted training (its number); a checkpoint was written at the
+    /// step training stopped at, and monitors have not seen `fit_end`.
+    pub interrupted: Option<usize>,
 }
 
 impl FitSummary {
     pub fn last(&self) -> Option<&EpochMetrics> {
         self.epochs.last()
-    }
-}
-
-/// A split as tensors on the training device: normalised images and labels.
-pub(crate) struct TensorSplit {
-    images: Tensor,
-    labels: Tensor,
-    /// Per-channel mean and standard deviation used to normalise, to undo it for display.
-    mean: Vec<f32>,
-    std: Vec<f32>,
-}
-
-impl TensorSplit {
-    fn new(set: &ImageSet, mean: &[f32], std: &[f32], device: Device) -> Result<Self> {
-        let shape = [
-            set.len() as i64,
-            set.channels as i64,
-            set.height as i64,
-            set.width as i64,
-        ];
-        let channel_shape = [1, set.channels as i64, 1, 1];
-        let mean_t = Tensor::f_from_slice(mean)?.f_view(channel_shape)?;
-        let std_t = Tensor::f_from_slice(std)?.f_view(channel_shape)?;
-        let images = Tensor::f_from_slice(&set.images)?
-            .f_view(shape)?
-            .f_to_kind(Kind::Float)?
-            .f_div_scalar(255.0)?
-            .f_sub(&mean_t)?
-            .f_div(&std_t)?
-            .f_to_device(device)?;
-        let labels = Tensor::f_from_slice(&set.labels)?.f_to_device(device)?;
-        Ok(TensorSplit {
-            images,
-            labels,
-            mean: mean.to_vec(),
-            std: std.to_vec(),
-        })
-    }
-
-    fn len(&self) -> i64 {
-        self.labels.size()[0]
-    }
-
-    /// The same split, sharing its storage.
-    fn shallow_clone(&self) -> Self {
-        TensorSplit {
-            images: self.images.shallow_clone(),
-            labels: self.labels.shallow_clone(),
-            mean: self.mean.clone(),
-            std: self.std.clone(),
-        }
-    }
-
-    /// The first `count` images, de-normalised to [0, 1], as CPU floats.
-    fn display_images(&self, count: i64) -> Result<Vec<f32>> {
-        let channels = self.mean.len() as i64;
-        let shape = [1, channels, 1, 1];
-        let mean = Tensor::f_from_slice(&self.mean)?.f_view(shape)?;
-        let std = Tensor::f_from_slice(&self.std)?.f_view(shape)?;
-        let images = self
-            .images
-            .f_narrow(0, 0, count)?
-            .f_to_device(Device::Cpu)?
-            .f_mul(&std)?
-            .f_add(&mean)?
-            .f_clamp(0.0, 1.0)?
-            .f_contiguous()?;
-        Ok(Vec::<f32>::try_from(&images.f_reshape([-1])?)?)
     }
 }
 
@@ -196,6 +138,12 @@ pub struct Trainer {
     flat_grads: Option<Tensor>,
     /// The current epoch's sample order, on the CPU and on the device.
     epoch_order: Option<(usize, Vec<i64>, Tensor)>,
+    /// The TensorBoard file (path, name), whose length each checkpoint records.
+    tensorboard: Option<(PathBuf, String)>,
+    /// Monitor state from the checkpoint a run resumes from, handed back when it begins.
+    pending_restore: Option<state::PendingRestore>,
+    /// Set to a signal's number by a signal handler: stop cleanly after the current step.
+    interrupt: Option<&'static AtomicUsize>,
 }
 
 impl Trainer {
@@ -288,52 +236,10 @@ impl Trainer {
             validation_seconds: 0.0,
             flat_grads: None,
             epoch_order: None,
+            tensorboard: None,
+            pending_restore: None,
+            interrupt: None,
         })
-    }
-
-    /// Keep checkpoints in `run_dir`; `config_text` is stored in each so a run can resume,
-    /// and so is the length of `metrics_path` at that point.
-    pub fn keep_checkpoints(
-        &mut self,
-        run_dir: &Path,
-        config_text: String,
-        metrics_path: PathBuf,
-    ) -> Result<()> {
-        self.metrics_path = Some(metrics_path);
-        if self.settings.checkpoint.enabled {
-            self.checkpoints = Some((
-                Checkpoints::open(run_dir, self.settings.checkpoint.keep_best)?,
-                config_text,
-            ));
-        }
-        Ok(())
-    }
-
-    /// Continue from a checkpoint: weights, optimizer state, counters.
-    pub fn resume(&mut self, dir: &Path, state: &TrainingState) -> Result<()> {
-        checkpoint::restore(dir, &mut self.vars, &mut self.optimizer, state)?;
-        if state.batches_done >= self.batches_per_epoch() {
-            // Taken at the end of an epoch, after its epoch record: go on with the next one.
-            self.progress = Progress {
-                global_step: state.global_step,
-                epoch: state.epoch + 1,
-                validation_pass: state.validation_pass,
-                best_val_loss: state.best_val_loss,
-                ..Progress::default()
-            };
-            return Ok(());
-        }
-        self.progress = Progress {
-            global_step: state.global_step,
-            epoch: state.epoch,
-            batches_done: state.batches_done,
-            epoch_loss_sum: state.epoch_loss_sum,
-            epoch_correct: state.epoch_correct,
-            epoch_samples: state.epoch_samples,
-            validation_pass: state.validation_pass,
-            best_val_loss: state.best_val_loss,
-        };
-        Ok(())
     }
 
     pub fn device(&self) -> Device {
@@ -458,6 +364,14 @@ impl Trainer {
         let result = self
             .begin(plugins, sinks)
             .and_then(|()| self.train_timed(sinks, plugins, None));
+        if let Ok(summary) = &result {
+            if summary.interrupted.is_some() {
+                // The run goes on when it is resumed: no `fit_end`.
+                let mut summary = result?;
+                summary.seconds = started.elapsed().as_secs_f64();
+                return Ok(summary);
+            }
+        }
         let ended = self.end(plugins, sinks);
         let mut summary = result?;
         ended?;
@@ -466,13 +380,10 @@ impl Trainer {
         Ok(summary)
     }
 
-    /// Start a run that is trained in parts with [`Trainer::advance`]: the `fit_start` event.
+    /// Start a run that is trained in parts with [`Trainer::advance`]: the `fit_start` event,
+    /// or, for a resumed run, the monitors' state handed back.
     pub fn begin(&mut self, plugins: &mut PluginHost, sinks: &mut [Box<dyn Sink>]) -> Result<()> {
-        self.notify(
-            plugins,
-            sinks,
-            EventData::new(EventKind::FIT_START, self.counters(0, 0), &[]),
-        )
+        self.start_monitors(plugins, sinks)
     }
 
     /// Train until the global step reaches `until` (or the configured epochs end, or a
@@ -540,25 +451,22 @@ impl Trainer {
         until: Option<u64>,
     ) -> Result<()> {
         let reached = |step: u64| until.is_some_and(|until| step >= until);
-        let samples = self.train.len() as usize;
         let batches = self.batches_per_epoch();
         let points = self.validation_points();
         while self.progress.epoch <= self.settings.epochs {
             if reached(self.progress.global_step) {
                 return Ok(());
             }
+            if self.interrupted().is_some() {
+                return self.stop_for_signal(plugins, sinks, summary);
+            }
             let epoch = self.progress.epoch;
             let epoch_started = Instant::now();
-            // The epoch's order, drawn once per epoch (a run trained in parts re-enters here).
-            let order = match self.epoch_order.take() {
-                Some((cached, order, on_device)) if cached == epoch => (order, on_device),
-                _ => {
-                    let order = self.feed.epoch_order(epoch, samples);
-                    let on_device = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
-                    (order, on_device)
-                }
+            let order = self.epoch_order(epoch)?;
+            let order_on_device = match &self.epoch_order {
+                Some((_, _, on_device)) => on_device.shallow_clone(),
+                None => Tensor::f_from_slice(&order)?.f_to_device(self.device)?,
             };
-            let (order, order_on_device) = order;
             if self.progress.batches_done == 0 {
                 let mut event =
                     EventData::new(EventKind::TRAIN_EPOCH_START, self.counters(0, 0), &[]);
@@ -572,7 +480,6 @@ impl Trainer {
                 }
                 self.notify(plugins, sinks, event)?;
             }
-            self.epoch_order = Some((epoch, order, order_on_device.shallow_clone()));
             while self.progress.batches_done < batches {
                 if reached(self.progress.global_step) {
                     return Ok(());
@@ -587,12 +494,15 @@ impl Trainer {
                         let metrics = self.end_epoch(epoch, val, epoch_started, plugins, sinks)?;
                         summary.epochs.push(metrics);
                     }
-                    self.save_checkpoint(sinks, Some(val.loss));
+                    self.save_checkpoint(plugins, sinks, Some(val.loss))?;
                 }
                 if let Some(stop) = plugins.take_stop_request() {
-                    self.save_checkpoint(sinks, None);
+                    self.save_checkpoint(plugins, sinks, None)?;
                     summary.stopped_by = Some(stop);
                     return Ok(());
+                }
+                if self.interrupted().is_some() && self.progress.batches_done < batches {
+                    return self.stop_for_signal(plugins, sinks, summary);
                 }
             }
             self.progress.epoch += 1;
@@ -601,6 +511,32 @@ impl Trainer {
             self.progress.epoch_correct = 0.0;
             self.progress.epoch_samples = 0;
         }
+        Ok(())
+    }
+
+    /// Epoch `epoch`'s sample order, drawn once and cached with its copy on the device (a
+    /// run trained in parts, or resumed mid-epoch, asks again).
+    fn epoch_order(&mut self, epoch: usize) -> Result<Vec<i64>> {
+        if let Some((cached, order, _)) = &self.epoch_order {
+            if *cached == epoch {
+                return Ok(order.clone());
+            }
+        }
+        let order = self.feed.epoch_order(epoch, self.train.len() as usize);
+        let on_device = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
+        self.epoch_order = Some((epoch, order.clone(), on_device));
+        Ok(order)
+    }
+
+    /// A signal asked the run to stop: checkpoint where training stands and return.
+    fn stop_for_signal(
+        &mut self,
+        plugins: &mut PluginHost,
+        sinks: &mut [Box<dyn Sink>],
+        summary: &mut FitSummary,
+    ) -> Result<()> {
+        self.save_checkpoint(plugins, sinks, None)?;
+        summary.interrupted = self.interrupted();
         Ok(())
     }
 
@@ -655,418 +591,4 @@ impl Trainer {
         Ok(metrics)
     }
 
-    fn record(&self, kind: RecordKind, metrics: Vec<(String, f64)>) -> Record {
-        Record {
-            kind,
-            source: None,
-            epoch: self.progress.epoch,
-            global_step: self.progress.global_step,
-            wall_time: unix_time(),
-            metrics,
-        }
-    }
-
-    /// Save a checkpoint at the current step, after flushing the sinks so that the metrics
-    /// file's length can be recorded; a failure is a warning, and the previous checkpoint
-    /// stays as it was.
-    fn save_checkpoint(&mut self, sinks: &mut [Box<dyn Sink>], val_loss: Option<f64>) {
-        if self.checkpoints.is_none() {
-            return;
-        }
-        let flushed = sinks.iter_mut().try_for_each(|sink| sink.flush());
-        let metrics_bytes = self
-            .metrics_path
-            .as_ref()
-            .and_then(|path| std::fs::metadata(path).ok())
-            .map(|m| m.len());
-        let Some((checkpoints, config)) = &mut self.checkpoints else {
-            return;
-        };
-        if let Err(err) = flushed {
-            let message = format!(
-                "checkpoint at step {} not written: flushing metrics failed: {err}",
-                self.progress.global_step
-            );
-            tracing::warn!("{message}");
-            self.warnings.push(message);
-            return;
-        }
-        let progress = &self.progress;
-        let state = TrainingState {
-            format: 1,
-            global_step: progress.global_step,
-            epoch: progress.epoch,
-            batches_done: progress.batches_done,
-            epoch_loss_sum: progress.epoch_loss_sum,
-            epoch_correct: progress.epoch_correct,
-            epoch_samples: progress.epoch_samples,
-            validation_pass: progress.validation_pass,
-            best_val_loss: progress.best_val_loss,
-            val_loss,
-            optimizer_steps: self.optimizer.state_tensors().1,
-            seed: self.settings.seed,
-            config: config.clone(),
-            metrics_bytes,
-            vigil_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        if let Err(err) = checkpoints.save(&self.vars, &self.optimizer, &state) {
-            let message = format!(
-                "checkpoint at step {} not written (the previous one is intact): {err}",
-                state.global_step
-            );
-            tracing::warn!("{message}");
-            self.warnings.push(message);
-        }
-    }
-
-    /// Dispatch one event and route what the monitors logged.
-    fn notify(
-        &self,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
-        event: EventData<'_>,
-    ) -> Result<()> {
-        if !plugins.wants(event.kind) {
-            return Ok(());
-        }
-        let mut scalars = Vec::new();
-        let dispatched = plugins.dispatch(&event, &self.services(), &mut scalars);
-        write_monitor_scalars(
-            sinks,
-            scalars,
-            event.counters.epoch as usize,
-            event.counters.global_step,
-        )?;
-        for (monitor, path, kind) in plugins.take_artifacts() {
-            if kind != ArtifactKind::PNG {
-                continue;
-            }
-            // The file was just written; TensorBoard shows it under a tag that stays the
-            // same from epoch to epoch, so its slider steps through them.
-            let png = std::fs::read(&path).map_err(|source| Error::io(&path, source))?;
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let tag = format!("{monitor}/{name}");
-            for sink in sinks.iter_mut() {
-                sink.image(&tag, event.counters.global_step, unix_time(), &png)?;
-            }
-        }
-        dispatched
-    }
-
-    /// A histogram of every parameter's values, under `weights/<name>`.
-    fn write_weight_histograms(&self, sinks: &mut [Box<dyn Sink>]) -> Result<()> {
-        let _no_grad = tch::no_grad_guard();
-        for (name, parameter) in self.parameter_names.iter().zip(&self.parameters) {
-            let values = Vec::<f32>::try_from(
-                &parameter
-                    .f_to_device(Device::Cpu)?
-                    .f_to_kind(Kind::Float)?
-                    .f_reshape([-1])?,
-            )?;
-            let histogram = Histogram::of(&values, 30);
-            let tag = format!("weights/{name}");
-            for sink in sinks.iter_mut() {
-                sink.histogram(&tag, self.progress.global_step, unix_time(), &histogram)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn train_batch(
-        &mut self,
-        batch_index: u32,
-        order: &Tensor,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
-    ) -> Result<()> {
-        let samples = self.train.len();
-        let batch_size = self.settings.batch_size as i64;
-        let start = i64::from(batch_index) * batch_size;
-        let size = batch_size.min(samples - start);
-        let indices = order.f_narrow(0, start, size)?;
-        let images = self.feed.augment(
-            &self.train.images.f_index_select(0, &indices)?,
-            self.progress.global_step,
-        )?;
-        let labels = self.train.labels.f_index_select(0, &indices)?;
-        let lr = self.schedule.at(self.progress.global_step);
-        let logits = self.model.forward_t(&images, true);
-        let loss = cross_entropy(&logits, &labels, tch::Reduction::Mean)?;
-        let loss_value = loss.f_double_value(&[])?;
-        self.optimizer.zero_grad();
-        let mut skip = false;
-        if !loss_value.is_finite() {
-            skip = self.anomaly(format!("training loss is {loss_value}"))?;
-        }
-        if !skip {
-            loss.f_backward()?;
-            if self.flat_grads.is_none() && plugins.subscribes(Subscriptions::GRADIENT) {
-                self.flat_grads = services::flatten_grads(&self.parameters)?;
-            }
-        }
-        let grad_norm = match self.settings.optim.clip_grad_norm {
-            Some(max) if !skip => {
-                let norm = self.optimizer.clip_grad_norm(max)?;
-                if !norm.is_finite() {
-                    skip = self.anomaly(format!("gradient norm is {norm}"))?;
-                }
-                Some(norm)
-            }
-            _ => None,
-        };
-        let batch_correct = correct_count(&logits, &labels)?;
-        let mut values = vec![
-            ("train_loss", loss_value),
-            ("train_loss_bits", loss_value / std::f64::consts::LN_2),
-            ("train_acc", batch_correct / size as f64),
-            ("lr", lr),
-            ("wd", self.settings.optim.weight_decay),
-        ];
-        if let Some(norm) = grad_norm {
-            values.push(("grad_norm_before_clip", norm));
-        }
-        if plugins.wants(EventKind::TRAIN_BATCH_END) && !skip {
-            let counters = self.counters(batch_index, size as u32);
-            self.notify(
-                plugins,
-                sinks,
-                EventData::new(EventKind::TRAIN_BATCH_END, counters, &values),
-            )?;
-        }
-        if !skip {
-            self.optimizer.step(lr)?;
-            self.progress.global_step += 1;
-        }
-        self.progress.batches_done += 1;
-        if loss_value.is_finite() {
-            self.progress.epoch_loss_sum += loss_value * size as f64;
-            self.progress.epoch_correct += batch_correct;
-            self.progress.epoch_samples += size as u64;
-        }
-        let mut record = self.record(
-            RecordKind::Train,
-            values.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
-        );
-        if skip {
-            record.metrics.push(("skipped".into(), 1.0));
-        }
-        for sink in sinks.iter_mut() {
-            sink.write(&record)?;
-        }
-        Ok(())
-    }
-
-    /// Apply the anomaly policy; returns whether to skip the optimizer step.
-    fn anomaly(&mut self, what: String) -> Result<bool> {
-        let step = self.progress.global_step;
-        match self.settings.anomaly_policy {
-            AnomalyPolicy::Stop => Err(Error::Diverged {
-                epoch: self.progress.epoch,
-                step,
-                what: format!("{what} (anomaly_policy = \"stop\"; lower `optim.lr`, set `optim.clip_grad_norm`, or choose \"skip_batch\")"),
-            }),
-            AnomalyPolicy::SkipBatch | AnomalyPolicy::Warn => {
-                let skip = self.settings.anomaly_policy == AnomalyPolicy::SkipBatch;
-                let message = format!(
-                    "step {step}, epoch {}: {what}; {}",
-                    self.progress.epoch,
-                    if skip { "batch skipped" } else { "step taken anyway (anomaly_policy = \"warn\")" }
-                );
-                tracing::warn!("{message}");
-                self.warnings.push(message);
-                Ok(skip)
-            }
-        }
-    }
-
-    /// Validate, record `val_loss`, `val_acc` and `best_val_loss`, and tell the monitors.
-    fn validate(
-        &mut self,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
-    ) -> Result<PassMetrics> {
-        let started = Instant::now();
-        let metrics = self.evaluate_monitored(plugins, sinks);
-        self.validation_seconds += started.elapsed().as_secs_f64();
-        let metrics = metrics?;
-        let best = self
-            .progress
-            .best_val_loss
-            .map_or(metrics.loss, |b| b.min(metrics.loss));
-        self.progress.best_val_loss = Some(best);
-        let record = self.record(
-            RecordKind::Validation,
-            vec![
-                ("val_loss".into(), metrics.loss),
-                ("val_acc".into(), metrics.accuracy),
-                ("best_val_loss".into(), best),
-            ],
-        );
-        for sink in sinks.iter_mut() {
-            sink.write(&record)?;
-        }
-        Ok(metrics)
-    }
-
-    /// Loss and accuracy on the validation (test) split, without gradients and in eval mode.
-    pub fn evaluate(&mut self) -> Result<PassMetrics> {
-        self.evaluate_monitored(&mut PluginHost::empty(), &mut [])
-    }
-
-    fn evaluate_monitored(
-        &mut self,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
-    ) -> Result<PassMetrics> {
-        let _no_grad = tch::no_grad_guard();
-        self.progress.validation_pass += 1;
-        let samples = self.test.len();
-        let batch_size = self.settings.eval_batch_size as i64;
-        let per_batch = plugins.wants(EventKind::VALIDATION_BATCH_END);
-        let copy_outputs = per_batch && plugins.subscribes(Subscriptions::VALIDATION_OUTPUTS);
-        let want_images = plugins.wants(EventKind::VALIDATION_END)
-            && plugins.subscribes(Subscriptions::SAMPLE_IMAGES);
-        let image_count = samples.min(SAMPLE_IMAGES as i64);
-        let mut image_predictions: Vec<i64> = Vec::new();
-        let num_classes = self.class_names.len() as u32;
-        let (mut loss_sum, mut correct) = (0f64, 0f64);
-        let (mut start, mut batch_index) = (0, 0u32);
-        while start < samples {
-            let size = batch_size.min(samples - start);
-            let images = self.test.images.f_narrow(0, start, size)?;
-            let labels = self.test.labels.f_narrow(0, start, size)?;
-            let logits = self.model.forward_t(&images, false);
-            loss_sum += cross_entropy(&logits, &labels, tch::Reduction::Sum)?.f_double_value(&[])?;
-            let predictions = logits.f_argmax(-1, false)?;
-            correct += predictions
-                .f_eq_tensor(&labels)?
-                .f_sum(Kind::Float)?
-                .f_double_value(&[])?;
-            let need_predictions =
-                copy_outputs || (want_images && (image_predictions.len() as i64) < image_count);
-            let mut cpu_predictions = Vec::new();
-            if need_predictions {
-                cpu_predictions = Vec::<i64>::try_from(&predictions.f_to_device(Device::Cpu)?)?;
-                if want_images {
-                    let missing = (image_count as usize).saturating_sub(image_predictions.len());
-                    image_predictions.extend(cpu_predictions.iter().take(missing));
-                }
-            }
-            if per_batch {
-                let (cpu_logits, cpu_labels) = if copy_outputs {
-                    (
-                        Vec::<f32>::try_from(
-                            &logits
-                                .f_to_device(Device::Cpu)?
-                                .f_to_kind(Kind::Float)?
-                                .f_reshape([-1])?,
-                        )?,
-                        Vec::<i64>::try_from(&labels.f_to_device(Device::Cpu)?)?,
-                    )
-                } else {
-                    (Vec::new(), Vec::new())
-                };
-                let mut event = EventData::new(
-                    EventKind::VALIDATION_BATCH_END,
-                    self.counters(batch_index, size as u32),
-                    &[],
-                );
-                if copy_outputs {
-                    event.validation = Some(ValidationBatch {
-                        logits: RSlice::from_slice(&cpu_logits),
-                        predictions: RSlice::from_slice(&cpu_predictions),
-                        labels: RSlice::from_slice(&cpu_labels),
-                        num_classes,
-                    });
-                }
-                self.notify(plugins, sinks, event)?;
-            }
-            start += size;
-            batch_index += 1;
-        }
-        let metrics = PassMetrics {
-            loss: loss_sum / samples as f64,
-            accuracy: correct / samples as f64,
-        };
-        if plugins.wants(EventKind::VALIDATION_END) {
-            let values = [("val_loss", metrics.loss), ("val_acc", metrics.accuracy)];
-            let mut event = EventData::new(EventKind::VALIDATION_END, self.counters(0, 0), &values);
-            let (pixels, labels) = if want_images {
-                (
-                    self.test.display_images(image_count)?,
-                    Vec::<i64>::try_from(
-                        &self
-                            .test
-                            .labels
-                            .f_narrow(0, 0, image_count)?
-                            .f_to_device(Device::Cpu)?,
-                    )?,
-                )
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            if want_images {
-                let size = self.test.images.size();
-                event.images = Some(ImageBatch {
-                    pixels: RSlice::from_slice(&pixels),
-                    count: image_count as u32,
-                    channels: size[1] as u32,
-                    height: size[2] as u32,
-                    width: size[3] as u32,
-                    labels: RSlice::from_slice(&labels),
-                    predictions: RSlice::from_slice(&image_predictions),
-                });
-            }
-            self.notify(plugins, sinks, event)?;
-        }
-        Ok(metrics)
-    }
-}
-
-fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: tch::Reduction) -> Result<Tensor> {
-    Ok(logits.f_cross_entropy_loss::<Tensor>(labels, None, reduction, -100, 0.0)?)
-}
-
-/// How many rows of `logits` put their maximum on the label.
-fn correct_count(logits: &Tensor, labels: &Tensor) -> Result<f64> {
-    Ok(logits
-        .f_argmax(-1, false)?
-        .f_eq_tensor(labels)?
-        .f_sum(Kind::Float)?
-        .f_double_value(&[])?)
-}
-
-/// One record per monitor for the scalars monitors logged at one event.
-fn write_monitor_scalars(
-    sinks: &mut [Box<dyn Sink>],
-    scalars: Vec<(String, String, f64)>,
-    epoch: usize,
-    global_step: u64,
-) -> Result<()> {
-    let mut records: Vec<Record> = Vec::new();
-    for (monitor, metric, value) in scalars {
-        match records
-            .iter_mut()
-            .find(|r| r.source.as_deref() == Some(monitor.as_str()))
-        {
-            Some(record) => record.metrics.push((metric, value)),
-            None => records.push(Record {
-                kind: RecordKind::Monitor,
-                source: Some(monitor),
-                epoch,
-                global_step,
-                wall_time: unix_time(),
-                metrics: vec![(metric, value)],
-            }),
-        }
-    }
-    for record in &records {
-        for sink in sinks.iter_mut() {
-            sink.write(record)?;
-        }
-    }
-    Ok(())
 }

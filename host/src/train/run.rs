@@ -1,34 +1,59 @@
 //! `vigil train` and `vigil check` end to end: config, data, model, monitors, run directory,
-//! sinks, training, `run.json`.
+//! sinks, training, `run.json`; and `--resume`, which continues the run a directory holds
+//! from the effective config it keeps, refusing anything that would change what it computes.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
-use super::{checkpoint, create_run_dir, write_atomically, FitSummary, Trainer};
-use crate::config::{read_config, MonitorSettings, Settings};
+use super::checkpoint::{self, TrainingState};
+use super::{create_run_dir, signal_name, FitSummary, Trainer};
+use crate::config::{read_config, MonitorSettings, Settings, RESUMABLE_KEYS};
 use crate::data;
 use crate::error::{Error, Result};
+use crate::fs::{cut_back, write_atomically};
 use crate::plugin::{resolve, PluginHost};
 use crate::sink::{Background, ConsoleSink, JsonlSink, Sink, TensorBoardSink};
+
+/// The effective config a run directory keeps.
+pub const CONFIG_FILE: &str = "config.toml";
+const METRICS_FILE: &str = "metrics.jsonl";
+const RUN_FILE: &str = "run.json";
 
 /// What `vigil train` was asked to do.
 #[derive(Debug, Clone, Default)]
 pub struct TrainRequest {
-    /// A config for a new run.
+    /// A config for a new run (or, with [`Resume::Auto`], for a run that may exist).
     pub config: Option<PathBuf>,
-    /// A run directory to continue from its newest checkpoint.
-    pub resume: Option<PathBuf>,
+    /// Continue a run from its newest checkpoint.
+    pub resume: Option<Resume>,
     /// `--set key=value` overrides.
     pub overrides: Vec<String>,
+    /// A flag a signal handler sets ([`crate::interrupt::install`]): stop cleanly.
+    pub interrupt: Option<&'static AtomicUsize>,
 }
 
-/// A finished run: where it wrote and what it measured.
+/// Which run `--resume` continues.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// `--resume RUN_DIR`: the run in this directory, trained from the config it keeps.
+    Dir(PathBuf),
+    /// `CONFIG --resume auto`: the run in the config's `run_dir` if it holds one of the same
+    /// effective config, else a new run there. A requeued job runs the same command again.
+    Auto,
+}
+
+/// A finished, interrupted or already complete run: where it wrote and what it measured.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
     pub run_dir: PathBuf,
     pub dataset: String,
     pub summary: FitSummary,
     pub best_val_loss: Option<f64>,
+    /// The signal that interrupted training (a checkpoint was written), if one did.
+    pub interrupted: Option<usize>,
+    /// `--resume` found the run already completed and did nothing.
+    pub already_complete: bool,
 }
 
 /// Train from a config file, as `vigil train CONFIG` does.
@@ -70,24 +95,197 @@ pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
     ))
 }
 
-/// Train as the request says. Validation of everything (config, data, plugins) happens before
-/// the run directory is created; `run.json` is written even when training fails.
-pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
-    let (config_path, resume) = match (&request.config, &request.resume) {
-        (Some(config), None) => (config.clone(), None),
-        (None, Some(run_dir)) => (
-            run_dir.join("config.toml"),
-            Some(checkpoint::latest(run_dir)?),
-        ),
-        _ => {
-            return Err(Error::Config {
-                location: "vigil train".into(),
-                message: "give either a CONFIG file or --resume RUN_DIR".into(),
+/// A run to start, or one to continue.
+enum Plan {
+    New {
+        settings: Settings,
+        config_path: PathBuf,
+    },
+    Resume {
+        settings: Settings,
+        run_dir: PathBuf,
+        checkpoint_dir: PathBuf,
+        state: Box<TrainingState>,
+    },
+}
+
+/// Decide what the request means, checking everything a resume depends on before any file
+/// is touched.
+fn plan(request: &TrainRequest) -> Result<Plan> {
+    let usage = || Error::Config {
+        location: "vigil train".into(),
+        message: "give a CONFIG file, CONFIG --resume auto, or --resume RUN_DIR".into(),
+    };
+    match (&request.config, &request.resume) {
+        (Some(config), None) => Ok(Plan::New {
+            settings: Settings::load(config, &request.overrides)?,
+            config_path: config.clone(),
+        }),
+        (None, Some(Resume::Dir(run_dir))) => {
+            let stored = stored_config(run_dir)?;
+            let requested = Settings::from_toml_with(
+                &stored.1,
+                &run_dir.join(CONFIG_FILE),
+                &request.overrides,
+            )?;
+            plan_resume(run_dir, &stored.0, requested, "--set")
+        }
+        (Some(config), Some(Resume::Auto)) => {
+            let requested = Settings::load(config, &request.overrides)?;
+            let Some(run_dir) = requested.run_dir.clone() else {
+                return Err(Error::Config {
+                    location: config.display().to_string(),
+                    message: "`--resume auto` needs `run_dir` in the config (or --set run_dir=DIR), \
+                              so that running the same command again finds the same run"
+                        .into(),
+                });
+            };
+            if checkpoint::latest(&run_dir).is_ok() {
+                let (stored, _) = stored_config(&run_dir)?;
+                return plan_resume(&run_dir, &stored, requested, "the config");
+            }
+            start_over_if_unfinished(&run_dir, &requested)?;
+            Ok(Plan::New {
+                settings: requested,
+                config_path: config.clone(),
             })
         }
+        _ => Err(usage()),
+    }
+}
+
+/// The effective config a run directory keeps: parsed, and its text.
+fn stored_config(run_dir: &Path) -> Result<(Settings, String)> {
+    let path = run_dir.join(CONFIG_FILE);
+    let text = read_config(&path).map_err(|_| Error::Config {
+        location: run_dir.display().to_string(),
+        message: format!("has no {CONFIG_FILE}; is it a run directory written by `vigil train`?"),
+    })?;
+    Ok((Settings::from_toml(&text, &path)?, text))
+}
+
+fn plan_resume(
+    run_dir: &Path,
+    stored: &Settings,
+    mut requested: Settings,
+    asked_by: &str,
+) -> Result<Plan> {
+    let (checkpoint_dir, state) = checkpoint::latest(run_dir)?;
+    if state.format != checkpoint::FORMAT {
+        return Err(Error::Config {
+            location: checkpoint_dir.display().to_string(),
+            message: format!(
+                "is a checkpoint of format {} (written by vigil {}); this vigil resumes format {} only, \
+                 because epoch orders and monitor state are kept differently: start a new run",
+                state.format,
+                state.vigil_version,
+                checkpoint::FORMAT
+            ),
+        });
+    }
+    let saved = Settings::from_toml(&state.config, &checkpoint_dir.join("state.json"))?;
+    let edited = saved.trajectory_differences(stored);
+    if !edited.is_empty() {
+        return Err(Error::Config {
+            location: run_dir.join(CONFIG_FILE).display().to_string(),
+            message: format!(
+                "differs from the config of the checkpoint {} in {}: the file was edited after the \
+                 run started; put it back, or start a new run",
+                checkpoint_dir.display(),
+                keys(&edited)
+            ),
+        });
+    }
+    let changed = stored.trajectory_differences(&requested);
+    if !changed.is_empty() {
+        return Err(Error::Config {
+            location: run_dir.display().to_string(),
+            message: format!(
+                "{asked_by} would change {} of this run, which changes what it computes; a resumed run \
+                 keeps its config (may change: {}). Start a new run for another setting",
+                keys(&changed),
+                RESUMABLE_KEYS.join(", ")
+            ),
+        });
+    }
+    if requested.epochs < state.epoch {
+        return Err(Error::Config {
+            location: run_dir.display().to_string(),
+            message: format!(
+                "`epochs` = {} is less than the epoch the checkpoint is in ({}); a run can only be trained longer",
+                requested.epochs, state.epoch
+            ),
+        });
+    }
+    requested.run_dir = Some(run_dir.to_path_buf());
+    Ok(Plan::Resume {
+        settings: requested,
+        run_dir: run_dir.to_path_buf(),
+        checkpoint_dir,
+        state: Box::new(state),
+    })
+}
+
+fn keys(keys: &[String]) -> String {
+    keys.iter()
+        .map(|key| format!("`{key}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// For `--resume auto` when the run directory holds no checkpoint: an empty or missing
+/// directory is simply used; a run of the same effective config that stopped before its
+/// first checkpoint is started over (its partial outputs removed); anything else is refused.
+fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> {
+    let occupied = std::fs::read_dir(run_dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    if !occupied {
+        return Ok(());
+    }
+    let Ok((stored, _)) = stored_config(run_dir) else {
+        return Err(Error::Config {
+            location: run_dir.display().to_string(),
+            message: "is not empty and holds no vigil run; choose another `run_dir`".into(),
+        });
     };
-    let config_text = read_config(&config_path)?;
-    let settings = Settings::from_toml_with(&config_text, &config_path, &request.overrides)?;
+    let changed = stored.trajectory_differences(requested);
+    if !changed.is_empty() {
+        return Err(Error::Config {
+            location: run_dir.display().to_string(),
+            message: format!(
+                "holds a run of another config (it differs in {}); choose another `run_dir`",
+                keys(&changed)
+            ),
+        });
+    }
+    println!(
+        "{}: the run stopped before its first checkpoint; starting it over",
+        run_dir.display()
+    );
+    for name in [METRICS_FILE, RUN_FILE, CONFIG_FILE] {
+        let path = run_dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| Error::io(&path, source))?;
+        }
+    }
+    for name in ["tensorboard", "artifacts", checkpoint::CHECKPOINT_DIR] {
+        let path = run_dir.join(name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|source| Error::io(&path, source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Train as the request says. Everything (config, resume checks, data, plugins) is validated
+/// before the run directory is created or changed; `run.json` is written even when training
+/// fails.
+pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
+    let plan = plan(request)?;
+    let settings = match &plan {
+        Plan::New { settings, .. } | Plan::Resume { settings, .. } => settings.clone(),
+    };
     let dataset = data::load(&settings.data.source)?;
     println!(
         "data: {} ({} train, {} validation images of {}×{}×{}, {} classes)",
@@ -119,13 +317,43 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         trainer.counters(0, 0),
     )?;
 
-    let (run_dir, metrics) = match (&resume, &request.resume) {
-        (Some((checkpoint_dir, state)), Some(run_dir)) => {
-            trainer.resume(checkpoint_dir, state)?;
-            let metrics_path = run_dir.join("metrics.jsonl");
-            if let Some(length) = state.metrics_bytes {
-                cut_back(&metrics_path, length)?;
+    let (run_dir, settings, metrics, tensorboard, resumed_from, previous) = match plan {
+        Plan::Resume {
+            settings,
+            run_dir,
+            checkpoint_dir,
+            state,
+        } => {
+            trainer.resume(&checkpoint_dir, &state)?;
+            let previous = read_previous_run(&run_dir);
+            if trainer.is_complete() && previous["status"] == "completed" {
+                println!(
+                    "{} already completed its {} epochs; nothing to do",
+                    run_dir.display(),
+                    settings.epochs
+                );
+                return Ok(RunOutcome {
+                    run_dir,
+                    dataset: dataset.name,
+                    summary: FitSummary::default(),
+                    best_val_loss: trainer.best_val_loss(),
+                    interrupted: None,
+                    already_complete: true,
+                });
             }
+            let metrics_path = run_dir.join(METRICS_FILE);
+            cut_back(&metrics_path, state.metrics_bytes.unwrap_or(0))?;
+            plugins.set_artifact_dir(run_dir.join("artifacts"));
+            plugins.restore_appended_artifacts(&state.appended)?;
+            let tensorboard = match &state.tensorboard {
+                Some(mark) => TensorBoardSink::resume(
+                    &run_dir.join("tensorboard"),
+                    mark,
+                    state.global_step,
+                )?,
+                None => TensorBoardSink::create(&run_dir.join("tensorboard"))?,
+            };
+            write_atomically(&run_dir.join(CONFIG_FILE), settings.to_toml().as_bytes())?;
             println!(
                 "resuming {} from step {} (epoch {}, batch {})",
                 run_dir.display(),
@@ -133,19 +361,50 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                 state.epoch,
                 state.batches_done
             );
-            (run_dir.clone(), JsonlSink::append(&metrics_path)?)
+            let metrics = JsonlSink::append(&metrics_path)?;
+            (
+                run_dir,
+                settings,
+                metrics,
+                tensorboard,
+                Some(state.global_step),
+                previous,
+            )
         }
-        _ => {
+        Plan::New {
+            mut settings,
+            config_path,
+        } => {
             let run_dir = create_run_dir(&settings)?;
-            let copy = run_dir.join("config.toml");
-            write_atomically(&copy, config_text.as_bytes())?;
-            println!("run directory: {}", run_dir.display());
-            let metrics = JsonlSink::create(&run_dir.join("metrics.jsonl"))?;
-            (run_dir, metrics)
+            settings.run_dir = Some(run_dir.clone());
+            write_atomically(&run_dir.join(CONFIG_FILE), settings.to_toml().as_bytes())?;
+            println!(
+                "run directory: {} (config {})",
+                run_dir.display(),
+                config_path.display()
+            );
+            let metrics = JsonlSink::create(&run_dir.join(METRICS_FILE))?;
+            plugins.set_artifact_dir(run_dir.join("artifacts"));
+            let tensorboard = TensorBoardSink::create(&run_dir.join("tensorboard"))?;
+            (
+                run_dir,
+                settings,
+                metrics,
+                tensorboard,
+                None,
+                serde_json::Value::Null,
+            )
         }
     };
-    trainer.keep_checkpoints(&run_dir, config_text, run_dir.join("metrics.jsonl"))?;
-    plugins.set_artifact_dir(run_dir.join("artifacts"));
+    trainer.keep_checkpoints(
+        &run_dir,
+        settings.to_toml(),
+        run_dir.join(METRICS_FILE),
+        Some((tensorboard.path().to_path_buf(), tensorboard.file_name())),
+    )?;
+    if let Some(flag) = request.interrupt {
+        trainer.interrupt_on(flag);
+    }
     let total_steps = u64::from(trainer.batches_per_epoch()) * settings.epochs as u64;
     let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(ConsoleSink::new(
@@ -154,10 +413,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             trainer.global_step(),
         )),
         Box::new(Background::spawn("metrics.jsonl", Box::new(metrics))),
-        Box::new(Background::spawn(
-            "tensorboard",
-            Box::new(TensorBoardSink::create(&run_dir.join("tensorboard"))?),
-        )),
+        Box::new(Background::spawn("tensorboard", Box::new(tensorboard))),
     ];
     let started = Instant::now();
     let fitted = trainer.fit_monitored(&mut sinks, &mut plugins);
@@ -165,7 +421,9 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     let flushed = sinks.iter_mut().try_for_each(|sink| sink.flush());
     drop(sinks);
 
+    let interrupted = fitted.as_ref().ok().and_then(|s| s.interrupted);
     let (status, error) = match &fitted {
+        Ok(_) if interrupted.is_some() => ("interrupted", None),
         Ok(summary) if summary.stopped_by.is_some() => ("stopped", None),
         Ok(_) => ("completed", None),
         Err(err) => ("failed", Some(err.to_string())),
@@ -174,6 +432,14 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     let last = summary.and_then(FitSummary::last);
     let mut warnings: Vec<String> = trainer.warnings().to_vec();
     warnings.extend(plugins.warnings().iter().cloned());
+    let mut attempts = previous["attempts"].as_array().cloned().unwrap_or_default();
+    attempts.push(serde_json::json!({
+        "from_step": resumed_from.unwrap_or(0),
+        "to_step": trainer.global_step(),
+        "status": status,
+        "signal": interrupted.map(signal_name),
+        "wall_time_s": loop_seconds,
+    }));
     let run_summary = serde_json::json!({
         "name": settings.name,
         "status": status,
@@ -182,8 +448,10 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             "monitor": monitor,
             "reason": reason,
         })),
-        "config": config_path.display().to_string(),
-        "resumed_from_step": resume.as_ref().map(|(_, state)| state.global_step),
+        "interrupted_by": interrupted.map(signal_name),
+        "config": run_dir.join(CONFIG_FILE).display().to_string(),
+        "resumed_from_step": resumed_from,
+        "attempts": attempts,
         "dataset": dataset.name,
         "model": settings.model.kind.name(),
         "parameters": trainer.parameter_count(),
@@ -210,7 +478,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         what: "run summary".into(),
         source,
     })?;
-    write_atomically(&run_dir.join("run.json"), &text)?;
+    write_atomically(&run_dir.join(RUN_FILE), &text)?;
     let summary = fitted?;
     flushed?;
     if let Some((monitor, reason)) = &summary.stopped_by {
@@ -221,22 +489,15 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         dataset: dataset.name,
         best_val_loss: trainer.best_val_loss(),
         summary,
+        interrupted,
+        already_complete: false,
     })
 }
 
-/// Cut `metrics.jsonl` back to the length it had at the checkpoint.
-fn cut_back(path: &Path, length: u64) -> Result<()> {
-    let current = std::fs::metadata(path)
-        .map_err(|source| Error::io(path, source))?
-        .len();
-    if current > length {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|source| Error::io(path, source))?;
-        file.set_len(length)
-            .map_err(|source| Error::io(path, source))?;
-        file.sync_all().map_err(|source| Error::io(path, source))?;
-    }
-    Ok(())
+/// The `run.json` an earlier attempt of this run left, if any.
+fn read_previous_run(run_dir: &Path) -> serde_json::Value {
+    std::fs::read(run_dir.join(RUN_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(serde_json::Value::Null)
 }

@@ -1,7 +1,6 @@
 //! The run directory: created fresh for each run, never reused by accident.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -43,26 +42,6 @@ pub fn create_run_dir(settings: &Settings) -> Result<PathBuf> {
         }
     }
     unreachable!("the attempt counter is unbounded")
-}
-
-/// Write `bytes` to `path` so that readers see either the old file or the whole new one:
-/// write a temporary file beside it, sync it, and rename it over the target.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    result.map_err(|source| {
-        let _ = std::fs::remove_file(&temporary);
-        Error::io(path, source)
-    })
 }
 
 /// Keep a run name usable as a directory name.
@@ -122,16 +101,6 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(20_415), (2025, 11, 23));
-    }
-
-    #[test]
-    fn atomic_write_replaces_the_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run.json");
-        write_atomically(&path, b"first").unwrap();
-        write_atomically(&path, b"second").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -45,6 +45,63 @@ impl ProbeCache {
 #[derive(Default)]
 pub(super) struct GradientAverages(RefCell<HashMap<usize, GradientEma>>);
 
+impl GradientAverages {
+    /// Every monitor's averages, for a checkpoint: the scalars, and the EMA tensors named
+    /// `gradient_ema.<owner>`.
+    pub fn snapshot(&self) -> (Vec<super::checkpoint::SavedGradientAverage>, Vec<(String, Tensor)>) {
+        let averages = self.0.borrow();
+        let mut owners: Vec<&usize> = averages.keys().collect();
+        owners.sort();
+        owners
+            .into_iter()
+            .map(|&owner| {
+                let ema = &averages[&owner];
+                (
+                    super::checkpoint::SavedGradientAverage {
+                        owner,
+                        beta: ema.beta,
+                        mean_square: ema.mean_square,
+                        updates: ema.updates,
+                        last_step: ema.last_step,
+                    },
+                    (format!("gradient_ema.{owner}"), ema.mean.shallow_clone()),
+                )
+            })
+            .unzip()
+    }
+
+    /// Put back what [`GradientAverages::snapshot`] saved, on `device`.
+    pub fn restore(
+        &self,
+        saved: &[super::checkpoint::SavedGradientAverage],
+        tensors: &[(String, Tensor)],
+        device: Device,
+    ) -> Result<()> {
+        let mut averages = self.0.borrow_mut();
+        averages.clear();
+        for entry in saved {
+            let name = format!("gradient_ema.{}", entry.owner);
+            let mean = tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| t.f_to_device(device))
+                .transpose()?
+                .ok_or_else(|| Error::Capability(format!("the checkpoint lacks the tensor `{name}`")))?;
+            averages.insert(
+                entry.owner,
+                GradientEma {
+                    beta: entry.beta,
+                    mean,
+                    mean_square: entry.mean_square,
+                    updates: entry.updates,
+                    last_step: entry.last_step,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
 /// One monitor's averages.
 struct GradientEma {
     beta: f64,
@@ -184,7 +241,7 @@ impl TrainerServices<'_> {
     /// (training forward passes keep theirs).
     fn probe_chunk_loss(&self, images: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let logits = self.model.forward_t(images, false);
-        super::cross_entropy(&logits, labels, tch::Reduction::Mean)
+        super::step::cross_entropy(&logits, labels, tch::Reduction::Mean)
     }
 
     /// Run `per_chunk(images, labels, weight)` over the probe in chunks of at most
@@ -236,7 +293,7 @@ fn gradient_with_graph(
     labels: &Tensor,
 ) -> Result<(f64, Vec<Tensor>)> {
     let logits = model.forward_t(images, false);
-    let loss = super::cross_entropy(&logits, labels, tch::Reduction::Mean)?;
+    let loss = super::step::cross_entropy(&logits, labels, tch::Reduction::Mean)?;
     let grads = Tensor::f_run_backward(&[&loss], parameters, true, true)?;
     Ok((loss.f_double_value(&[])?, grads))
 }

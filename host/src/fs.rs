@@ -1,0 +1,117 @@
+//! File-system primitives that keep what a run has written whole across crashes and power
+//! loss: atomic replacement, durable directories, and cutting an appended file back to a
+//! recorded length. Used by the trainer (checkpoints, `run.json`, `metrics.jsonl`) and by the
+//! plugin host (monitor artifacts).
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Write `bytes` to `path` so that readers see either the old file or the whole new one, and
+/// so that the new file survives power loss once this returns: write a temporary file beside
+/// it, fsync it, rename it over the target, then fsync the directory (which makes the rename
+/// itself durable).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&temporary);
+        Error::io(path, source)
+    })?;
+    sync_parent(path)
+}
+
+/// fsync a file that was written by other code (e.g. libtorch's safetensors writer).
+pub fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| Error::io(path, source))
+}
+
+/// fsync a directory, so that the entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| Error::io(dir, source))
+}
+
+/// fsync the directory holding `path`.
+pub fn sync_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// Cut the file at `path` back to `length` bytes if it is longer (a resumed run drops what
+/// was appended after its checkpoint), and make the cut durable. A missing file is created
+/// empty when `length` is 0 and is an error otherwise.
+pub fn cut_back(path: &Path, length: u64) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(length == 0)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| Error::io(path, source))?;
+    let current = file
+        .metadata()
+        .map_err(|source| Error::io(path, source))?
+        .len();
+    if current < length {
+        return Err(Error::DataCorrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "is {current} bytes long, shorter than the {length} bytes the checkpoint recorded; \
+                 the run directory was changed after the checkpoint was written"
+            ),
+        });
+    }
+    if current > length {
+        file.set_len(length)
+            .and_then(|()| file.sync_all())
+            .map_err(|source| Error::io(path, source))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn cut_back_drops_the_tail_and_refuses_a_shorter_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        std::fs::write(&path, b"one\ntwo\nthree\n").unwrap();
+        cut_back(&path, 8).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\n");
+        cut_back(&path, 8).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\n");
+        let err = cut_back(&path, 100).unwrap_err().to_string();
+        assert!(err.contains("shorter than the 100 bytes"), "{err}");
+        let missing = dir.path().join("new.csv");
+        cut_back(&missing, 0).unwrap();
+        assert_eq!(std::fs::read(&missing).unwrap(), b"");
+        assert!(cut_back(&dir.path().join("gone.csv"), 5).is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! One training step: forward, loss, backward, clipping, the monitors' `train_batch_end`, the
+//! optimizer step, and the step's record.
+
+use tch::{Kind, Tensor};
+use vigil_plugin_api::{EventKind, Subscriptions};
+
+use super::{services, Trainer};
+use crate::config::AnomalyPolicy;
+use crate::error::{Error, Result};
+use crate::plugin::{EventData, PluginHost};
+use crate::sink::{RecordKind, Sink};
+
+impl Trainer {
+    pub(super) fn train_batch(
+        &mut self,
+        batch_index: u32,
+        order: &Tensor,
+        plugins: &mut PluginHost,
+        sinks: &mut [Box<dyn Sink>],
+    ) -> Result<()> {
+        let samples = self.train.len();
+        let batch_size = self.settings.batch_size as i64;
+        let start = i64::from(batch_index) * batch_size;
+        let size = batch_size.min(samples - start);
+        let indices = order.f_narrow(0, start, size)?;
+        let images = self.feed.augment(
+            &self.train.images.f_index_select(0, &indices)?,
+            self.progress.global_step,
+        )?;
+        let labels = self.train.labels.f_index_select(0, &indices)?;
+        let lr = self.schedule.at(self.progress.global_step);
+        let logits = self.model.forward_t(&images, true);
+        let loss = cross_entropy(&logits, &labels, tch::Reduction::Mean)?;
+        let loss_value = loss.f_double_value(&[])?;
+        self.optimizer.zero_grad();
+        let mut skip = false;
+        if !loss_value.is_finite() {
+            skip = self.anomaly(format!("training loss is {loss_value}"))?;
+        }
+        if !skip {
+            loss.f_backward()?;
+            if self.flat_grads.is_none() && plugins.subscribes(Subscriptions::GRADIENT) {
+                self.flat_grads = services::flatten_grads(&self.parameters)?;
+            }
+        }
+        let grad_norm = match self.settings.optim.clip_grad_norm {
+            Some(max) if !skip => {
+                let norm = self.optimizer.clip_grad_norm(max)?;
+                if !norm.is_finite() {
+                    skip = self.anomaly(format!("gradient norm is {norm}"))?;
+                }
+                Some(norm)
+            }
+            _ => None,
+        };
+        let batch_correct = correct_count(&logits, &labels)?;
+        let mut values = vec![
+            ("train_loss", loss_value),
+            ("train_loss_bits", loss_value / std::f64::consts::LN_2),
+            ("train_acc", batch_correct / size as f64),
+            ("lr", lr),
+            ("wd", self.settings.optim.weight_decay),
+        ];
+        if let Some(norm) = grad_norm {
+            values.push(("grad_norm_before_clip", norm));
+        }
+        if plugins.wants(EventKind::TRAIN_BATCH_END) && !skip {
+            let counters = self.counters(batch_index, size as u32);
+            self.notify(
+                plugins,
+                sinks,
+                EventData::new(EventKind::TRAIN_BATCH_END, counters, &values),
+            )?;
+        }
+        if !skip {
+            self.optimizer.step(lr)?;
+            self.progress.global_step += 1;
+        }
+        self.progress.batches_done += 1;
+        if loss_value.is_finite() {
+            self.progress.epoch_loss_sum += loss_value * size as f64;
+            self.progress.epoch_correct += batch_correct;
+            self.progress.epoch_samples += size as u64;
+        }
+        let mut record = self.record(
+            RecordKind::Train,
+            values.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+        );
+        if skip {
+            record.metrics.push(("skipped".into(), 1.0));
+        }
+        for sink in sinks.iter_mut() {
+            sink.write(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Apply the anomaly policy; returns whether to skip the optimizer step.
+    fn anomaly(&mut self, what: String) -> Result<bool> {
+        let step = self.progress.global_step;
+        match self.settings.anomaly_policy {
+            AnomalyPolicy::Stop => Err(Error::Diverged {
+                epoch: self.progress.epoch,
+                step,
+                what: format!("{what} (anomaly_policy = \"stop\"; lower `optim.lr`, set `optim.clip_grad_norm`, or choose \"skip_batch\")"),
+            }),
+            AnomalyPolicy::SkipBatch | AnomalyPolicy::Warn => {
+                let skip = self.settings.anomaly_policy == AnomalyPolicy::SkipBatch;
+                let message = format!(
+                    "step {step}, epoch {}: {what}; {}",
+                    self.progress.epoch,
+                    if skip { "batch skipped" } else { "step taken anyway (anomaly_policy = \"warn\")" }
+                );
+                tracing::warn!("{message}");
+                self.warnings.push(message);
+                Ok(skip)
+            }
+        }
+    }
+
+}
+
+pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: tch::Reduction) -> Result<Tensor> {
+    Ok(logits.f_cross_entropy_loss::<Tensor>(labels, None, reduction, -100, 0.0)?)
+}
+
+/// How many rows of `logits` put their maximum on the label.
+pub(super) fn correct_count(logits: &Tensor, labels: &Tensor) -> Result<f64> {
+    Ok(logits
+        .f_argmax(-1, false)?
+        .f_eq_tensor(labels)?
+        .f_sum(Kind::Float)?
+        .f_double_value(&[])?)
+}
+

@@ -1,0 +1,159 @@
+//! Validation passes: loss and accuracy on the validation split, with the monitors'
+//! `validation_batch_end` and `validation_end` events.
+
+use std::time::Instant;
+
+use abi_stable::std_types::RSlice;
+use tch::{Device, Kind};
+use vigil_plugin_api::{EventKind, ImageBatch, Subscriptions, ValidationBatch};
+
+use super::step::cross_entropy;
+use super::{PassMetrics, Trainer, SAMPLE_IMAGES};
+use crate::error::Result;
+use crate::plugin::{EventData, PluginHost};
+use crate::sink::{RecordKind, Sink};
+
+impl Trainer {
+    /// Validate, record `val_loss`, `val_acc` and `best_val_loss`, and tell the monitors.
+    pub(super) fn validate(
+        &mut self,
+        plugins: &mut PluginHost,
+        sinks: &mut [Box<dyn Sink>],
+    ) -> Result<PassMetrics> {
+        let started = Instant::now();
+        let metrics = self.evaluate_monitored(plugins, sinks);
+        self.validation_seconds += started.elapsed().as_secs_f64();
+        let metrics = metrics?;
+        let best = self
+            .progress
+            .best_val_loss
+            .map_or(metrics.loss, |b| b.min(metrics.loss));
+        self.progress.best_val_loss = Some(best);
+        let record = self.record(
+            RecordKind::Validation,
+            vec![
+                ("val_loss".into(), metrics.loss),
+                ("val_acc".into(), metrics.accuracy),
+                ("best_val_loss".into(), best),
+            ],
+        );
+        for sink in sinks.iter_mut() {
+            sink.write(&record)?;
+        }
+        Ok(metrics)
+    }
+
+    /// Loss and accuracy on the validation (test) split, without gradients and in eval mode.
+    pub fn evaluate(&mut self) -> Result<PassMetrics> {
+        self.evaluate_monitored(&mut PluginHost::empty(), &mut [])
+    }
+
+    fn evaluate_monitored(
+        &mut self,
+        plugins: &mut PluginHost,
+        sinks: &mut [Box<dyn Sink>],
+    ) -> Result<PassMetrics> {
+        let _no_grad = tch::no_grad_guard();
+        self.progress.validation_pass += 1;
+        let samples = self.test.len();
+        let batch_size = self.settings.eval_batch_size as i64;
+        let per_batch = plugins.wants(EventKind::VALIDATION_BATCH_END);
+        let copy_outputs = per_batch && plugins.subscribes(Subscriptions::VALIDATION_OUTPUTS);
+        let want_images = plugins.wants(EventKind::VALIDATION_END)
+            && plugins.subscribes(Subscriptions::SAMPLE_IMAGES);
+        let image_count = samples.min(SAMPLE_IMAGES as i64);
+        let mut image_predictions: Vec<i64> = Vec::new();
+        let num_classes = self.class_names.len() as u32;
+        let (mut loss_sum, mut correct) = (0f64, 0f64);
+        let (mut start, mut batch_index) = (0, 0u32);
+        while start < samples {
+            let size = batch_size.min(samples - start);
+            let images = self.test.images.f_narrow(0, start, size)?;
+            let labels = self.test.labels.f_narrow(0, start, size)?;
+            let logits = self.model.forward_t(&images, false);
+            loss_sum += cross_entropy(&logits, &labels, tch::Reduction::Sum)?.f_double_value(&[])?;
+            let predictions = logits.f_argmax(-1, false)?;
+            correct += predictions
+                .f_eq_tensor(&labels)?
+                .f_sum(Kind::Float)?
+                .f_double_value(&[])?;
+            let need_predictions =
+                copy_outputs || (want_images && (image_predictions.len() as i64) < image_count);
+            let mut cpu_predictions = Vec::new();
+            if need_predictions {
+                cpu_predictions = Vec::<i64>::try_from(&predictions.f_to_device(Device::Cpu)?)?;
+                if want_images {
+                    let missing = (image_count as usize).saturating_sub(image_predictions.len());
+                    image_predictions.extend(cpu_predictions.iter().take(missing));
+                }
+            }
+            if per_batch {
+                let (cpu_logits, cpu_labels) = if copy_outputs {
+                    (
+                        Vec::<f32>::try_from(
+                            &logits
+                                .f_to_device(Device::Cpu)?
+                                .f_to_kind(Kind::Float)?
+                                .f_reshape([-1])?,
+                        )?,
+                        Vec::<i64>::try_from(&labels.f_to_device(Device::Cpu)?)?,
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                let mut event = EventData::new(
+                    EventKind::VALIDATION_BATCH_END,
+                    self.counters(batch_index, size as u32),
+                    &[],
+                );
+                if copy_outputs {
+                    event.validation = Some(ValidationBatch {
+                        logits: RSlice::from_slice(&cpu_logits),
+                        predictions: RSlice::from_slice(&cpu_predictions),
+                        labels: RSlice::from_slice(&cpu_labels),
+                        num_classes,
+                    });
+                }
+                self.notify(plugins, sinks, event)?;
+            }
+            start += size;
+            batch_index += 1;
+        }
+        let metrics = PassMetrics {
+            loss: loss_sum / samples as f64,
+            accuracy: correct / samples as f64,
+        };
+        if plugins.wants(EventKind::VALIDATION_END) {
+            let values = [("val_loss", metrics.loss), ("val_acc", metrics.accuracy)];
+            let mut event = EventData::new(EventKind::VALIDATION_END, self.counters(0, 0), &values);
+            let (pixels, labels) = if want_images {
+                (
+                    self.test.display_images(image_count)?,
+                    Vec::<i64>::try_from(
+                        &self
+                            .test
+                            .labels
+                            .f_narrow(0, 0, image_count)?
+                            .f_to_device(Device::Cpu)?,
+                    )?,
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            if want_images {
+                let size = self.test.images.size();
+                event.images = Some(ImageBatch {
+                    pixels: RSlice::from_slice(&pixels),
+                    count: image_count as u32,
+                    channels: size[1] as u32,
+                    height: size[2] as u32,
+                    width: size[3] as u32,
+                    labels: RSlice::from_slice(&labels),
+                    predictions: RSlice::from_slice(&image_predictions),
+                });
+            }
+            self.notify(plugins, sinks, event)?;
+        }
+        Ok(metrics)
+    }
+}
