@@ -370,9 +370,7 @@ pub extern "C" fn info_entry<M: Monitor>() -> PluginInfo {
         api_version: crate::API_VERSION.into(),
         // Every monitor of this SDK takes part in saving state; the host tells a plugin built
         // before 1.1 by these bits missing.
-        events: info.map_or(EventSet::EMPTY, |i| {
-            EventSet(i.events.0 | STATE_EVENTS.0)
-        }),
+        events: info.map_or(EventSet::EMPTY, |i| EventSet(i.events.0 | STATE_EVENTS.0)),
         subscriptions: info.map_or(Subscriptions::NONE, |i| i.subscriptions),
     }
 }

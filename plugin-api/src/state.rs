@@ -59,7 +59,12 @@ impl<'a> SavedState<'a> {
 
     /// Read what [`SavedState::encode`] wrote.
     pub fn decode(answer: &'a [u8]) -> Result<Self, Error> {
-        let bad = || Error::Host(format!("malformed `{SAVED_QUERY}` answer ({} bytes)", answer.len()));
+        let bad = || {
+            Error::Host(format!(
+                "malformed `{SAVED_QUERY}` answer ({} bytes)",
+                answer.len()
+            ))
+        };
         let length = answer
             .get(..4)
             .and_then(|b| b.try_into().ok())
@@ -159,7 +164,10 @@ impl<'a> StateReader<'a> {
     }
 
     fn take(&mut self, count: usize) -> Result<&'a [u8], Error> {
-        let end = self.at.checked_add(count).filter(|&end| end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(count)
+            .filter(|&end| end <= self.bytes.len());
         let Some(end) = end else {
             return Err(Error::Monitor(format!(
                 "saved state is truncated: wanted {count} bytes at offset {} of {}",
@@ -183,7 +191,11 @@ impl<'a> StateReader<'a> {
         usize::try_from(length)
             .ok()
             .filter(|&length| length <= left)
-            .ok_or_else(|| Error::Monitor(format!("saved state has a length of {length} where {left} items are left")))
+            .ok_or_else(|| {
+                Error::Monitor(format!(
+                    "saved state has a length of {length} where {left} items are left"
+                ))
+            })
     }
 
     pub fn u64(&mut self) -> Result<u64, Error> {
@@ -198,7 +210,9 @@ impl<'a> StateReader<'a> {
         match self.take(1)?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(Error::Monitor(format!("saved state has {other} where a flag belongs"))),
+            other => Err(Error::Monitor(format!(
+                "saved state has {other} where a flag belongs"
+            ))),
         }
     }
 
@@ -301,7 +315,10 @@ mod tests {
         assert_eq!(reader.option(|r| r.u64()).unwrap(), Some(7));
         assert_eq!(reader.option(|r| r.u64()).unwrap(), None);
         let read = reader.f64s().unwrap();
-        assert!(read.iter().zip(&floats).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(read
+            .iter()
+            .zip(&floats)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
         assert_eq!(reader.f32s().unwrap(), [1.5, f32::MIN_POSITIVE]);
         assert_eq!(reader.u64s().unwrap(), [1, 2]);
         assert_eq!(reader.bytes().unwrap(), b"raw");
@@ -317,7 +334,11 @@ mod tests {
         assert!(StateReader::new(&bytes[..10]).f64s().is_err());
         let mut reader = StateReader::new(&bytes);
         reader.f64s().unwrap();
-        assert!(reader.finish().unwrap_err().to_string().contains("8 bytes left over"));
+        assert!(reader
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("8 bytes left over"));
         // A length larger than the blob is refused before anything is allocated.
         let huge = u64::MAX.to_le_bytes();
         assert!(StateReader::new(&huge).f64s().is_err());

@@ -22,8 +22,13 @@ pub const RESUMABLE_KEYS: [&str; 5] = [
     "plugin_dirs",
     "allow_insecure_plugins",
 ];
-const RESUMABLE_MONITOR_KEYS: [&str; 5] =
-    ["path", "sha256", "on_error", "hook_budget_ms", "hook_budget_strikes"];
+const RESUMABLE_MONITOR_KEYS: [&str; 5] = [
+    "path",
+    "sha256",
+    "on_error",
+    "hook_budget_ms",
+    "hook_budget_strikes",
+];
 
 impl Settings {
     /// These settings as a config file that [`Settings::from_toml`] reads back to the same
@@ -49,8 +54,16 @@ impl Settings {
             put(&mut root, "run_dir", path(dir));
         }
         put(&mut root, "device", device(self.device).into());
-        put(&mut root, "val_check_interval", self.val_check_interval.into());
-        put(&mut root, "anomaly_policy", anomaly(self.anomaly_policy).into());
+        put(
+            &mut root,
+            "val_check_interval",
+            self.val_check_interval.into(),
+        );
+        put(
+            &mut root,
+            "anomaly_policy",
+            anomaly(self.anomaly_policy).into(),
+        );
         let synthetic = match &self.data.source {
             DataSource::Synthetic(synthetic) => {
                 put(&mut root, "data", "synthetic".into());
@@ -134,7 +147,11 @@ impl Settings {
             ScheduleKind::Cosine => "cosine",
         };
         put(&mut schedule, "kind", kind.into());
-        put(&mut schedule, "warmup_epochs", self.schedule.warmup_epochs.into());
+        put(
+            &mut schedule,
+            "warmup_epochs",
+            self.schedule.warmup_epochs.into(),
+        );
         put(&mut schedule, "eta_min", self.schedule.eta_min.into());
         put(&mut root, "schedule", schedule.into());
 
@@ -172,7 +189,11 @@ impl Settings {
                     put(&mut table, "sha256", hash.clone().into());
                 }
                 if let Some(budget) = monitor.hook_budget {
-                    put(&mut table, "hook_budget_ms", (budget.as_secs_f64() * 1e3).into());
+                    put(
+                        &mut table,
+                        "hook_budget_ms",
+                        (budget.as_secs_f64() * 1e3).into(),
+                    );
                 }
                 put(
                     &mut table,
@@ -312,10 +333,11 @@ mod tests {
     /// to the same settings.
     #[test]
     fn the_effective_config_reads_back_to_the_same_settings() {
-        let mut texts: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs"))
-            .unwrap()
-            .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
-            .collect();
+        let mut texts: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs"))
+                .unwrap()
+                .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+                .collect();
         texts.push(String::new());
         texts.push(
             "data = \"cifar10\"\ndata_dir = \"x\"\nsynthetic_fallback = true\nsampler = \"weighted\"\n\
@@ -337,7 +359,10 @@ mod tests {
 
     #[test]
     fn overrides_are_part_of_the_effective_config() {
-        let settings = parse("seed = 1\n[optim]\nlr = 0.05\n", &["optim.lr=0.2", "seed=3"]);
+        let settings = parse(
+            "seed = 1\n[optim]\nlr = 0.05\n",
+            &["optim.lr=0.2", "seed=3"],
+        );
         let effective = parse(&settings.to_toml(), &[]);
         assert_eq!((effective.optim.lr, effective.seed), (0.2, 3));
     }

@@ -171,7 +171,8 @@ impl ArtifactWriter {
             return Ok(());
         };
         for (relative, &length) in lengths {
-            let relative_path = checked_relative_path(relative).map_err(crate::Error::Capability)?;
+            let relative_path =
+                checked_relative_path(relative).map_err(crate::Error::Capability)?;
             crate::fs::cut_back(&root.join(relative_path), length)?;
             self.appended.borrow_mut().insert(relative.clone());
         }

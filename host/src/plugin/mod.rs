@@ -77,7 +77,8 @@ struct ActiveMonitor {
 impl ActiveMonitor {
     /// Whether the plugin takes part in saving state (built against API 1.1 or later).
     fn saves_state(&self) -> bool {
-        self.events.contains(EventKind::SAVE_STATE) && self.events.contains(EventKind::RESTORE_STATE)
+        self.events.contains(EventKind::SAVE_STATE)
+            && self.events.contains(EventKind::RESTORE_STATE)
     }
 }
 
@@ -413,7 +414,10 @@ impl PluginHost {
                     .find(|(owner, _)| *owner == index)
                     .map(|(_, bytes)| std::mem::take(bytes)),
                 disabled: monitor.disabled.as_ref().map(|d| {
-                    format!("failed in {} at step {}: {}", d.event, d.global_step, d.reason)
+                    format!(
+                        "failed in {} at step {}: {}",
+                        d.event, d.global_step, d.reason
+                    )
                 }),
             })
             .collect())

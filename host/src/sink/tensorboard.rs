@@ -126,11 +126,7 @@ impl TensorBoardSink {
     /// Continue a run's TensorBoard log after a resume from a checkpoint at `step`, taken when
     /// the file `dir/previous.file` was `previous.bytes` long: a new file, a restart marker at
     /// `step`, then the events at `step` that the previous file held before the checkpoint.
-    pub fn resume(
-        dir: &Path,
-        previous: &TensorBoardMark,
-        step: u64,
-    ) -> Result<Self> {
+    pub fn resume(dir: &Path, previous: &TensorBoardMark, step: u64) -> Result<Self> {
         let old = dir.join(&previous.file);
         let replay: Vec<Event> = read_records(&old, Some(previous.bytes))?
             .into_iter()
@@ -489,7 +485,10 @@ mod tests {
         assert_eq!(events.len(), 3, "{events:?}");
         assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
         assert_eq!(events[1].step, 5);
-        assert_eq!(events[1].session_log.as_ref().unwrap().status, SESSION_START);
+        assert_eq!(
+            events[1].session_log.as_ref().unwrap().status,
+            SESSION_START
+        );
         let replayed = &events[2];
         assert_eq!(replayed.step, 5);
         assert_eq!(

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use super::optim::Optimizer;
-use crate::fs::{self, write_atomically};
 use crate::error::{Error, Result};
+use crate::fs::{self, write_atomically};
 pub use crate::sink::tensorboard::TensorBoardMark;
 
 pub const CHECKPOINT_DIR: &str = "checkpoints";

@@ -65,8 +65,7 @@ impl Feed {
     /// The dataset indices epoch `epoch` visits, in order.
     pub fn epoch_order(&self, epoch: usize, samples: usize) -> Vec<i64> {
         match &self.weights {
-            None => SplitMix64::keyed(self.seed, epoch as u64, "epoch-order")
-                .permutation(samples),
+            None => SplitMix64::keyed(self.seed, epoch as u64, "epoch-order").permutation(samples),
             Some(weights) => {
                 let mut cumulative = Vec::with_capacity(weights.len());
                 let mut total = 0.0;
@@ -215,12 +214,8 @@ mod tests {
         for sampler in ["", "sampler = \"weighted\""] {
             let mut seen: Vec<(u64, usize, Vec<i64>)> = Vec::new();
             for seed in 0..10u64 {
-                let feed = Feed::new(
-                    &settings(&format!("seed = {seed}\n{sampler}")),
-                    &labels,
-                    5,
-                )
-                .unwrap();
+                let feed =
+                    Feed::new(&settings(&format!("seed = {seed}\n{sampler}")), &labels, 5).unwrap();
                 for epoch in 1..=3 {
                     let order = feed.epoch_order(epoch, labels.len());
                     if let Some((other_seed, other_epoch, _)) =

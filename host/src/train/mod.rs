@@ -43,7 +43,9 @@ use split::TensorSplit;
 pub use state::signal_name;
 
 mod run;
-pub use run::{check_config, train, train_from_file, Resume, RunOutcome, TrainRequest, CONFIG_FILE};
+pub use run::{
+    check_config, train, train_from_file, Resume, RunOutcome, TrainRequest, CONFIG_FILE,
+};
 
 /// Serialises "seed libtorch's global generator, then initialise a model".
 static SEEDED_INIT: Mutex<()> = Mutex::new(());
@@ -590,5 +592,4 @@ impl Trainer {
         self.write_weight_histograms(sinks)?;
         Ok(metrics)
     }
-
 }

@@ -135,9 +135,10 @@ fn plan(request: &TrainRequest) -> Result<Plan> {
             let Some(run_dir) = requested.run_dir.clone() else {
                 return Err(Error::Config {
                     location: config.display().to_string(),
-                    message: "`--resume auto` needs `run_dir` in the config (or --set run_dir=DIR), \
+                    message:
+                        "`--resume auto` needs `run_dir` in the config (or --set run_dir=DIR), \
                               so that running the same command again finds the same run"
-                        .into(),
+                            .into(),
                 });
             };
             if checkpoint::latest(&run_dir).is_ok() {
@@ -346,11 +347,9 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             plugins.set_artifact_dir(run_dir.join("artifacts"));
             plugins.restore_appended_artifacts(&state.appended)?;
             let tensorboard = match &state.tensorboard {
-                Some(mark) => TensorBoardSink::resume(
-                    &run_dir.join("tensorboard"),
-                    mark,
-                    state.global_step,
-                )?,
+                Some(mark) => {
+                    TensorBoardSink::resume(&run_dir.join("tensorboard"), mark, state.global_step)?
+                }
                 None => TensorBoardSink::create(&run_dir.join("tensorboard"))?,
             };
             write_atomically(&run_dir.join(CONFIG_FILE), settings.to_toml().as_bytes())?;

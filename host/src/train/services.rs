@@ -48,7 +48,12 @@ pub(super) struct GradientAverages(RefCell<HashMap<usize, GradientEma>>);
 impl GradientAverages {
     /// Every monitor's averages, for a checkpoint: the scalars, and the EMA tensors named
     /// `gradient_ema.<owner>`.
-    pub fn snapshot(&self) -> (Vec<super::checkpoint::SavedGradientAverage>, Vec<(String, Tensor)>) {
+    pub fn snapshot(
+        &self,
+    ) -> (
+        Vec<super::checkpoint::SavedGradientAverage>,
+        Vec<(String, Tensor)>,
+    ) {
         let averages = self.0.borrow();
         let mut owners: Vec<&usize> = averages.keys().collect();
         owners.sort();
@@ -86,7 +91,9 @@ impl GradientAverages {
                 .find(|(n, _)| *n == name)
                 .map(|(_, t)| t.f_to_device(device))
                 .transpose()?
-                .ok_or_else(|| Error::Capability(format!("the checkpoint lacks the tensor `{name}`")))?;
+                .ok_or_else(|| {
+                    Error::Capability(format!("the checkpoint lacks the tensor `{name}`"))
+                })?;
             averages.insert(
                 entry.owner,
                 GradientEma {

@@ -72,4 +72,3 @@ impl TensorSplit {
         Ok(Vec::<f32>::try_from(&images.f_reshape([-1])?)?)
     }
 }
-

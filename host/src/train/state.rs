@@ -151,7 +151,8 @@ impl Trainer {
         } else {
             None
         };
-        let mut epoch_start = EventData::new(EventKind::TRAIN_EPOCH_START, self.counters(0, 0), &[]);
+        let mut epoch_start =
+            EventData::new(EventKind::TRAIN_EPOCH_START, self.counters(0, 0), &[]);
         if let (Some(order), Some(weights)) = (&order, self.feed.sample_weights()) {
             epoch_start.sampler = Some(SamplerDraws {
                 indices: RSlice::from_slice(order),
@@ -168,7 +169,12 @@ impl Trainer {
             &self.services(),
             &mut scalars,
         );
-        write_monitor_scalars(sinks, scalars, counters.epoch as usize, counters.global_step)?;
+        write_monitor_scalars(
+            sinks,
+            scalars,
+            counters.epoch as usize,
+            counters.global_step,
+        )?;
         resumed
     }
 

@@ -117,10 +117,13 @@ impl Trainer {
             }
         }
     }
-
 }
 
-pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: tch::Reduction) -> Result<Tensor> {
+pub(super) fn cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    reduction: tch::Reduction,
+) -> Result<Tensor> {
     Ok(logits.f_cross_entropy_loss::<Tensor>(labels, None, reduction, -100, 0.0)?)
 }
 
@@ -132,4 +135,3 @@ pub(super) fn correct_count(logits: &Tensor, labels: &Tensor) -> Result<f64> {
         .f_sum(Kind::Float)?
         .f_double_value(&[])?)
 }
-

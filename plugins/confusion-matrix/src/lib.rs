@@ -19,7 +19,7 @@ use vigil_monitor_draw::plotters::style::text_anchor::{HPos, Pos, VPos};
 use vigil_monitor_draw::{blues, drawing, render_png, DrawError, FONT};
 use vigil_plugin_api::{
     export_monitor, parse_settings, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
-    MonitorInfo, Subscriptions,
+    MonitorInfo, SavedState, StateReader, StateWriter, Subscriptions,
 };
 
 /// How counts become the values shown.
@@ -277,29 +277,36 @@ impl Monitor for ConfusionMatrixMonitor {
             name: "confusion-matrix",
             version: env!("CARGO_PKG_VERSION"),
             description: "confusion matrix of every validation pass (heatmap PNG + CSV)",
-            events: EventSet::of(&[
-                EventKind::FIT_START,
-                EventKind::VALIDATION_BATCH_END,
-                EventKind::VALIDATION_END,
-            ]),
+            events: EventSet::of(&[EventKind::VALIDATION_BATCH_END, EventKind::VALIDATION_END]),
             subscriptions: Subscriptions::VALIDATION_OUTPUTS,
         }
     }
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;
+        let names: Vec<String> = ctx.class_names().iter().map(|s| s.to_string()).collect();
         Ok(ConfusionMatrixMonitor {
             normalize: settings.normalize,
-            names: Vec::new(),
-            matrix: ConfusionMatrix::new(0),
+            matrix: ConfusionMatrix::new(names.len()),
+            names,
             skipped: 0,
         })
     }
 
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        self.names = ctx.class_names().iter().map(|s| s.to_string()).collect();
-        self.matrix = ConfusionMatrix::new(self.names.len());
-        Ok(())
+    /// The count of out-of-range predictions so far (the matrix itself starts afresh at every
+    /// validation pass, and checkpoints fall between passes).
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(Some(StateWriter::new().u64(self.skipped as u64).finish()))
+    }
+
+    fn restore_state(
+        &mut self,
+        saved: SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let mut reader = StateReader::new(saved.bytes);
+        self.skipped = reader.u64()? as usize;
+        reader.finish()
     }
 
     fn on_validation_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use vigil_monitor_math::{dot, mean_and_stderr, norm, symmetric_eigen, Rng};
 use vigil_plugin_api::{
     export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
-    ProbeSpec, Subscriptions,
+    ProbeSpec, SavedState, StateReader, StateWriter, Subscriptions,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,12 +273,12 @@ impl Monitor for CurvatureMonitor {
             name: "curvature",
             version: env!("CARGO_PKG_VERSION"),
             description: "top Hessian eigenvalue (Lanczos or power iteration) and trace (Hutchinson) on a probe subsample",
-            events: EventSet::of(&[EventKind::FIT_START, EventKind::TRAIN_BATCH_END]),
+            events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
             subscriptions: Subscriptions::NONE,
         }
     }
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;
         let positive = [
             ("compute_every_n_steps", settings.compute_every_n_steps),
@@ -299,13 +299,44 @@ impl Monitor for CurvatureMonitor {
         Ok(CurvatureMonitor {
             rng: Rng::new(settings.seed),
             settings,
-            dimension: 0,
+            dimension: ctx.parameters().iter().map(|p| p.numel as usize).sum(),
             eigenvector: None,
         })
     }
 
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        self.dimension = ctx.parameters().iter().map(|p| p.numel as usize).sum();
+    /// The random generator (Hutchinson's probes and the first start vector) and the last
+    /// eigenvector (the warm start of the next estimate): a resumed run's estimates are the
+    /// uninterrupted run's.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        let mut writer = StateWriter::new();
+        writer
+            .u64(self.rng.state())
+            .option(self.eigenvector.as_deref(), |w, v| {
+                w.f32s(v);
+            });
+        Ok(Some(writer.finish()))
+    }
+
+    fn restore_state(
+        &mut self,
+        saved: SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let mut reader = StateReader::new(saved.bytes);
+        let rng = Rng::from_state(reader.u64()?);
+        let eigenvector = reader.option(|r| r.f32s())?;
+        reader.finish()?;
+        if eigenvector
+            .as_ref()
+            .is_some_and(|v| v.len() != self.dimension)
+        {
+            return Err(Error::Monitor(format!(
+                "the saved eigenvector does not have the model's {} parameters",
+                self.dimension
+            )));
+        }
+        self.rng = rng;
+        self.eigenvector = eigenvector;
         Ok(())
     }
 

@@ -100,6 +100,12 @@ impl Monitor for DatasetStatistics {
         }
         ctx.write_file("dataset_statistics.csv", ArtifactKind::TEXT, csv.as_bytes())
     }
+
+    /// Its work is done at `fit_start`: on resume it is restored (with nothing), so that the
+    /// tables and files are not written a second time.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(Some(Vec::new()))
+    }
 }
 
 export_monitor!(DatasetStatistics);

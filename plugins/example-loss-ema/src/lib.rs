@@ -15,7 +15,7 @@
 use serde::Deserialize;
 use vigil_plugin_api::{
     export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
-    Subscriptions,
+    SavedState, StateReader, StateWriter, Subscriptions,
 };
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +103,24 @@ impl Monitor for LossEma {
             ctx.log("loss_ema_bits", average / std::f64::consts::LN_2);
         }
         Ok(())
+    }
+
+    /// The average so far, so that a resumed run continues it instead of starting over.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        let mut state = StateWriter::new();
+        state.f64(self.ema.value).f64(self.ema.weight);
+        Ok(Some(state.finish()))
+    }
+
+    fn restore_state(
+        &mut self,
+        saved: SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let mut state = StateReader::new(saved.bytes);
+        self.ema.value = state.f64()?;
+        self.ema.weight = state.f64()?;
+        state.finish()
     }
 }
 

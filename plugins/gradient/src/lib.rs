@@ -61,12 +61,12 @@ impl Monitor for GradientMonitor {
             name: "gradient",
             version: env!("CARGO_PKG_VERSION"),
             description: "gradient norms per parameter and total; weight norm every quarter epoch",
-            events: EventSet::of(&[EventKind::FIT_START, EventKind::TRAIN_BATCH_END]),
+            events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
             subscriptions: Subscriptions::NONE,
         }
     }
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;
         if settings.log_every_n_steps == 0 {
             return Err(Error::Settings(
@@ -75,17 +75,17 @@ impl Monitor for GradientMonitor {
         }
         Ok(GradientMonitor {
             settings,
-            names: Vec::new(),
+            names: ctx
+                .parameters()
+                .iter()
+                .map(|p| format!("grad_norm/{}", p.name))
+                .collect(),
         })
     }
 
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        self.names = ctx
-            .parameters()
-            .iter()
-            .map(|p| format!("grad_norm/{}", p.name))
-            .collect();
-        Ok(())
+    /// No state: every value it logs comes from the step it is logged at.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(Some(Vec::new()))
     }
 
     fn on_train_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use vigil_monitor_math::fit_power_law;
 use vigil_plugin_api::{
     export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
-    Subscriptions,
+    SavedState, StateReader, StateWriter, Subscriptions,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +118,34 @@ impl Monitor for LossSlopeMonitor {
                 ctx.log("loss_slope_full", slope);
             }
         }
+        Ok(())
+    }
+
+    /// The per-epoch losses: every slope after a resume is over the whole curve.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        let mut writer = StateWriter::new();
+        writer.u64(self.curve.points.len() as u64);
+        for &(epoch, loss) in &self.curve.points {
+            writer.u64(u64::from(epoch)).f64(loss);
+        }
+        Ok(Some(writer.finish()))
+    }
+
+    fn restore_state(
+        &mut self,
+        saved: SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let mut reader = StateReader::new(saved.bytes);
+        let count = reader.u64()?;
+        let mut points = Vec::new();
+        for _ in 0..count {
+            let epoch = u32::try_from(reader.u64()?)
+                .map_err(|_| Error::Monitor("saved epoch out of range".into()))?;
+            points.push((epoch, reader.f64()?));
+        }
+        reader.finish()?;
+        self.curve.points = points;
         Ok(())
     }
 }

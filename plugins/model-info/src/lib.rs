@@ -120,6 +120,12 @@ impl Monitor for ModelInfoMonitor {
             serde_json::to_string_pretty(&labels).map_err(|e| Error::Monitor(e.to_string()))?;
         ctx.write_file("labels_mapping.json", ArtifactKind::TEXT, labels.as_bytes())
     }
+
+    /// Its work is done at `fit_start`: on resume it is restored (with nothing), so that the
+    /// tables and files are not written a second time.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(Some(Vec::new()))
+    }
 }
 
 export_monitor!(ModelInfoMonitor);

@@ -78,6 +78,17 @@ impl Rng {
         Rng(seed ^ 0x6a09_e667_f3bc_c909)
     }
 
+    /// The generator's whole state, to save and restore it (a resumed monitor continues the
+    /// same stream).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A generator at a state [`Rng::state`] returned.
+    pub fn from_state(state: u64) -> Self {
+        Rng(state)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;

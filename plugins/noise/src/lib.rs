@@ -32,7 +32,7 @@ use serde::Deserialize;
 use vigil_monitor_math::{fit_power_law, without_subnormals, LineFit};
 use vigil_plugin_api::{
     export_monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
-    Subscriptions,
+    SavedState, StateReader, StateWriter, Subscriptions,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -228,6 +228,45 @@ pub struct NoiseMonitor {
     said_why: bool,
 }
 
+impl NoiseMonitor {
+    /// The saved form of where the averages are kept: 0 undecided, 1 the host (which saves
+    /// its own averages in the checkpoint), 2 here.
+    fn write_averages(&self, writer: &mut StateWriter) {
+        match &self.averages {
+            Averages::Undecided => {
+                writer.u64(0);
+            }
+            Averages::Host => {
+                writer.u64(1);
+            }
+            Averages::Monitor(moments) => {
+                writer
+                    .u64(2)
+                    .f32s(&moments.mean)
+                    .f64(moments.mean_square)
+                    .u64(moments.updates);
+            }
+        }
+    }
+
+    fn read_averages(reader: &mut StateReader<'_>) -> Result<Averages, Error> {
+        Ok(match reader.u64()? {
+            0 => Averages::Undecided,
+            1 => Averages::Host,
+            2 => Averages::Monitor(GradientMoments {
+                mean: reader.f32s()?,
+                mean_square: reader.f64()?,
+                updates: reader.u64()?,
+            }),
+            other => {
+                return Err(Error::Monitor(format!(
+                    "unknown saved averages kind {other}"
+                )))
+            }
+        })
+    }
+}
+
 impl Monitor for NoiseMonitor {
     fn info() -> MonitorInfo {
         MonitorInfo {
@@ -343,6 +382,33 @@ impl Monitor for NoiseMonitor {
         ctx.log("noise/power_law_r2", noise.fit.r2);
         ctx.log("noise/psd_tail", noise.psd_tail);
         ctx.log("noise/resid_power", noise.resid_power);
+        Ok(())
+    }
+
+    /// The loss buffer (the power-law fit's points), the gradient averages when kept here
+    /// (the host keeps and saves its own), and what was already said.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        let mut writer = StateWriter::new();
+        let flat: Vec<f64> = self.losses.iter().flat_map(|&(s, l)| [s, l]).collect();
+        writer.f64s(&flat);
+        self.write_averages(&mut writer);
+        writer.bool(self.said_why);
+        Ok(Some(writer.finish()))
+    }
+
+    fn restore_state(
+        &mut self,
+        saved: SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let mut reader = StateReader::new(saved.bytes);
+        let flat = reader.f64s()?;
+        let averages = Self::read_averages(&mut reader)?;
+        let said_why = reader.bool()?;
+        reader.finish()?;
+        self.losses = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        self.averages = averages;
+        self.said_why = said_why;
         Ok(())
     }
 }

@@ -137,12 +137,12 @@ impl Monitor for SampleVisualization {
             name: "sample-visualization",
             version: env!("CARGO_PKG_VERSION"),
             description: "grid of validation images, true vs predicted (green right, red wrong)",
-            events: EventSet::of(&[EventKind::FIT_START, EventKind::VALIDATION_END]),
+            events: EventSet::of(&[EventKind::VALIDATION_END]),
             subscriptions: Subscriptions::SAMPLE_IMAGES,
         }
     }
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;
         if !(1..=64).contains(&settings.num_samples) {
             return Err(Error::Settings(format!(
@@ -152,13 +152,14 @@ impl Monitor for SampleVisualization {
         }
         Ok(SampleVisualization {
             num_samples: settings.num_samples as usize,
-            names: Vec::new(),
+            names: ctx.class_names().iter().map(|s| s.to_string()).collect(),
         })
     }
 
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        self.names = ctx.class_names().iter().map(|s| s.to_string()).collect();
-        Ok(())
+    /// No state: every grid is drawn from the validation pass it shows. Saving an empty state
+    /// still says "restore me instead of starting fresh".
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(Some(Vec::new()))
     }
 
     fn on_validation_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {

@@ -14,7 +14,7 @@
 
 use vigil_plugin_api::{
     expect_no_settings, export_monitor, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
-    MonitorInfo, Subscriptions,
+    MonitorInfo, SavedState, StateReader, StateWriter, Subscriptions,
 };
 
 /// Per-class draws of one epoch.
@@ -83,23 +83,18 @@ impl Monitor for SamplerDistribution {
             name: "sampler-distribution",
             version: env!("CARGO_PKG_VERSION"),
             description: "classes drawn by the weighted sampler vs expected",
-            events: EventSet::of(&[EventKind::FIT_START, EventKind::TRAIN_EPOCH_START]),
+            events: EventSet::of(&[EventKind::TRAIN_EPOCH_START]),
             subscriptions: Subscriptions::SAMPLER,
         }
     }
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         expect_no_settings(settings)?;
         Ok(SamplerDistribution {
-            names: Vec::new(),
+            names: ctx.class_names().iter().map(|s| s.to_string()).collect(),
             said_idle: false,
             wrote_header: false,
         })
-    }
-
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        self.names = ctx.class_names().iter().map(|s| s.to_string()).collect();
-        Ok(())
     }
 
     fn on_train_epoch_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
@@ -149,6 +144,28 @@ impl Monitor for SamplerDistribution {
             ArtifactKind::TEXT,
             csv.as_bytes(),
         )
+    }
+
+    /// Whether the CSV header is written (the host cuts the CSV back to its length at the
+    /// checkpoint), and whether the idle note was given.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(Some(
+            StateWriter::new()
+                .bool(self.wrote_header)
+                .bool(self.said_idle)
+                .finish(),
+        ))
+    }
+
+    fn restore_state(
+        &mut self,
+        saved: SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let mut reader = StateReader::new(saved.bytes);
+        self.wrote_header = reader.bool()?;
+        self.said_idle = reader.bool()?;
+        reader.finish()
     }
 }
 

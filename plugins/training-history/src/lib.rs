@@ -13,7 +13,7 @@ use vigil_monitor_draw::plotters::style::{BLUE, RED};
 use vigil_monitor_draw::{line_chart, Series};
 use vigil_plugin_api::{
     expect_no_settings, export_monitor, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
-    MonitorInfo, Subscriptions,
+    MonitorInfo, SavedState, StateReader, StateWriter, Subscriptions,
 };
 
 /// Per-epoch metrics: (epoch, value).
@@ -26,6 +26,24 @@ pub struct History {
 }
 
 impl History {
+    fn series(&self) -> [&Vec<(f64, f64)>; 4] {
+        [
+            &self.train_loss,
+            &self.val_loss,
+            &self.train_acc,
+            &self.val_acc,
+        ]
+    }
+
+    fn series_mut(&mut self) -> [&mut Vec<(f64, f64)>; 4] {
+        [
+            &mut self.train_loss,
+            &mut self.val_loss,
+            &mut self.train_acc,
+            &mut self.val_acc,
+        ]
+    }
+
     /// The loss chart and the accuracy chart as PNG bytes.
     pub fn charts(&self) -> Result<(Vec<u8>, Vec<u8>), Error> {
         let draw = |e: vigil_monitor_draw::DrawError| Error::Monitor(e.to_string());
@@ -112,6 +130,32 @@ impl Monitor for TrainingHistory {
             ArtifactKind::PNG,
             &accuracy,
         )
+    }
+
+    /// Every point so far, so that the charts after a resume show the whole run.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        let mut writer = StateWriter::new();
+        for series in self.history.series() {
+            let flat: Vec<f64> = series.iter().flat_map(|&(e, v)| [e, v]).collect();
+            writer.f64s(&flat);
+        }
+        Ok(Some(writer.finish()))
+    }
+
+    fn restore_state(
+        &mut self,
+        saved: SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let mut reader = StateReader::new(saved.bytes);
+        let mut history = History::default();
+        for series in history.series_mut() {
+            let flat = reader.f64s()?;
+            *series = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        }
+        reader.finish()?;
+        self.history = history;
+        Ok(())
     }
 }
 
