@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything vigil needs on a bare machine, idempotently:
-#   1. a Python venv with torch==2.13.0 (libtorch for tch 0.26), cached OUTSIDE the repo;
+#   1. a Python venv with torch==2.13.0 (libtorch for tch 0.26), safetensors and tensorboard
+#      (the tests read checkpoints and event files with them), cached OUTSIDE the repo;
 #   2. the git-ignored symlink `.libtorch` -> that venv's `site-packages/torch`,
 #      which `.cargo/config.toml` points LIBTORCH at;
 #   3. Fashion-MNIST from Debian's `dataset-fashion-mnist` package, when apt is usable.
@@ -45,7 +46,7 @@ install_torch() {
     mkdir -p "$cache_dir"
     "$python" -m venv "$venv" || die "could not create a venv at $venv (Debian: apt-get install python3-venv)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        "torch==$TORCH_VERSION" "safetensors>=0.4" ||
+        "torch==$TORCH_VERSION" "safetensors>=0.4" "tensorboard==2.21.0" ||
         die "pip could not install torch==$TORCH_VERSION into $venv"
     local got
     got="$("$venv/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')" ||
@@ -55,13 +56,19 @@ install_torch() {
     say "torch $TORCH_VERSION installed"
 }
 
-# scripts/read_run.py reads checkpoints with the safetensors package; caches made before it
-# was part of the install get it added here.
-ensure_safetensors() {
-    "$venv/bin/python" -c 'import safetensors' 2>/dev/null && return 0
-    say "adding safetensors to $venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "safetensors>=0.4" ||
-        die "pip could not install safetensors into $venv"
+# scripts/read_run.py reads checkpoints with the safetensors package; the resume tests read
+# TensorBoard files with TensorBoard's own reader. Caches made before they were part of the
+# install get them added here.
+ensure_python_packages() {
+    local module package
+    for package in "safetensors>=0.4:safetensors" "tensorboard==2.21.0:tensorboard"; do
+        module="${package##*:}"
+        package="${package%:*}"
+        "$venv/bin/python" -c "import $module" 2>/dev/null && continue
+        say "adding $package to $venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "$package" ||
+            die "pip could not install $package into $venv"
+    done
 }
 
 link_libtorch() {
@@ -106,7 +113,7 @@ install_fashion_mnist() {
 }
 
 install_torch
-ensure_safetensors
+ensure_python_packages
 link_libtorch
 install_fashion_mnist
 say "done"

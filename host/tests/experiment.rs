@@ -273,8 +273,11 @@ fn set_overrides_apply_and_bad_ones_name_the_override() {
     assert!(output.status.success(), "{}", stderr(&output));
     let config_copy = std::fs::read_to_string(dir.path().join("o/config.toml")).unwrap();
     assert!(
-        config_copy.contains("lr = 0.05"),
-        "the copy is the file as written"
+        config_copy.contains("lr = 0.1")
+            && config_copy.contains("seed = 4")
+            && config_copy.contains("epochs = 1")
+            && !config_copy.contains("lr = 0.05"),
+        "the copy is the effective config, overrides applied:\n{config_copy}"
     );
     let lr: Vec<f64> = records(&dir.path().join("o"))
         .iter()

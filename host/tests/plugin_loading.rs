@@ -112,7 +112,7 @@ fn two_plugins_load_side_by_side_and_report_their_cost() {
         let report = monitor_report(&summary, name);
         assert_eq!(report["status"], "ok");
         assert_eq!(report["sha256"].as_str().map(str::len), Some(64));
-        assert_eq!(report["api_version"], "1.0.0");
+        assert_eq!(report["api_version"], vigil_plugin_api::API_VERSION);
         assert!(report["share_of_step_time"]
             .as_f64()
             .is_some_and(|s| s > 0.0 && s < 1.0));
@@ -418,7 +418,7 @@ fn system_library() -> PathBuf {
 }
 
 /// Build the cdylib crate in `crate_dir` (its own workspace) and return its library.
-fn build_external(crate_dir: &Path, library: &str) -> PathBuf {
+pub fn build_external(crate_dir: &Path, library: &str) -> PathBuf {
     let target = workspace_root().join("target/external-plugins");
     std::fs::copy(
         workspace_root().join("Cargo.lock"),
@@ -596,8 +596,10 @@ fn altered_api(root: &Path, version: &str, edit: impl Fn(String) -> String) -> P
     let original = workspace_root().join("plugin-api");
     let dir = root.join(format!("api-{version}"));
     std::fs::create_dir_all(dir.join("src")).unwrap();
-    for file in ["lib.rs", "abi.rs", "sdk.rs"] {
-        let text = std::fs::read_to_string(original.join("src").join(file)).unwrap();
+    for entry in std::fs::read_dir(original.join("src")).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
         let text = if file == "abi.rs" { edit(text) } else { text };
         std::fs::write(dir.join("src").join(file), text).unwrap();
     }

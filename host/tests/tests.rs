@@ -7,5 +7,6 @@ mod idx_files;
 mod monitors;
 mod plugin_loading;
 mod reliability;
+mod resume;
 mod training;
 mod util;

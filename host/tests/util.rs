@@ -82,3 +82,15 @@ hidden = [32]
 lr = 0.05
 momentum = 0.9
 "#;
+
+/// The newest training step in a run's `metrics.jsonl` (0 before the first).
+pub fn trained_to(run_dir: &Path) -> u64 {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|record| record["kind"] == "train")
+        .filter_map(|record| record["global_step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}

@@ -109,6 +109,14 @@ impl GradientAverages {
     }
 }
 
+/// `Σ x²` of a 1-D tensor, as a 0-d tensor. ATen's norm reduction splits the work by index
+/// and accumulates in double; BLAS `dot` (what `Tensor::dot` calls on the CPU) may sum in an
+/// order that depends on the buffers' alignment, so a resumed run, whose buffers are new,
+/// would not reproduce the uninterrupted run's last bits.
+fn squared_norm(values: &Tensor) -> Result<Tensor> {
+    Ok(values.f_norm()?.f_square()?)
+}
+
 /// One monitor's averages.
 struct GradientEma {
     beta: f64,
@@ -440,7 +448,7 @@ impl HostServices for TrainerServices<'_> {
         let square_sum = match self.flat_grads {
             Some(flat) => {
                 let _ = ema.mean.f_lerp_(flat, weight)?;
-                flat.f_dot(flat)?
+                squared_norm(flat)?
             }
             None => {
                 let mut sum = Tensor::f_zeros([], (Kind::Float, self.device))?;
@@ -454,7 +462,7 @@ impl HostServices for TrainerServices<'_> {
                         .mean
                         .f_narrow(0, offset, count)?
                         .f_lerp_(&grad, weight)?;
-                    sum = sum.f_add(&grad.f_dot(&grad)?)?;
+                    sum = sum.f_add(&squared_norm(&grad)?)?;
                     offset += count;
                 }
                 sum
@@ -481,7 +489,7 @@ impl HostServices for TrainerServices<'_> {
             numel: numel as u64,
             beta: ema.beta,
             mean_square: ema.mean_square,
-            squared_mean: ema.mean.f_dot(&ema.mean)?.f_double_value(&[])? / numel.max(1) as f64,
+            squared_mean: squared_norm(&ema.mean)?.f_double_value(&[])? / numel.max(1) as f64,
         }))
     }
 }

@@ -64,7 +64,8 @@ impl FaultInjector {
                 ctx.log("fault_injector/bad", f64::INFINITY);
                 Ok(())
             }
-            "stop" => {
+            // A stop request is made once, at `at_step`: a run resumed after it goes on.
+            "stop" if step == self.settings.at_step => {
                 ctx.request_stop("injected stop request");
                 Ok(())
             }
