@@ -167,11 +167,23 @@ fn run(cli: Cli) -> anyhow::Result<RunEnd> {
             };
             let outcome = vigil::train::train(&request)?;
             if let Some(signal) = outcome.interrupted {
-                println!(
-                    "interrupted by {}: checkpoint written; continue with `vigil train --resume {}`",
-                    vigil::train::signal_name(signal),
-                    outcome.run_dir.display()
-                );
+                let signal = vigil::train::signal_name(signal);
+                let run_dir = outcome.run_dir.display();
+                match outcome.checkpoint_step {
+                    Some(step) if step == outcome.global_step => println!(
+                        "interrupted by {signal} at step {step}: checkpoint written; continue with `vigil train --resume {run_dir}`"
+                    ),
+                    Some(step) => println!(
+                        "interrupted by {signal} at step {}: the checkpoint could not be written (see run.json); \
+                         `vigil train --resume {run_dir}` continues from step {step}",
+                        outcome.global_step
+                    ),
+                    None => println!(
+                        "interrupted by {signal} at step {}: checkpoints are disabled (checkpoint.enabled = false), \
+                         so this run cannot be resumed",
+                        outcome.global_step
+                    ),
+                }
                 return Ok(RunEnd::Interrupted);
             }
             if let Some(last) = outcome.summary.last() {

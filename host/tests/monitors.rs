@@ -483,6 +483,38 @@ fn the_artifact_monitors_write_every_file_they_promise() {
 
 type Averages = (f64, Vec<f64>, f64, u64);
 
+/// The real noise plugin in a host of `dim` parameters.
+fn noise_host(services: &dyn HostServices, dim: usize) -> PluginHost {
+    let spec = MonitorSettings {
+        name: "noise".into(),
+        enabled: true,
+        on_error: OnError::Abort,
+        path: Some(built_plugin("noise")),
+        sha256: None,
+        hook_budget: None,
+        hook_budget_strikes: 3,
+        settings_toml: "grad_ema_beta = 0.9\nlog_every_n_steps = 5\n".into(),
+    };
+    let facts = RunFacts {
+        parameters: RVec::from(vec![ParameterInfo {
+            name: RString::from("theta"),
+            shape: RVec::from(vec![dim as u64]),
+            numel: dim as u64,
+        }]),
+        total_parameters: dim as u64,
+        ..RunFacts::default()
+    };
+    PluginHost::load(
+        &[spec],
+        &[],
+        false,
+        facts,
+        services,
+        StepCounters::default(),
+    )
+    .unwrap()
+}
+
 /// Host services that hand out a fixed gradient per step and, when `keep` is set, keep the
 /// gradient averages that `vigil.gradient_ema.update` asks for (in `f64`).
 struct GradientSequence {
@@ -549,6 +581,18 @@ impl HostServices for GradientSequence {
     }
 }
 
+/// The next gradient of the test sequence: coordinate i is a drift of i/50 plus uniform noise
+/// of variance (1 + i/25)²/3.
+fn next_gradient(gradient: &mut [f32], seed: &mut u64) {
+    for (i, g) in gradient.iter_mut().enumerate() {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let uniform = (*seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        *g = (i as f64 / 50.0 + uniform * (1.0 + i as f64 / 25.0)) as f32;
+    }
+}
+
 /// `noise/grad_var` of the real noise plugin over 40 steps of a fixed gradient sequence, from
 /// the host's averages (`keep`) or from its own; and how often it copied the gradient.
 fn noise_gradient_variance(keep: bool) -> (Vec<(u64, f64)>, usize) {
@@ -559,45 +603,11 @@ fn noise_gradient_variance(keep: bool) -> (Vec<(u64, f64)>, usize) {
         averages: RefCell::new(None),
         copies: Cell::new(0),
     };
-    let spec = MonitorSettings {
-        name: "noise".into(),
-        enabled: true,
-        on_error: OnError::Abort,
-        path: Some(built_plugin("noise")),
-        sha256: None,
-        hook_budget: None,
-        hook_budget_strikes: 3,
-        settings_toml: "grad_ema_beta = 0.9\nlog_every_n_steps = 5\n".into(),
-    };
-    let facts = RunFacts {
-        parameters: RVec::from(vec![ParameterInfo {
-            name: RString::from("theta"),
-            shape: RVec::from(vec![DIM as u64]),
-            numel: DIM as u64,
-        }]),
-        total_parameters: DIM as u64,
-        ..RunFacts::default()
-    };
-    let mut host = PluginHost::load(
-        &[spec],
-        &[],
-        false,
-        facts,
-        &services,
-        StepCounters::default(),
-    )
-    .unwrap();
+    let mut host = noise_host(&services, DIM);
     let mut seed = 11u64;
     let mut logged = Vec::new();
     for step in 0..40u64 {
-        // Coordinate i: a drift of i/50 plus uniform noise of variance (1 + i/25)²/3.
-        for (i, g) in services.gradient.borrow_mut().iter_mut().enumerate() {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let uniform = (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
-            *g = (i as f64 / 50.0 + uniform * (1.0 + i as f64 / 25.0)) as f32;
-        }
+        next_gradient(&mut services.gradient.borrow_mut(), &mut seed);
         let counters = StepCounters {
             global_step: step,
             epoch: 1,
@@ -646,5 +656,91 @@ fn noise_uses_the_hosts_gradient_averages_and_falls_back_to_its_own() {
     assert!(
         (last - truth).abs() < 0.35 * truth,
         "grad_var {last} vs {truth}"
+    );
+}
+
+/// State saved by one host and restored into another (as on resume), here with the
+/// monitor's own gradient averages: the values logged after the restore are those of the
+/// uninterrupted sequence. A state saved by another plugin version is handed over all the
+/// same, and `run.json` says which version saved it.
+#[test]
+fn noise_state_restored_into_a_new_host_continues_the_same_values() {
+    const DIM: usize = 50;
+    let fresh = || GradientSequence {
+        gradient: RefCell::new(vec![0.0; DIM]),
+        keep: false,
+        averages: RefCell::new(None),
+        copies: Cell::new(0),
+    };
+    let step = |host: &mut PluginHost, services: &GradientSequence, step: u64, seed: &mut u64| {
+        next_gradient(&mut services.gradient.borrow_mut(), seed);
+        let counters = StepCounters {
+            global_step: step,
+            epoch: 1,
+            ..StepCounters::default()
+        };
+        let mut scalars = Vec::new();
+        host.dispatch(
+            &EventData::new(
+                EventKind::TRAIN_BATCH_END,
+                counters,
+                &[("train_loss", 1.0 + step as f64)],
+            ),
+            services,
+            &mut scalars,
+        )
+        .unwrap();
+        scalars
+            .into_iter()
+            .map(|(_, metric, value)| (step, metric, value))
+            .collect::<Vec<_>>()
+    };
+
+    let (services, mut seed) = (fresh(), 11u64);
+    let mut alone = noise_host(&services, DIM);
+    let expected: Vec<_> = (0..40)
+        .flat_map(|s| step(&mut alone, &services, s, &mut seed))
+        .collect();
+
+    let (services, mut seed) = (fresh(), 11u64);
+    let mut first = noise_host(&services, DIM);
+    let mut logged: Vec<_> = (0..20)
+        .flat_map(|s| step(&mut first, &services, s, &mut seed))
+        .collect();
+    let counters = StepCounters {
+        global_step: 20,
+        ..StepCounters::default()
+    };
+    let saved: Vec<_> = first
+        .save_states(counters, &services)
+        .unwrap()
+        .into_iter()
+        .map(|mut snapshot| {
+            assert!(
+                snapshot.saves_state && snapshot.state.is_some(),
+                "{snapshot:?}"
+            );
+            snapshot.plugin_version = "0.9.0".into();
+            let bytes = snapshot.state.take();
+            (snapshot, bytes)
+        })
+        .collect();
+    let mut second = noise_host(&services, DIM);
+    second
+        .resume(&saved, counters, None, &services, &mut Vec::new())
+        .unwrap();
+    logged.extend((20..40).flat_map(|s| step(&mut second, &services, s, &mut seed)));
+    assert!(logged
+        .iter()
+        .any(|(s, m, _)| *s > 20 && m == "noise/grad_var"));
+    assert_eq!(logged, expected);
+    let report = second.report(1.0);
+    let note = report[0]["resumed"].as_str().unwrap();
+    assert_eq!(
+        note,
+        format!(
+            "restored from state saved by version 0.9.0 (this is {})",
+            report[0]["version"].as_str().unwrap()
+        )
     );
 }

@@ -362,3 +362,29 @@ pub fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
     let path = dir.join(name);
     std::fs::read(&path).map_err(|source| Error::io(&path, source))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resumed run continues from the running sums in `state.json`: they must come back bit
+    /// for bit (serde_json needs `float_roundtrip` for that; without it some values come back
+    /// one ulp off).
+    #[test]
+    fn state_floats_round_trip_bit_for_bit() {
+        let mut rng = crate::rng::SplitMix64::new(7);
+        for _ in 0..20_000 {
+            let value = f64::from_bits(rng.next_u64() >> 2) * rng.uniform(-1.0, 1.0);
+            let saved = SavedGradientAverage {
+                owner: 0,
+                beta: 0.99,
+                mean_square: value,
+                updates: 1,
+                last_step: None,
+            };
+            let text = serde_json::to_string(&saved).unwrap();
+            let back: SavedGradientAverage = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.mean_square.to_bits(), value.to_bits(), "{text}");
+        }
+    }
+}

@@ -50,8 +50,11 @@ pub struct RunOutcome {
     pub dataset: String,
     pub summary: FitSummary,
     pub best_val_loss: Option<f64>,
-    /// The signal that interrupted training (a checkpoint was written), if one did.
+    /// The signal that interrupted training, if one did.
     pub interrupted: Option<usize>,
+    /// Optimizer steps taken, and the step of the newest checkpoint (if any).
+    pub global_step: u64,
+    pub checkpoint_step: Option<u64>,
     /// `--resume` found the run already completed and did nothing.
     pub already_complete: bool,
 }
@@ -339,6 +342,8 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                     summary: FitSummary::default(),
                     best_val_loss: trainer.best_val_loss(),
                     interrupted: None,
+                    global_step: trainer.global_step(),
+                    checkpoint_step: Some(state.global_step),
                     already_complete: true,
                 });
             }
@@ -489,6 +494,11 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         best_val_loss: trainer.best_val_loss(),
         summary,
         interrupted,
+        global_step: trainer.global_step(),
+        checkpoint_step: trainer
+            .checkpoint_index()
+            .and_then(|index| index.last.as_ref())
+            .map(|last| last.global_step),
         already_complete: false,
     })
 }

@@ -574,6 +574,22 @@ mod tests {
             .collect()
     }
 
+    /// A resumed run holds the same values in new buffers: the sum of squares must not
+    /// depend on where they lie (BLAS `dot` gave two different sums over 32 offsets).
+    #[test]
+    fn squared_norms_do_not_depend_on_buffer_alignment() {
+        let values = Tensor::randn([100_003], (Kind::Float, Device::Cpu));
+        let backing = Tensor::zeros([100_003 + 32], (Kind::Float, Device::Cpu));
+        let sums: Vec<u64> = (0..32)
+            .map(|offset| {
+                let mut view = backing.narrow(0, offset, 100_003);
+                view.copy_(&values);
+                squared_norm(&view).unwrap().double_value(&[]).to_bits()
+            })
+            .collect();
+        assert!(sums.iter().all(|&s| s == sums[0]), "{sums:?}");
+    }
+
     #[test]
     fn gradient_averages_follow_every_step_once_with_or_without_a_flat_gradient() {
         for flat in [false, true] {
