@@ -6,9 +6,12 @@
 //! into a disabled one (or a stopped run, if the config says `on_error = "abort"`). Libraries
 //! are never unloaded; every monitor sees `fit_end` before the host drops it.
 
+mod artifacts;
 mod clock;
 mod host_view;
 pub mod library;
+mod resolve;
+mod state;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,10 +22,11 @@ use serde_json::json;
 use vigil_plugin_api::abi::{HostFfi_TO, MonitorBox};
 use vigil_plugin_api::{EventKind, EventSet, LogLevel, StepCounters, Subscriptions};
 
-pub use host_view::{
-    ArtifactWriter, EventData, GradientEmaSummary, HostServices, Outputs, RunFacts,
-};
+pub use artifacts::ArtifactWriter;
+pub use host_view::{EventData, GradientEmaSummary, HostServices, Outputs, RunFacts};
 pub use library::{default_plugin_dirs, LibraryInfo, LoadFailure, PluginLibrary};
+pub use resolve::{listing, resolve};
+pub use state::MonitorSnapshot;
 
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
@@ -80,20 +84,6 @@ impl ActiveMonitor {
         self.events.contains(EventKind::SAVE_STATE)
             && self.events.contains(EventKind::RESTORE_STATE)
     }
-}
-
-/// A monitor's part of a checkpoint, as [`PluginHost::save_states`] collects it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MonitorSnapshot {
-    pub name: String,
-    pub plugin_version: String,
-    pub api_version: String,
-    /// Whether the plugin takes part in saving state.
-    pub saves_state: bool,
-    /// What the monitor returned from `save_state`, if anything.
-    pub state: Option<Vec<u8>>,
-    /// Why the monitor had been disabled, if it had.
-    pub disabled: Option<String>,
 }
 
 /// The monitors of one run.
@@ -389,102 +379,6 @@ impl PluginHost {
         abort.map_or(Ok(()), Err)
     }
 
-    /// Ask every monitor for its state (`save_state`), for a checkpoint at `counters`.
-    pub fn save_states(
-        &mut self,
-        counters: StepCounters,
-        services: &dyn HostServices,
-    ) -> Result<Vec<MonitorSnapshot>> {
-        self.outputs.saved_states.clear();
-        let mut scalars = Vec::new();
-        let event = EventData::new(EventKind::SAVE_STATE, counters, &[]);
-        self.dispatch(&event, services, &mut scalars)?;
-        let mut saved = std::mem::take(&mut self.outputs.saved_states);
-        Ok(self
-            .monitors
-            .iter()
-            .enumerate()
-            .map(|(index, monitor)| MonitorSnapshot {
-                name: monitor.name.clone(),
-                plugin_version: monitor.library.info.version.clone(),
-                api_version: monitor.library.info.api_version.clone(),
-                saves_state: monitor.saves_state(),
-                state: saved
-                    .iter_mut()
-                    .find(|(owner, _)| *owner == index)
-                    .map(|(_, bytes)| std::mem::take(bytes)),
-                disabled: monitor.disabled.as_ref().map(|d| {
-                    format!(
-                        "failed in {} at step {}: {}",
-                        d.event, d.global_step, d.reason
-                    )
-                }),
-            })
-            .collect())
-    }
-
-    /// Bring the monitors back on resume from what a checkpoint saved (`saved`, in config
-    /// order): a monitor that saved state gets `restore_state` with it; every other one starts
-    /// fresh with `fit_start`, and with `epoch_start` (the current epoch's `train_epoch_start`)
-    /// when the run resumes mid-epoch. A monitor disabled before the checkpoint stays disabled.
-    pub fn resume(
-        &mut self,
-        saved: &[(MonitorSnapshot, Option<Vec<u8>>)],
-        counters: StepCounters,
-        epoch_start: Option<&EventData<'_>>,
-        services: &dyn HostServices,
-        scalars: &mut Vec<(String, String, f64)>,
-    ) -> Result<()> {
-        let mut restoring = vec![None; self.monitors.len()];
-        for (index, monitor) in self.monitors.iter_mut().enumerate() {
-            let entry = saved.get(index).filter(|(s, _)| s.name == monitor.name);
-            let note = match entry {
-                None => "started fresh: the checkpoint holds nothing for it".to_string(),
-                Some((snapshot, _)) if !snapshot.saves_state => format!(
-                    "started fresh: the plugin that saved the checkpoint (version {}, built against vigil-plugin-api {}) keeps no state across a resume",
-                    snapshot.plugin_version, snapshot.api_version
-                ),
-                Some((_, None)) => "started fresh: the monitor saved no state".to_string(),
-                Some((_, Some(_))) if !monitor.saves_state() => format!(
-                    "started fresh: the plugin (built against vigil-plugin-api {}) cannot restore state",
-                    monitor.library.info.api_version
-                ),
-                Some((snapshot, Some(bytes))) => {
-                    restoring[index] = Some((snapshot.plugin_version.clone(), bytes.clone()));
-                    if snapshot.plugin_version == monitor.library.info.version {
-                        "restored".to_string()
-                    } else {
-                        format!(
-                            "restored from state saved by version {} (this is {})",
-                            snapshot.plugin_version, monitor.library.info.version
-                        )
-                    }
-                }
-            };
-            if let Some(disabled) = entry.and_then(|(s, _)| s.disabled.clone()) {
-                monitor.disabled = Some(Disabled {
-                    event: "before the checkpoint",
-                    global_step: counters.global_step,
-                    reason: disabled,
-                });
-            }
-            monitor.resumed = Some(note);
-        }
-        self.refresh_interest();
-        self.outputs.restoring = restoring.clone();
-        let restore = EventData::new(EventKind::RESTORE_STATE, counters, &[]);
-        let restored = self.dispatch_where(&restore, services, scalars, |i| restoring[i].is_some());
-        self.outputs.restoring.clear();
-        restored?;
-        let fresh = |i: usize| restoring[i].is_none();
-        let start = EventData::new(EventKind::FIT_START, counters, &[]);
-        self.dispatch_where(&start, services, scalars, fresh)?;
-        if let Some(event) = epoch_start {
-            self.dispatch_where(event, services, scalars, fresh)?;
-        }
-        Ok(())
-    }
-
     /// Whether a monitor has asked to stop the run.
     pub fn stop_requested(&self) -> bool {
         self.outputs.stop_request.is_some()
@@ -655,139 +549,6 @@ impl PluginHost {
     }
 }
 
-/// The table `vigil plugins` prints: every `*.so` in `dirs` with its name, versions, file,
-/// sha256 and status.
-pub fn listing(dirs: &[PathBuf], allow_insecure: bool) -> String {
-    let scan = library::scan(dirs, allow_insecure);
-    let mut rows: Vec<[String; 6]> = Vec::new();
-    let mut add = |library: &PluginLibrary, status: String| {
-        rows.push([
-            library.info.name.clone(),
-            library.info.version.clone(),
-            library.info.api_version.clone(),
-            library.path.display().to_string(),
-            library.sha256.clone(),
-            status,
-        ]);
-    };
-    for library in scan.libraries.values() {
-        add(library, "ok".into());
-    }
-    for library in &scan.shadowed {
-        add(library, "shadowed by an earlier directory".into());
-    }
-    for failure in &scan.failures {
-        rows.push([
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            failure.path.display().to_string(),
-            failure.sha256.clone().unwrap_or_else(|| "-".into()),
-            failure.reason.clone(),
-        ]);
-    }
-    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    if rows.is_empty() {
-        return format!("no plugin files (*.so) in {}\n", searched.join(", "));
-    }
-    let header = ["NAME", "VERSION", "API", "FILE", "SHA256", "STATUS"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(column, (cell, width))| {
-                if column == 5 {
-                    cell.clone()
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out.push_str(&format!("searched: {}\n", searched.join(", ")));
-    out
-}
-
-/// Find and check the library of every monitor in `specs` (searching `plugin_dirs`, or
-/// opening `path`), with its `sha256` pin. Every problem is collected; on success, the
-/// libraries in `specs` order and warnings about skipped or shadowed files.
-pub fn resolve(
-    specs: &[&MonitorSettings],
-    plugin_dirs: &[PathBuf],
-    allow_insecure: bool,
-) -> Result<(Vec<PluginLibrary>, Vec<String>)> {
-    let scan = if specs.iter().any(|spec| spec.path.is_none()) {
-        library::scan(plugin_dirs, allow_insecure)
-    } else {
-        library::Scan::default()
-    };
-    let mut problems = Vec::new();
-    let mut libraries = Vec::new();
-    for spec in specs {
-        let found = match &spec.path {
-            Some(path) => library::load(path, allow_insecure)
-                .map_err(|failure| failure.to_string())
-                .and_then(|library| {
-                    if library.info.name == spec.name {
-                        Ok(library)
-                    } else {
-                        Err(format!(
-                            "{}: provides monitor `{}`, not `{}`",
-                            path.display(),
-                            library.info.name,
-                            spec.name
-                        ))
-                    }
-                }),
-            None => scan
-                .libraries
-                .get(&spec.name)
-                .cloned()
-                .ok_or_else(|| unknown_monitor(&spec.name, &scan, plugin_dirs)),
-        };
-        let pinned = found.and_then(|library| match &spec.sha256 {
-            Some(expected) if *expected != library.sha256 => Err(format!(
-                "{}: sha256 mismatch for monitor `{}`: the config pins {expected}, the file is {}; \
-                 if the new file is trusted, update `sha256`",
-                library.path.display(),
-                spec.name,
-                library.sha256
-            )),
-            _ => Ok(library),
-        });
-        match pinned {
-            Ok(library) => libraries.push(library),
-            Err(problem) => problems.push(problem),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(Error::Plugins { problems });
-    }
-    let mut warnings: Vec<String> = scan
-        .failures
-        .iter()
-        .map(|f| format!("skipped plugin file {f}"))
-        .collect();
-    warnings.extend(scan.shadowed.iter().map(|shadowed| {
-        format!(
-            "{} also provides monitor `{}`; using the one found first",
-            shadowed.path.display(),
-            shadowed.info.name
-        )
-    }));
-    Ok((libraries, warnings))
-}
-
 fn hook_index(kind: EventKind) -> Option<usize> {
     EventKind::ALL.iter().position(|&known| known == kind)
 }
@@ -798,26 +559,4 @@ fn share(part: Duration, loop_seconds: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-fn unknown_monitor(name: &str, scan: &library::Scan, dirs: &[PathBuf]) -> String {
-    let available: Vec<&str> = scan.libraries.keys().map(String::as_str).collect();
-    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    let mut message = format!(
-        "unknown monitor `{name}`; available: {} (searched {})",
-        if available.is_empty() {
-            "none".to_string()
-        } else {
-            available.join(", ")
-        },
-        searched.join(", ")
-    );
-    if !scan.failures.is_empty() {
-        let failed: Vec<String> = scan.failures.iter().map(LoadFailure::to_string).collect();
-        message.push_str(&format!(
-            "; files that failed to load: {}",
-            failed.join("; ")
-        ));
-    }
-    message
 }
