@@ -593,10 +593,25 @@ fn the_readme_monitor_builds_outside_the_workspace_and_runs() {
 
 /// A copy of the API crate, standalone, with `edit` applied to `abi.rs` and `version`.
 fn altered_api(root: &Path, version: &str, edit: impl Fn(String) -> String) -> PathBuf {
-    let original = workspace_root().join("plugin-api");
+    api_copy(
+        root,
+        &workspace_root().join("plugin-api/src"),
+        version,
+        edit,
+    )
+}
+
+/// A standalone API crate of `version` from the sources in `sources`, with `edit` applied to
+/// `abi.rs`.
+pub fn api_copy(
+    root: &Path,
+    sources: &Path,
+    version: &str,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
     let dir = root.join(format!("api-{version}"));
     std::fs::create_dir_all(dir.join("src")).unwrap();
-    for entry in std::fs::read_dir(original.join("src")).unwrap() {
+    for entry in std::fs::read_dir(sources).unwrap() {
         let path = entry.unwrap().path();
         let file = path.file_name().unwrap().to_owned();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{stderr, stdout, vigil};
-
-fn build_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_vigil"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use crate::util::{build_dir, stderr, stdout, vigil};
 
 fn plugin(name: &str) -> PathBuf {
     build_dir().join(format!("lib{}.so", name.replace('-', "_")))

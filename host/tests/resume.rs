@@ -9,14 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{stderr, stdout, trained_to, vigil, TINY_SYNTHETIC};
-
-fn build_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_vigil"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use crate::util::{build_dir, stderr, stdout, trained_to, vigil, TINY_SYNTHETIC};
 
 /// All ten shipped monitors at cadences that fire in a short run, the weighted sampler, 128
 /// steps an epoch, validation (and a checkpoint) every 32 steps.
@@ -592,22 +585,17 @@ fn resume_auto_starts_then_continues_then_finds_the_run_complete() {
 #[test]
 fn a_plugin_built_against_api_1_0_0_runs_and_starts_fresh_on_resume() {
     let root = tempfile::tempdir().unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/plugin-api-1.0.0");
-    let api = root.path().join("api-1.0.0");
-    std::fs::create_dir_all(api.join("src")).unwrap();
-    for file in ["lib.rs", "abi.rs", "sdk.rs"] {
-        std::fs::copy(fixture.join(file), api.join("src").join(file)).unwrap();
-    }
-    std::fs::write(
-        api.join("Cargo.toml"),
-        "[package]\nname = \"vigil-plugin-api\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\n[dependencies]\n\
-         abi_stable = \"=0.11.3\"\nserde = { version = \"1\", features = [\"derive\"] }\nthiserror = \"2\"\ntoml = \"1\"\n",
-    )
-    .unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let api = crate::plugin_loading::api_copy(
+        root.path(),
+        &fixtures.join("plugin-api-1.0.0"),
+        "1.0.0",
+        |abi| abi,
+    );
     let plugin = root.path().join("old-loss-ema");
     std::fs::create_dir_all(plugin.join("src")).unwrap();
     std::fs::copy(
-        fixture.join("example_loss_ema.rs"),
+        fixtures.join("example-loss-ema-1.0.0.rs"),
         plugin.join("src/lib.rs"),
     )
     .unwrap();

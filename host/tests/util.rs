@@ -8,6 +8,14 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use vigil::data::idx::encode_idx;
 
+/// Where cargo put the `vigil` binary, and with it the workspace's plugins.
+pub fn build_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_vigil"))
+        .parent()
+        .expect("the binary is in a directory")
+        .to_path_buf()
+}
+
 /// Run the built `vigil` binary in `dir` with `args`.
 pub fn vigil(dir: &Path, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
