@@ -140,6 +140,8 @@ impl Checkpoints {
     pub fn open(run_dir: &Path, keep_best: usize) -> Result<Self> {
         let root = run_dir.join(CHECKPOINT_DIR);
         std::fs::create_dir_all(&root).map_err(|source| Error::io(&root, source))?;
+        // The directory's own entry in the run directory must survive power loss too.
+        fs::sync_parent(&root)?;
         let index = read_index(&root).unwrap_or_default();
         Ok(Checkpoints {
             root,

@@ -434,7 +434,14 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     };
     let summary = fitted.as_ref().ok();
     let last = summary.and_then(FitSummary::last);
-    let mut warnings: Vec<String> = trainer.warnings().to_vec();
+    // Earlier attempts' warnings first: a resumed run's `run.json` replaces theirs.
+    let mut warnings: Vec<String> = previous["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w.as_str().map(String::from))
+        .collect();
+    warnings.extend(trainer.warnings().iter().cloned());
     warnings.extend(plugins.warnings().iter().cloned());
     let mut attempts = previous["attempts"].as_array().cloned().unwrap_or_default();
     attempts.push(serde_json::json!({
