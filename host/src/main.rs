@@ -154,6 +154,14 @@ fn run(cli: Cli) -> anyhow::Result<RunEnd> {
                     message: "with a CONFIG, --resume takes only `auto`; to continue a run directory,                               give `--resume RUN_DIR` without a CONFIG"
                         .into(),
                 }),
+                (None, Some(word)) if word.as_os_str() == "auto" => {
+                    anyhow::bail!(vigil::Error::Config {
+                        location: "vigil train".into(),
+                        message: "`--resume auto` needs the CONFIG whose `run_dir` it continues: \
+                                  vigil train CONFIG --resume auto (for a directory named auto, give ./auto)"
+                            .into(),
+                    })
+                }
                 (None, dir) => dir.map(vigil::train::Resume::Dir),
                 (Some(_), None) => None,
             };
