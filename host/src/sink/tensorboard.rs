@@ -147,14 +147,6 @@ impl TensorBoardSink {
         Ok(sink)
     }
 
-    /// The file's name inside its directory.
-    pub fn file_name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-
     /// Create a new event file in `dir` (created if needed).
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
@@ -470,7 +462,12 @@ mod tests {
         first.write(&record(5, 0.5)).unwrap();
         first.flush().unwrap();
         let mark = TensorBoardMark {
-            file: first.file_name(),
+            file: first
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
             bytes: std::fs::metadata(first.path()).unwrap().len(),
         };
         // Written after the checkpoint at step 5, then the process dies.

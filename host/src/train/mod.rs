@@ -43,9 +43,7 @@ use split::TensorSplit;
 pub use state::signal_name;
 
 mod run;
-pub use run::{
-    check_config, train, train_from_file, Resume, RunOutcome, TrainRequest, CONFIG_FILE,
-};
+pub use run::{check_config, train, train_from_file, Resume, RunOutcome, TrainRequest};
 
 /// Serialises "seed libtorch's global generator, then initialise a model".
 static SEEDED_INIT: Mutex<()> = Mutex::new(());
@@ -140,8 +138,8 @@ pub struct Trainer {
     flat_grads: Option<Tensor>,
     /// The current epoch's sample order, on the CPU and on the device.
     epoch_order: Option<(usize, Vec<i64>, Tensor)>,
-    /// The TensorBoard file (path, name), whose length each checkpoint records.
-    tensorboard: Option<(PathBuf, String)>,
+    /// The TensorBoard file, whose name and length each checkpoint records.
+    tensorboard: Option<PathBuf>,
     /// Monitor state from the checkpoint a run resumes from, handed back when it begins.
     pending_restore: Option<state::PendingRestore>,
     /// Set to a signal's number by a signal handler: stop cleanly after the current step.

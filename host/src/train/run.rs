@@ -404,7 +404,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         &run_dir,
         settings.to_toml(),
         run_dir.join(METRICS_FILE),
-        Some((tensorboard.path().to_path_buf(), tensorboard.file_name())),
+        Some(tensorboard.path().to_path_buf()),
     )?;
     if let Some(flag) = request.interrupt {
         trainer.interrupt_on(flag);

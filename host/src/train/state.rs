@@ -52,7 +52,7 @@ impl Trainer {
         run_dir: &Path,
         config_text: String,
         metrics_path: PathBuf,
-        tensorboard: Option<(PathBuf, String)>,
+        tensorboard: Option<PathBuf>,
     ) -> Result<()> {
         self.metrics_path = Some(metrics_path);
         self.tensorboard = tensorboard;
@@ -222,8 +222,11 @@ impl Trainer {
         };
         let metrics_bytes = self.metrics_path.as_deref().map(length).transpose()?;
         let tensorboard = match &self.tensorboard {
-            Some((path, file)) => Some(TensorBoardMark {
-                file: file.clone(),
+            Some(path) => Some(TensorBoardMark {
+                file: path
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 bytes: length(path)?,
             }),
             None => None,
