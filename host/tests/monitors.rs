@@ -525,6 +525,17 @@ struct GradientSequence {
     copies: Cell<usize>,
 }
 
+impl GradientSequence {
+    fn new(dim: usize, keep: bool) -> Self {
+        GradientSequence {
+            gradient: RefCell::new(vec![0.0; dim]),
+            keep,
+            averages: RefCell::new(None),
+            copies: Cell::new(0),
+        }
+    }
+}
+
 impl HostServices for GradientSequence {
     fn grad_norms(&self) -> vigil::Result<Vec<f64>> {
         Ok(Vec::new())
@@ -597,37 +608,48 @@ fn next_gradient(gradient: &mut [f32], seed: &mut u64) {
 /// the host's averages (`keep`) or from its own; and how often it copied the gradient.
 fn noise_gradient_variance(keep: bool) -> (Vec<(u64, f64)>, usize) {
     const DIM: usize = 50;
-    let services = GradientSequence {
-        gradient: RefCell::new(vec![0.0; DIM]),
-        keep,
-        averages: RefCell::new(None),
-        copies: Cell::new(0),
-    };
+    let services = GradientSequence::new(DIM, keep);
     let mut host = noise_host(&services, DIM);
     let mut seed = 11u64;
     let mut logged = Vec::new();
     for step in 0..40u64 {
-        next_gradient(&mut services.gradient.borrow_mut(), &mut seed);
-        let counters = StepCounters {
-            global_step: step,
-            epoch: 1,
-            ..StepCounters::default()
-        };
-        let mut scalars = Vec::new();
-        host.dispatch(
-            &EventData::new(EventKind::TRAIN_BATCH_END, counters, &[("train_loss", 1.0)]),
-            &services,
-            &mut scalars,
-        )
-        .unwrap();
         logged.extend(
-            scalars
+            noise_step(&mut host, &services, step, 1.0, &mut seed)
                 .into_iter()
                 .filter(|(_, metric, _)| metric == "noise/grad_var")
                 .map(|(_, _, value)| (step, value)),
         );
     }
     (logged, services.copies.get())
+}
+
+/// One `train_batch_end` of the noise host: the next gradient of the sequence, then the
+/// event with `train_loss` = `loss`; returns what the monitor logged.
+fn noise_step(
+    host: &mut PluginHost,
+    services: &GradientSequence,
+    step: u64,
+    loss: f64,
+    seed: &mut u64,
+) -> Vec<(String, String, f64)> {
+    next_gradient(&mut services.gradient.borrow_mut(), seed);
+    let counters = StepCounters {
+        global_step: step,
+        epoch: 1,
+        ..StepCounters::default()
+    };
+    let mut scalars = Vec::new();
+    host.dispatch(
+        &EventData::new(
+            EventKind::TRAIN_BATCH_END,
+            counters,
+            &[("train_loss", loss)],
+        ),
+        services,
+        &mut scalars,
+    )
+    .unwrap();
+    scalars
 }
 
 #[test]
@@ -666,31 +688,9 @@ fn noise_uses_the_hosts_gradient_averages_and_falls_back_to_its_own() {
 #[test]
 fn noise_state_restored_into_a_new_host_continues_the_same_values() {
     const DIM: usize = 50;
-    let fresh = || GradientSequence {
-        gradient: RefCell::new(vec![0.0; DIM]),
-        keep: false,
-        averages: RefCell::new(None),
-        copies: Cell::new(0),
-    };
+    let fresh = || GradientSequence::new(DIM, false);
     let step = |host: &mut PluginHost, services: &GradientSequence, step: u64, seed: &mut u64| {
-        next_gradient(&mut services.gradient.borrow_mut(), seed);
-        let counters = StepCounters {
-            global_step: step,
-            epoch: 1,
-            ..StepCounters::default()
-        };
-        let mut scalars = Vec::new();
-        host.dispatch(
-            &EventData::new(
-                EventKind::TRAIN_BATCH_END,
-                counters,
-                &[("train_loss", 1.0 + step as f64)],
-            ),
-            services,
-            &mut scalars,
-        )
-        .unwrap();
-        scalars
+        noise_step(host, services, step, 1.0 + step as f64, seed)
             .into_iter()
             .map(|(_, metric, value)| (step, metric, value))
             .collect::<Vec<_>>()
