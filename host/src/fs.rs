@@ -13,13 +13,30 @@ use crate::error::{Error, Result};
 /// it, fsync it, rename it over the target, then fsync the directory (which makes the rename
 /// itself durable).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with_mode(path, bytes, None)
+}
+
+/// [`write_atomically`], giving the new file exactly `mode` (whatever the umask) when one is
+/// given. The temporary file is created anew, never through an existing name or symlink.
+pub fn write_atomically_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
     let file_name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temporary = path.with_file_name(format!(".{file_name}.tmp"));
     let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
+        let _ = std::fs::remove_file(&temporary);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode.unwrap_or(0o666))
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temporary)?;
+        if let Some(mode) = mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)

@@ -31,22 +31,49 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Validate a config, its dataset and its monitors' plugins without training.
+    /// Validate a config, its dataset, its model and its monitors without training: each
+    /// enabled monitor's library is found, checked, loaded and the monitor built with its
+    /// settings (no hook runs); prints the plan.
     Check {
         config: PathBuf,
         /// Override a config value, e.g. --set optim.lr=0.1 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// List the plugins in the plugin directories, checked as `train` would load them.
+    /// List every plugin library in the plugin directories with its name, version, sha256
+    /// and whether a run could load it. Identities are read from the files without loading
+    /// them, except legacy libraries (built against vigil-plugin-api 1.0 or 1.1, with no
+    /// identity record): those are loaded, after the owner and permission checks, to read
+    /// their name (their initialisers run); --no-load leaves them unopened.
     Plugins {
-        /// A directory to scan (repeatable). Default: <exe dir>/plugins, <exe dir>, ./plugins.
+        #[command(subcommand)]
+        action: Option<PluginsAction>,
+        /// A directory to list (repeatable). Default: <exe dir>/plugins, <exe dir> when it is
+        /// a Cargo build directory, and $XDG_DATA_HOME/vigil/plugins (~/.local/share/vigil/plugins).
         #[arg(long = "dir", value_name = "DIR")]
         dirs: Vec<PathBuf>,
+        /// Do not load legacy libraries to read their identity.
+        #[arg(long)]
+        no_load: bool,
     },
     /// Measure training speed, monitor overhead (workload W1), plugin load time and hook
     /// dispatch cost (use a release build on an otherwise idle machine).
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsAction {
+    /// Check a plugin library (owner, permissions, an ELF library for this machine exporting a
+    /// vigil plugin of this API) without running any of it, copy it into your plugin
+    /// directory ($XDG_DATA_HOME/vigil/plugins) with mode 0644, and print its sha256 and the
+    /// config lines that enable and pin it.
+    Add {
+        /// The plugin's .so file.
+        file: PathBuf,
+        /// Install into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -212,13 +239,33 @@ fn run(cli: Cli) -> anyhow::Result<RunEnd> {
             Ok(RunEnd::Done)
         }
         Command::Bench(args) => bench(args).map(|()| RunEnd::Done),
-        Command::Plugins { dirs } => {
+        Command::Plugins {
+            action: Some(PluginsAction::Add { file, dir }),
+            ..
+        } => {
+            let dir = dir.or_else(vigil::plugin::user_plugin_dir).ok_or_else(|| {
+                anyhow::anyhow!(vigil::Error::Config {
+                    location: "vigil plugins add".into(),
+                    message:
+                        "neither XDG_DATA_HOME nor HOME is set to an absolute path; give --dir DIR"
+                            .into(),
+                })
+            })?;
+            let added = vigil::plugin::dirs::add(&file, &dir)?;
+            print!("{}", added.instructions());
+            Ok(RunEnd::Done)
+        }
+        Command::Plugins {
+            action: None,
+            dirs,
+            no_load,
+        } => {
             let dirs = if dirs.is_empty() {
                 vigil::plugin::default_plugin_dirs()
             } else {
                 dirs
             };
-            print!("{}", vigil::plugin::listing(&dirs, false));
+            print!("{}", vigil::plugin::listing(&dirs, false, !no_load));
             Ok(RunEnd::Done)
         }
     }
@@ -237,11 +284,15 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut workload = None;
     if !args.plugins_only {
         println!();
-        let found = vigil::plugin::library::scan(&dirs, false);
+        let found: Vec<String> = vigil::plugin::catalogue(&dirs, false, false)
+            .into_iter()
+            .filter(|row| row.status == "ok")
+            .filter_map(|row| row.name)
+            .collect();
         let monitors = if args.monitors.is_empty() {
             let shipped: Vec<String> = vigil::bench::SHIPPED_MONITORS
                 .iter()
-                .filter(|name| found.libraries.contains_key(**name))
+                .filter(|name| found.iter().any(|found| found == **name))
                 .map(|name| name.to_string())
                 .collect();
             if shipped.len() < vigil::bench::SHIPPED_MONITORS.len() {

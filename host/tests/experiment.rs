@@ -100,7 +100,11 @@ fn resume_after_a_stop_continues_the_same_metric_stream() {
         let stop = format!(
             r#"monitors=[{{name="fault-injector", settings={{fault="stop", at_step={stop_at}}}}}]"#
         );
-        let dirs = format!("plugin_dirs=[\"{}\"]", plugin_dir());
+        let dirs = format!(
+            "plugin_dirs=[\"{}\", \"{}\"]",
+            plugin_dir(),
+            crate::util::fixture_dir().display()
+        );
         let part = train(
             dir.path(),
             SMALL,

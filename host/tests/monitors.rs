@@ -15,6 +15,13 @@ use vigil_plugin_api::{EventKind, ParameterInfo, ProbeSpec, StepCounters};
 
 use crate::util::{stderr, vigil};
 
+/// Monitors here are loaded by `path`; no directory is searched.
+const NO_SEARCH: vigil::plugin::PluginSearch<'static> = vigil::plugin::PluginSearch {
+    dirs: &[],
+    allow_insecure: false,
+    report_dir: None,
+};
+
 fn built_plugin(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_vigil"))
         .with_file_name(format!("lib{}.so", name.replace('-', "_")));
@@ -214,7 +221,7 @@ fn curvature_matches_the_exact_hessian_of_a_tiny_model() {
         total_parameters: n as u64,
     };
     let counters = StepCounters::default();
-    let mut host = PluginHost::load(&[spec], &[], false, facts, &services, counters).unwrap();
+    let mut host = PluginHost::load(&[spec], &NO_SEARCH, facts, &services, counters).unwrap();
     let mut scalars = Vec::new();
     host.dispatch(
         &EventData::new(EventKind::FIT_START, counters, &[]),
@@ -506,8 +513,7 @@ fn noise_host(services: &dyn HostServices, dim: usize) -> PluginHost {
     };
     PluginHost::load(
         &[spec],
-        &[],
-        false,
+        &NO_SEARCH,
         facts,
         services,
         StepCounters::default(),

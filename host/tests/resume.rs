@@ -587,17 +587,15 @@ fn resume_auto_starts_then_continues_then_finds_the_run_complete() {
     );
 }
 
-#[test]
-fn a_plugin_built_against_api_1_0_0_runs_and_starts_fresh_on_resume() {
-    let root = tempfile::tempdir().unwrap();
+/// The example monitor as it was at API 1.0.0, built against that API (kept in
+/// `tests/fixtures`): a library without an identity record. Returns its file.
+pub fn build_api_1_0_0_plugin(root: &Path) -> PathBuf {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let api = crate::plugin_loading::api_copy(
-        root.path(),
-        &fixtures.join("plugin-api-1.0.0"),
-        "1.0.0",
-        |abi| abi,
-    );
-    let plugin = root.path().join("old-loss-ema");
+    let api =
+        crate::plugin_loading::api_copy(root, &fixtures.join("plugin-api-1.0.0"), "1.0.0", |abi| {
+            abi
+        });
+    let plugin = root.join("old-loss-ema");
     std::fs::create_dir_all(plugin.join("src")).unwrap();
     std::fs::copy(
         fixtures.join("example-loss-ema-1.0.0.rs"),
@@ -613,7 +611,13 @@ fn a_plugin_built_against_api_1_0_0_runs_and_starts_fresh_on_resume() {
         ),
     )
     .unwrap();
-    let library = crate::plugin_loading::build_external(&plugin, "old_loss_ema");
+    crate::plugin_loading::build_external(&plugin, "old_loss_ema")
+}
+
+#[test]
+fn a_plugin_built_against_api_1_0_0_runs_and_starts_fresh_on_resume() {
+    let root = tempfile::tempdir().unwrap();
+    let library = build_api_1_0_0_plugin(root.path());
 
     let dir = tempfile::tempdir().unwrap();
     let config = format!(

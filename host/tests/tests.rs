@@ -9,4 +9,5 @@ mod plugin_loading;
 mod reliability;
 mod resume;
 mod training;
+mod trust;
 mod util;

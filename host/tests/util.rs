@@ -16,12 +16,54 @@ pub fn build_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Run the built `vigil` binary in `dir` with `args`.
+/// The test-fixture plugins (`fault-injector`, `constructor-marker`) in a directory of their
+/// own. `cargo test` builds them as examples of `vigil-test-fixtures` into
+/// `<build dir>/examples`, beside hash-suffixed copies of the same libraries; this copies the
+/// plain ones once per test process, so that a search finds each monitor once.
+pub fn fixture_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = build_dir().join("test-fixture-plugins");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["fault_injector", "constructor_marker"] {
+            let built = build_dir().join("examples").join(format!("lib{name}.so"));
+            assert!(
+                built.is_file(),
+                "{} is missing: run `cargo test --workspace` (it builds the fixture plugins), or \
+                 `cargo build -p vigil-test-fixtures --examples`",
+                built.display()
+            );
+            let temporary = dir.join(format!(".lib{name}.so.{}", std::process::id()));
+            std::fs::copy(&built, &temporary).unwrap();
+            std::fs::rename(&temporary, dir.join(format!("lib{name}.so"))).unwrap();
+        }
+        dir
+    })
+    .clone()
+}
+
+/// A fixture plugin's library, by monitor name.
+pub fn fixture(name: &str) -> PathBuf {
+    fixture_dir().join(format!("lib{}.so", name.replace('-', "_")))
+}
+
+/// `plugin_dirs` for a test config: the workspace's monitors, then the fixtures.
+pub fn plugin_dirs_toml() -> String {
+    format!(
+        "plugin_dirs = [{:?}, {:?}]",
+        build_dir().display().to_string(),
+        fixture_dir().display().to_string()
+    )
+}
+
+/// Run the built `vigil` binary in `dir` with `args`. The per-user plugin directory is
+/// pointed at `dir/.xdg-data`, so that a tester's own plugins never take part.
 pub fn vigil(dir: &Path, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
         .current_dir(dir)
         .env_remove("LD_LIBRARY_PATH")
+        .env("XDG_DATA_HOME", dir.join(".xdg-data"))
         .output()
         .expect("the vigil binary runs")
 }

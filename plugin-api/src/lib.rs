@@ -27,15 +27,13 @@
 //! }
 //!
 //! impl Monitor for LossInBits {
-//!     fn info() -> MonitorInfo {
-//!         MonitorInfo {
-//!             name: "loss-in-bits",
-//!             version: env!("CARGO_PKG_VERSION"),
-//!             description: "training loss in bits",
-//!             events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
-//!             subscriptions: Subscriptions::NONE,
-//!         }
-//!     }
+//!     const INFO: MonitorInfo = MonitorInfo {
+//!         name: "loss-in-bits",
+//!         version: env!("CARGO_PKG_VERSION"),
+//!         description: "training loss in bits",
+//!         events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
+//!         subscriptions: Subscriptions::NONE,
+//!     };
 //!
 //!     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
 //!         let settings: Settings = vigil_plugin_api::parse_settings(settings)?;
@@ -67,8 +65,15 @@
 //! [`Monitor::restore_state`], the [`state`] module, event kinds `SAVE_STATE` and
 //! `RESTORE_STATE`). A 1.1 host treats a 1.0 plugin as one that keeps no state: on resume it
 //! starts fresh.
+//!
+//! Added in 1.2: the [identity record](identity). [`Monitor::INFO`] is a constant that
+//! [`export_monitor!`] writes into the library file, where the host reads it without loading
+//! the library; `fn info()` now defaults to it. A plugin that overrides `info()` instead, or
+//! one built before 1.2, has no record: the host finds it by its file name
+//! (`lib<name with - as _>.so`) and loads it to learn its identity.
 
 pub mod abi;
+pub mod identity;
 pub mod sdk;
 pub mod state;
 

@@ -33,12 +33,34 @@ pub struct MonitorInfo {
     pub subscriptions: Subscriptions,
 }
 
+impl MonitorInfo {
+    /// No identity: the default of [`Monitor::INFO`] for monitors written before 1.2, which
+    /// override [`Monitor::info`] instead. Such a library has no identity record; the host
+    /// finds it by its file name and loads it to learn its name.
+    pub const UNSET: MonitorInfo = MonitorInfo {
+        name: "",
+        version: "",
+        description: "",
+        events: EventSet::EMPTY,
+        subscriptions: Subscriptions::NONE,
+    };
+}
+
 /// A monitor. Override the hooks you listed in [`MonitorInfo::events`]; the rest default to
 /// doing nothing. Return an error (or panic) and the host disables the monitor or aborts the
 /// run, as the user configured.
 pub trait Monitor: Sized + 'static {
-    /// Describe the monitor.
-    fn info() -> MonitorInfo;
+    /// Describe the monitor. [`export_monitor!`](crate::export_monitor) writes this into the
+    /// library file as its [identity record](crate::identity), which the host reads without
+    /// loading the library: set it (a `const`), and leave [`Monitor::info`] alone.
+    const INFO: MonitorInfo = MonitorInfo::UNSET;
+
+    /// What the host is told when it loads the library: [`Monitor::INFO`]. Monitors written
+    /// before 1.2 override this instead; the host checks that a library's record and its
+    /// `info()` agree.
+    fn info() -> MonitorInfo {
+        Self::INFO
+    }
 
     /// Build the monitor from its settings: the `[monitors.settings]` table as TOML text
     /// (empty when there is none). [`parse_settings`] does the usual thing.
@@ -400,10 +422,26 @@ pub fn root_module<M: Monitor>() -> PluginModuleRef {
 /// Use it once, in the plugin crate's `lib.rs`; the crate must be a `cdylib`.
 ///
 /// This emits the same library header as abi_stable's `#[export_root_module]`, but through
-/// this crate's re-export of abi_stable, so that a plugin depends on `vigil-plugin-api` only.
+/// this crate's re-export of abi_stable, so that a plugin depends on `vigil-plugin-api` only;
+/// and the [identity record](crate::identity) built from [`Monitor::INFO`] in the section
+/// [`identity::SECTION`](crate::identity::SECTION), exported as `vigil_plugin_identity` so
+/// that no linker drops it.
 #[macro_export]
 macro_rules! export_monitor {
     ($monitor:ty) => {
+        #[doc(hidden)]
+        const VIGIL_PLUGIN_IDENTITY_LEN: usize =
+            $crate::identity::encoded_len(&<$monitor as $crate::sdk::Monitor>::INFO);
+        #[doc(hidden)]
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = ".vigil_plugin")]
+        #[used]
+        #[allow(non_upper_case_globals)]
+        pub static vigil_plugin_identity: [u8; VIGIL_PLUGIN_IDENTITY_LEN] =
+            $crate::identity::encode::<VIGIL_PLUGIN_IDENTITY_LEN>(
+                &<$monitor as $crate::sdk::Monitor>::INFO,
+            );
+
         #[doc(hidden)]
         #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
         pub static VIGIL_PLUGIN_LIB_HEADER: $crate::abi_stable::library::LibHeader = {

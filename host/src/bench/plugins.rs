@@ -4,7 +4,7 @@
 //! with a `train_batch_end` event, a `HostFfi` view, the abi_stable vtable call, the SDK's
 //! `catch_unwind` and per-call timing. Results are the median of several repeats.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use vigil_plugin_api::{EventKind, ProbeSpec, StepCounters};
@@ -12,7 +12,10 @@ use vigil_plugin_api::{EventKind, ProbeSpec, StepCounters};
 use super::Measurement;
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
-use crate::plugin::{library, EventData, HostServices, PluginHost, RunFacts};
+use crate::plugin::trust::OpenFile;
+use crate::plugin::{
+    catalogue, library, EventData, HostServices, PluginHost, PluginSearch, RunFacts,
+};
 
 /// The monitor used to measure dispatch: it reads a metric and updates an average per call.
 pub const DISPATCH_PLUGIN: &str = "example-loss-ema";
@@ -49,31 +52,34 @@ impl HostServices for NoModel {
 /// Time to open, check and read the info of each plugin in `dirs` (ms), and the cost of one
 /// hook call through the ABI (ns), over `calls` calls per repeat.
 pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<Measurement>> {
-    let scan = library::scan(dirs, false);
+    let found: Vec<(String, PathBuf)> = catalogue(dirs, false, false)
+        .into_iter()
+        .filter(|row| row.status == "ok")
+        .filter_map(|row| Some((row.name?, row.path)))
+        .collect();
     let mut results = Vec::new();
-    for library in scan.libraries.values() {
-        // Loading the same file again is served by the dynamic loader's cache; copy it to a
-        // fresh name for each repeat so every load is a real one.
+    for (name, path) in &found {
+        // Everything a run does for one library: open, check owner and permissions, read and
+        // hash, read the record, make the sealed copy, map it (always anew), check the layout.
         let mut samples = Vec::with_capacity(repeats);
-        let scratch = tempfile_dir()?;
-        for repeat in 0..repeats {
-            let copy = scratch.join(format!("{repeat}-{}", file_name(&library.path)));
-            std::fs::copy(&library.path, &copy).map_err(|source| Error::io(&copy, source))?;
+        for _ in 0..repeats {
             let started = Instant::now();
-            library::load(&copy, false).map_err(|failure| Error::Plugins {
+            let failed = |reason: String| Error::Plugins {
+                problems: vec![format!("{}: {reason}", path.display())],
+            };
+            let checked = OpenFile::open(path, false)
+                .map_err(failed)?
+                .read()
+                .map_err(|(reason, _)| failed(reason))?;
+            library::load_fresh(&checked, None).map_err(|failure| Error::Plugins {
                 problems: vec![failure.to_string()],
             })?;
             samples.push(started.elapsed().as_secs_f64() * 1e3);
         }
-        let _ = std::fs::remove_dir_all(&scratch);
-        results.push(Measurement::of(
-            &format!("load {}", library.info.name),
-            "ms",
-            samples,
-        ));
+        results.push(Measurement::of(&format!("load {name}"), "ms", samples));
     }
 
-    let Some(library) = scan.libraries.get(DISPATCH_PLUGIN) else {
+    let Some((_, dispatch_path)) = found.iter().find(|(name, _)| name == DISPATCH_PLUGIN) else {
         return Err(Error::Plugins {
             problems: vec![format!(
                 "the dispatch benchmark needs the `{DISPATCH_PLUGIN}` plugin; build it with `cargo build --release --workspace`"
@@ -84,7 +90,7 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
         name: DISPATCH_PLUGIN.into(),
         enabled: true,
         on_error: OnError::Disable,
-        path: Some(library.path.clone()),
+        path: Some(dispatch_path.clone()),
         sha256: None,
         hook_budget: None,
         hook_budget_strikes: 3,
@@ -101,8 +107,11 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
     };
     let mut host = PluginHost::load(
         &[spec],
-        &[],
-        false,
+        &PluginSearch {
+            dirs: &[],
+            allow_insecure: false,
+            report_dir: None,
+        },
         RunFacts::default(),
         &services,
         counters,
@@ -125,16 +134,4 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
         samples,
     ));
     Ok(results)
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
-    Ok(dir)
 }

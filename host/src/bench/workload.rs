@@ -33,7 +33,7 @@ use super::{peak_rss_mib, Measurement};
 use crate::config::Settings;
 use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
-use crate::plugin::PluginHost;
+use crate::plugin::{PluginHost, PluginSearch};
 use crate::rng::SplitMix64;
 use crate::sink::{Background, JsonlSink, Record, Sink, TensorBoardSink};
 use crate::train::Trainer;
@@ -426,10 +426,14 @@ pub fn run_workload(
             Some(first) => Trainer::sharing_data(&settings, &dataset, &first.trainer)?,
             None => Trainer::new(&settings, &dataset)?,
         };
+        let dirs = settings.plugin_search_dirs();
         let mut plugins = PluginHost::load(
             &settings.monitors,
-            &settings.plugin_dirs,
-            false,
+            &PluginSearch {
+                dirs: &dirs,
+                allow_insecure: false,
+                report_dir: None,
+            },
             trainer.run_facts(),
             &trainer.services(),
             trainer.counters(0, 0),

@@ -160,11 +160,13 @@ impl Settings {
         put(&mut checkpoint, "keep_best", int(self.checkpoint.keep_best));
         put(&mut root, "checkpoint", checkpoint.into());
 
-        put(
-            &mut root,
-            "plugin_dirs",
-            Value::Array(self.plugin_dirs.iter().map(|d| path(d)).collect()),
-        );
+        if let Some(dirs) = &self.plugin_dirs {
+            put(
+                &mut root,
+                "plugin_dirs",
+                Value::Array(dirs.iter().map(|d| path(d)).collect()),
+            );
+        }
         put(
             &mut root,
             "allow_insecure_plugins",

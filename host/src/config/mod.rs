@@ -57,9 +57,11 @@ pub struct Settings {
     pub optim: OptimSettings,
     pub schedule: ScheduleSettings,
     pub checkpoint: CheckpointSettings,
-    /// Directories searched for plugin libraries, in order.
-    pub plugin_dirs: Vec<PathBuf>,
-    /// Load plugin files even when they or their directory are world-writable.
+    /// Directories searched for plugin libraries, in order, made absolute against the config
+    /// file's directory; `None` when the config names none (the defaults of the vigil that
+    /// runs it: [`crate::plugin::default_plugin_dirs`]).
+    pub plugin_dirs: Option<Vec<PathBuf>>,
+    /// Load plugin files even when others could write to them or their directory.
     pub allow_insecure_plugins: bool,
     /// The `[[monitors]]` entries, in config order.
     pub monitors: Vec<MonitorSettings>,
@@ -166,7 +168,8 @@ pub struct MonitorSettings {
     pub name: String,
     pub enabled: bool,
     pub on_error: OnError,
-    /// Load this library file instead of searching `plugin_dirs`.
+    /// Load this library file instead of searching `plugin_dirs` (absolute: a relative path
+    /// in the config is taken from the config file's directory).
     pub path: Option<PathBuf>,
     /// Refuse the library unless its SHA-256 is this (lower-case hex).
     pub sha256: Option<String>,
@@ -179,6 +182,13 @@ pub struct MonitorSettings {
 }
 
 impl Settings {
+    /// The directories to search for plugins: the config's, else the defaults.
+    pub fn plugin_search_dirs(&self) -> Vec<PathBuf> {
+        self.plugin_dirs
+            .clone()
+            .unwrap_or_else(crate::plugin::default_plugin_dirs)
+    }
+
     /// Read and validate a config file.
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::load(path, &[])

@@ -533,7 +533,7 @@ impl RawConfig {
                 name: monitor.name,
                 enabled: monitor.enabled,
                 on_error: monitor.on_error,
-                path: monitor.path,
+                path: monitor.path.map(|file| beside(path, &file)),
                 sha256,
                 hook_budget,
                 hook_budget_strikes: monitor.hook_budget_strikes,
@@ -581,11 +581,21 @@ impl RawConfig {
             },
             plugin_dirs: self
                 .plugin_dirs
-                .unwrap_or_else(crate::plugin::default_plugin_dirs),
+                .map(|dirs| dirs.iter().map(|dir| beside(path, dir)).collect()),
             allow_insecure_plugins: self.allow_insecure_plugins,
             monitors,
         })
     }
+}
+
+/// `file` as an absolute path, a relative one taken from the directory of the config file
+/// `config`: a config names its plugins wherever `vigil` runs from.
+fn beside(config: &Path, file: &Path) -> PathBuf {
+    let joined = match config.parent() {
+        Some(dir) if file.is_relative() => dir.join(file),
+        _ => file.to_path_buf(),
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
 }
 
 fn kind_name(kind: DataKind) -> &'static str {

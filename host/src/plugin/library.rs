@@ -1,13 +1,16 @@
-//! Finding plugin libraries and checking them before anything of theirs runs.
+//! Loading a checked plugin library, and telling the user why one could not be.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
-use sha2::{Digest, Sha256};
 use vigil_plugin_api::abi::{PluginInfo, PluginModuleRef};
+use vigil_plugin_api::identity::Identity;
 use vigil_plugin_api::{EventSet, Subscriptions};
+
+use super::trust::{CheckedBytes, OpenFile};
 
 /// What a loaded plugin says about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +41,9 @@ impl From<PluginInfo> for LibraryInfo {
 pub struct PluginLibrary {
     pub path: PathBuf,
     pub sha256: String,
+    /// The identity record read from the file before it was loaded; `None` for a library
+    /// built without one (API 1.0 and 1.1), found by its file name.
+    pub identity: Option<Identity>,
     pub info: LibraryInfo,
     pub(super) module: PluginModuleRef,
 }
@@ -66,161 +72,152 @@ impl std::fmt::Display for LoadFailure {
     }
 }
 
-/// The outcome of scanning plugin directories.
-#[derive(Debug, Default)]
-pub struct Scan {
-    /// Usable plugins by monitor name; the first directory that provides a name wins.
-    pub libraries: BTreeMap<String, PluginLibrary>,
-    /// Files that were not usable plugins.
-    pub failures: Vec<LoadFailure>,
-    /// Plugins hidden by one of the same name in an earlier directory.
-    pub shadowed: Vec<PluginLibrary>,
-}
-
-/// The directories searched when a config names none: `<exe dir>/plugins`, `<exe dir>`
-/// (where `cargo build` puts the workspace's plugins, beside the binary) and `./plugins`.
-pub fn default_plugin_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
-        dirs.push(exe_dir.join("plugins"));
-        dirs.push(exe_dir);
-    }
-    dirs.push(PathBuf::from("plugins"));
-    dirs
-}
-
-/// Why a file or directory anyone may write to must not be trusted, or `None` if it is fine.
-/// Anyone who can replace a plugin, or drop a new one into a scanned directory, can run code
-/// inside every training run.
-pub fn insecure(path: &Path, what: &str) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o002 != 0).then(|| {
-        format!(
-            "{what} {} is world-writable (mode {:o}): anyone could replace the code vigil runs; \
-             `chmod o-w` it, or set allow_insecure_plugins = true",
-            path.display(),
-            mode & 0o7777
-        )
-    })
-}
-
-/// Load every `*.so` file directly inside `dirs` (missing directories are skipped).
-/// Unless `allow_insecure`, world-writable directories and files are refused.
-pub fn scan(dirs: &[PathBuf], allow_insecure: bool) -> Scan {
-    let mut scan = Scan::default();
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let dir_problem = if allow_insecure {
-            None
-        } else {
-            insecure(dir, "plugin directory")
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "so") && path.is_file())
-            .collect();
-        files.sort();
-        for file in files {
-            if let Some(reason) = &dir_problem {
-                scan.failures.push(LoadFailure {
-                    path: file,
-                    sha256: None,
-                    reason: reason.clone(),
-                });
-                continue;
-            }
-            match load(&file, allow_insecure) {
-                Ok(library) => {
-                    if scan.libraries.contains_key(&library.info.name) {
-                        scan.shadowed.push(library);
-                    } else {
-                        scan.libraries.insert(library.info.name.clone(), library);
-                    }
-                }
-                Err(failure) => scan.failures.push(failure),
-            }
-        }
-    }
-    scan
-}
-
-/// Open `path`, check that it is a vigil plugin whose ABI matches this host, and read its
-/// info. Nothing of the plugin runs before the layout check passes. Unless `allow_insecure`, a
-/// world-writable file or parent directory is refused before it is opened.
-pub fn load(path: &Path, allow_insecure: bool) -> Result<PluginLibrary, LoadFailure> {
-    let failure = |sha256: Option<String>, reason: String| LoadFailure {
+/// Open `path`, check it, and load it: [`OpenFile::open`], [`OpenFile::read`], [`load`].
+pub fn open_and_load(
+    path: &Path,
+    allow_insecure: bool,
+    report_dir: Option<&Path>,
+) -> Result<PluginLibrary, LoadFailure> {
+    let failure = |reason: String, sha256: Option<String>| LoadFailure {
         path: path.to_path_buf(),
         sha256,
         reason,
     };
-    if !allow_insecure && path.exists() {
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if let Some(reason) =
-            insecure(path, "plugin file").or_else(|| insecure(parent, "plugin directory"))
-        {
-            return Err(failure(None, reason));
-        }
-    }
-    let bytes = std::fs::read(path).map_err(|err| {
-        let reason = match err.kind() {
-            std::io::ErrorKind::NotFound => "file not found".to_string(),
-            _ => format!("cannot read: {err}"),
-        };
-        failure(None, reason)
-    })?;
-    let sha256 = hex(&Sha256::digest(&bytes));
-    drop(bytes);
+    let file = OpenFile::open(path, allow_insecure).map_err(|reason| failure(reason, None))?;
+    let checked = file
+        .read()
+        .map_err(|(reason, sha256)| failure(reason, sha256))?;
+    load(checked, report_dir)
+}
 
-    let header = lib_header_from_path(path)
-        .map_err(|err| failure(Some(sha256.clone()), open_reason(&err)))?;
-    let root_name = header.root_mod_consts().name().as_str();
-    if root_name != PluginModuleRef::NAME {
-        return Err(failure(
-            Some(sha256),
-            format!("not a vigil plugin: it exports the abi_stable root module `{root_name}`"),
-        ));
-    }
-    let module = header
-        .init_root_module::<PluginModuleRef>()
-        .map_err(|err| failure(Some(sha256.clone()), init_reason(&err, path, &sha256)))?;
-    let info = LibraryInfo::from((module.info())());
-    if info.name.trim().is_empty() {
-        return Err(failure(
-            Some(sha256),
-            "the plugin reports an empty monitor name".into(),
-        ));
-    }
+/// Libraries this process has loaded, by the SHA-256 of their bytes: loading the same bytes
+/// again reuses the module (the same code; nothing of it runs again).
+static LOADED: Mutex<BTreeMap<String, (PluginModuleRef, LibraryInfo)>> =
+    Mutex::new(BTreeMap::new());
+
+/// Load checked bytes: the dynamic loader maps a sealed copy of exactly the bytes that were
+/// hashed (so replacing or rewriting the file after its check changes nothing), abi_stable
+/// checks the ABI layout before any of the plugin's functions is called, and the library's
+/// `info()` must agree with its identity record. The library's ELF initialisers, if it has
+/// any, run when it is mapped, before the layout check: that is why only the libraries of
+/// enabled monitors, after their owner, permission and pin checks, get here. A failed layout
+/// check writes its full report into `report_dir` (the run directory) when there is one.
+pub fn load(
+    checked: CheckedBytes,
+    report_dir: Option<&Path>,
+) -> Result<PluginLibrary, LoadFailure> {
+    let cached = LOADED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&checked.sha256)
+        .cloned();
+    let (module, info) = match cached {
+        Some(loaded) => loaded,
+        None => {
+            let loaded = load_fresh(&checked, report_dir)?;
+            LOADED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(checked.sha256.clone(), loaded.clone());
+            loaded
+        }
+    };
     Ok(PluginLibrary {
-        path: path.to_path_buf(),
-        sha256,
+        path: checked.path.clone(),
+        sha256: checked.sha256.clone(),
+        identity: checked.inspection.identity.clone(),
         info,
         module,
     })
 }
 
-fn open_reason(err: &LibraryError) -> String {
+/// Map `checked` with the dynamic loader, always anew (the load-time benchmark measures this).
+pub fn load_fresh(
+    checked: &CheckedBytes,
+    report_dir: Option<&Path>,
+) -> Result<(PluginModuleRef, LibraryInfo), LoadFailure> {
+    let path = checked.path.as_path();
+    let sha256 = checked.sha256.as_str();
+    let failure = |reason: String| LoadFailure {
+        path: path.to_path_buf(),
+        sha256: Some(sha256.to_string()),
+        reason,
+    };
+    let copy = checked
+        .sealed_copy()
+        .map_err(|err| failure(format!("cannot make a sealed copy to load: {err}")))?;
+    let loader_path = copy.loader_path();
+    let header = lib_header_from_path(&loader_path)
+        .map_err(|err| failure(open_reason(&err, &loader_path, path)))?;
+    // The library is mapped for good (libraries are never unloaded). Its descriptor stays
+    // open with it: the dynamic loader knows a library by the path it was opened with, and a
+    // descriptor number used again would make `/proc/self/fd/N` name the old library.
+    copy.keep_open();
+    let root_name = header.root_mod_consts().name().as_str();
+    if root_name != PluginModuleRef::NAME {
+        return Err(failure(format!(
+            "not a vigil plugin: it exports the abi_stable root module `{root_name}`"
+        )));
+    }
+    let module = header
+        .init_root_module::<PluginModuleRef>()
+        .map_err(|err| failure(init_reason(&err, path, sha256, report_dir)))?;
+    let info = LibraryInfo::from((module.info())());
+    if info.name.trim().is_empty() {
+        return Err(failure("the plugin reports an empty monitor name".into()));
+    }
+    if let Some(identity) = &checked.inspection.identity {
+        let recorded = (
+            identity.name.as_str(),
+            identity.version.as_str(),
+            identity.events,
+            identity.subscriptions,
+        );
+        let reported = (
+            info.name.as_str(),
+            info.version.as_str(),
+            info.events,
+            info.subscriptions,
+        );
+        if recorded != reported {
+            return Err(failure(format!(
+                "its identity record (monitor `{}` {}, events {:#x}, data {:#x}) disagrees with what the loaded \
+                 library reports (`{}` {}, events {:#x}, data {:#x}): refused; rebuild it with one `Monitor::INFO`",
+                identity.name,
+                identity.version,
+                identity.events.0,
+                identity.subscriptions.0,
+                info.name,
+                info.version,
+                info.events.0,
+                info.subscriptions.0
+            )));
+        }
+    }
+    Ok((module, info))
+}
+
+/// `err` in one line, naming the file rather than the sealed copy the loader opened.
+fn open_reason(err: &LibraryError, loader_path: &Path, path: &Path) -> String {
+    let text = |err: &dyn std::fmt::Display| {
+        one_line(
+            &err.to_string()
+                .replace(&*loader_path.to_string_lossy(), &path.to_string_lossy()),
+        )
+    };
     match err {
         LibraryError::OpenError { err, .. } => {
-            format!("not a loadable shared library ({})", one_line(&err.to_string()))
+            format!("not a loadable shared library ({})", text(err))
         }
         LibraryError::GetSymbolError { .. } => {
             "not a vigil plugin: no abi_stable root module (build it with vigil_plugin_api::export_monitor!)"
                 .into()
         }
-        other => one_line(&other.to_string()),
+        other => text(other),
     }
 }
 
-fn init_reason(err: &LibraryError, path: &Path, sha256: &str) -> String {
+fn init_reason(err: &LibraryError, path: &Path, sha256: &str, report_dir: Option<&Path>) -> String {
     match err {
         LibraryError::IncompatibleVersionNumber {
             expected_version,
@@ -233,13 +230,14 @@ fn init_reason(err: &LibraryError, path: &Path, sha256: &str) -> String {
         LibraryError::AbiInstability(_) | LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
             let report = err.to_string();
             let summary = layout_summary(&report);
-            match write_report(path, sha256, &report) {
-                Some(file) => format!(
+            match write_report(path, sha256, &report, report_dir) {
+                Ok(file) => format!(
                     "incompatible plugin API layout ({summary}); rebuild the plugin against this host's vigil-plugin-api; full report: {}",
                     file.display()
                 ),
-                None => format!(
-                    "incompatible plugin API layout ({summary}); rebuild the plugin against this host's vigil-plugin-api"
+                Err(err) => format!(
+                    "incompatible plugin API layout ({summary}); rebuild the plugin against this host's vigil-plugin-api \
+                     (the full report could not be written: {err})"
                 ),
             }
         }
@@ -306,18 +304,63 @@ fn layout_summary(report: &str) -> String {
     }
 }
 
-/// Write the full layout report where the user can read it; returns its path.
-fn write_report(path: &Path, sha256: &str, report: &str) -> Option<PathBuf> {
-    let dir = std::env::temp_dir().join("vigil-plugin-reports");
-    std::fs::create_dir_all(&dir).ok()?;
+/// Write the full layout report where the user can read it, and return its path: into
+/// `report_dir` (the run directory) when it exists, replacing whatever entry had the name
+/// (a planted symlink is replaced, not followed); else a new file in the temp directory,
+/// created exclusively with mode 0600, never through an existing name.
+fn write_report(
+    path: &Path,
+    sha256: &str,
+    report: &str,
+    report_dir: Option<&Path>,
+) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let file = dir.join(format!("{stem}-{}.txt", &sha256[..12.min(sha256.len())]));
+    let short = &sha256[..12.min(sha256.len())];
     let text = format!("plugin: {}\nsha256: {sha256}\n\n{report}\n", path.display());
-    std::fs::write(&file, text).ok()?;
-    Some(file)
+    let create = |file: &Path, mode: u32| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(file)
+    };
+    if let Some(dir) = report_dir.filter(|dir| dir.is_dir()) {
+        let target = dir.join(format!("plugin-layout-{stem}-{short}.txt"));
+        let temporary = dir.join(format!(
+            ".plugin-layout-{stem}-{short}.{}.tmp",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&temporary);
+        let mut file = create(&temporary, 0o644)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &target)?;
+        return Ok(target);
+    }
+    let base = std::env::temp_dir().join(format!("vigil-plugin-layout-{stem}-{short}"));
+    let mut last = None;
+    for attempt in 0..64u32 {
+        let candidate = if attempt == 0 {
+            base.with_extension("txt")
+        } else {
+            PathBuf::from(format!("{}-{attempt}.txt", base.display()))
+        };
+        match create(&candidate, 0o600) {
+            Ok(mut file) => {
+                file.write_all(text.as_bytes())?;
+                return Ok(candidate);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => last = Some(err),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free report name")))
 }
 
 fn one_line(text: &str) -> String {
@@ -360,53 +403,71 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_file_is_reported_plainly() {
-        let failure = load(Path::new("/no/such/plugin.so"), false).unwrap_err();
-        assert_eq!(failure.reason, "file not found");
-    }
-
-    #[test]
-    fn a_file_that_is_not_a_library_is_refused() {
+    fn a_file_that_is_not_a_library_is_refused_before_loading() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("libfake.so");
         std::fs::write(&path, b"definitely not ELF").unwrap();
-        let failure = load(&path, false).unwrap_err();
+        let failure = open_and_load(&path, false, None).unwrap_err();
         assert!(
-            failure.reason.starts_with("not a loadable shared library"),
+            failure.reason.starts_with("not a shared library"),
             "{}",
             failure.reason
         );
         assert_eq!(failure.sha256.as_deref().map(str::len), Some(64));
+        assert_eq!(
+            open_and_load(&dir.path().join("libnone.so"), false, None)
+                .unwrap_err()
+                .reason,
+            "file not found"
+        );
     }
 
     #[test]
-    fn world_writable_files_and_directories_are_refused_unless_allowed() {
-        use std::os::unix::fs::PermissionsExt;
+    fn a_report_in_the_run_directory_replaces_a_planted_symlink_without_following_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("libopen.so");
-        std::fs::write(&path, b"junk").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let reason = load(&path, false).unwrap_err().reason;
-        assert!(
-            reason.starts_with("plugin file") && reason.contains("world-writable (mode 666)"),
-            "{reason}"
-        );
-        assert!(load(&path, true)
-            .unwrap_err()
-            .reason
-            .starts_with("not a loadable shared library"));
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "precious").unwrap();
+        let planted = dir.path().join("plugin-layout-libx-0123456789ab.txt");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let written = write_report(
+            Path::new("/p/libx.so"),
+            "0123456789abcdef",
+            "the report",
+            Some(dir.path()),
+        )
+        .unwrap();
+        assert_eq!(written, planted);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(std::fs::symlink_metadata(&written)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert!(std::fs::read_to_string(&written)
+            .unwrap()
+            .contains("the report"));
+    }
 
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let reason = load(&path, false).unwrap_err().reason;
-        assert!(reason.starts_with("plugin directory"), "{reason}");
-        let scanned = scan(&[dir.path().to_path_buf()], false);
-        assert!(
-            scanned.failures[0].reason.starts_with("plugin directory"),
-            "{:?}",
-            scanned.failures
-        );
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    #[test]
+    fn a_report_without_a_run_directory_is_a_new_private_file_never_a_planted_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let victim_dir = tempfile::tempdir().unwrap();
+        let victim = victim_dir.path().join("victim.txt");
+        std::fs::write(&victim, "precious").unwrap();
+        // The first name the host would try, planted as a symlink by someone else.
+        let sha = format!("{:012x}", std::process::id() as u64 * 7919 + 17);
+        let planted =
+            std::env::temp_dir().join(format!("vigil-plugin-layout-libplanted-{sha}.txt"));
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let written =
+            write_report(Path::new("/p/libplanted.so"), &sha, "the report", None).unwrap();
+        assert_ne!(written, planted);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let metadata = std::fs::symlink_metadata(&written).unwrap();
+        assert!(metadata.file_type().is_file());
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+        std::fs::remove_file(&written).unwrap();
+        std::fs::remove_file(&planted).unwrap();
     }
 
     #[test]

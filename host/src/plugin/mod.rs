@@ -1,17 +1,22 @@
 //! Monitor plugins: find, check, load, build, dispatch, time, isolate.
 //!
-//! A plugin is a shared library built with `vigil-plugin-api`. The host checks its ABI before
-//! running any of its code, builds the monitors a config lists, calls them in config order at
+//! A plugin is a shared library built with `vigil-plugin-api`. The host finds the library of
+//! each enabled monitor by the identity record in its file (nothing of the other libraries
+//! runs), checks who could change it and its `sha256` pin, loads exactly the bytes it hashed,
+//! checks its ABI layout, builds the monitors a config lists, calls them in config order at
 //! the events they subscribed to, times every call, and turns a failing or panicking monitor
 //! into a disabled one (or a stopped run, if the config says `on_error = "abort"`). Libraries
 //! are never unloaded; every monitor sees `fit_end` before the host drops it.
 
 mod artifacts;
 mod clock;
+pub mod dirs;
+mod elf;
 mod host_view;
 pub mod library;
 mod resolve;
 mod state;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,9 +28,11 @@ use vigil_plugin_api::abi::{HostFfi_TO, MonitorBox};
 use vigil_plugin_api::{EventKind, EventSet, LogLevel, StepCounters, Subscriptions};
 
 pub use artifacts::ArtifactWriter;
+pub use dirs::{default_plugin_dirs, user_plugin_dir};
+pub use elf::Inspection;
 pub use host_view::{EventData, GradientEmaSummary, HostServices, Outputs, RunFacts};
-pub use library::{default_plugin_dirs, LibraryInfo, LoadFailure, PluginLibrary};
-pub use resolve::{listing, resolve};
+pub use library::{LibraryInfo, LoadFailure, PluginLibrary};
+pub use resolve::{catalogue, listing, resolve, Listed, PluginSearch};
 pub use state::MonitorSnapshot;
 
 use crate::config::{MonitorSettings, OnError};
@@ -130,8 +137,7 @@ impl PluginHost {
     /// collected and reported at once.
     pub fn load(
         specs: &[MonitorSettings],
-        plugin_dirs: &[PathBuf],
-        allow_insecure: bool,
+        search: &PluginSearch<'_>,
         facts: RunFacts,
         services: &dyn HostServices,
         counters: StepCounters,
@@ -144,7 +150,7 @@ impl PluginHost {
         if enabled.is_empty() {
             return Ok(host);
         }
-        let (libraries, warnings) = resolve(&enabled, plugin_dirs, allow_insecure)?;
+        let (libraries, warnings) = resolve(&enabled, search)?;
         host.warnings = warnings;
         let mut problems = Vec::new();
 
@@ -200,6 +206,50 @@ impl PluginHost {
         host.refresh_interest();
         host.route_outputs(&mut Vec::new());
         Ok(host)
+    }
+
+    /// One line per monitor, in config order: name, version, the file it was loaded from and
+    /// how it was found, sha256, events and subscribed data (what `vigil check` prints).
+    pub fn plan(&self) -> Vec<String> {
+        self.monitors
+            .iter()
+            .map(|monitor| {
+                let library = &monitor.library;
+                let events: Vec<&str> = EventKind::ALL
+                    .iter()
+                    .filter(|kind| monitor.events.contains(**kind))
+                    .map(|kind| kind.name())
+                    .collect();
+                let subscriptions: Vec<&str> = [
+                    (Subscriptions::GRADIENT, "gradient"),
+                    (Subscriptions::VALIDATION_OUTPUTS, "validation_outputs"),
+                    (Subscriptions::SAMPLE_IMAGES, "sample_images"),
+                    (Subscriptions::SAMPLER, "sampler"),
+                ]
+                .into_iter()
+                .filter(|(bit, _)| library.info.subscriptions.contains(*bit))
+                .map(|(_, name)| name)
+                .collect();
+                format!(
+                    "{} {}: {}{}\n      sha256 {}\n      events: {}\n      data: {}",
+                    monitor.name,
+                    library.info.version,
+                    library.path.display(),
+                    if library.identity.is_some() {
+                        ""
+                    } else {
+                        " (legacy: no identity record, found by file name)"
+                    },
+                    library.sha256,
+                    events.join(", "),
+                    if subscriptions.is_empty() {
+                        "none".to_string()
+                    } else {
+                        subscriptions.join(", ")
+                    }
+                )
+            })
+            .collect()
     }
 
     /// Where artifacts go, once the run directory exists.

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use super::checkpoint::{self, TrainingState};
 use super::{create_run_dir, signal_name, FitSummary, Trainer};
-use crate::config::{read_config, MonitorSettings, Settings, RESUMABLE_KEYS};
+use crate::config::{read_config, Settings, RESUMABLE_KEYS};
 use crate::data;
 use crate::error::{Error, Result};
 use crate::fs::{cut_back, write_atomically};
-use crate::plugin::{resolve, PluginHost};
+use crate::plugin::{PluginHost, PluginSearch};
 use crate::sink::{Background, ConsoleSink, JsonlSink, Sink, TensorBoardSink};
 
 /// The effective config a run directory keeps.
@@ -67,35 +67,53 @@ pub fn train_from_file(config: &Path) -> Result<RunOutcome> {
     })
 }
 
-/// Validate a config, its dataset and its monitors' plugins without training; returns a
-/// summary of what a run would do.
+/// Validate a config, its dataset, its model and its monitors without training: every
+/// enabled monitor is found, checked, loaded and built with its settings exactly as `train`
+/// would, then dropped without any hook being called. Returns the plan: the data, the model,
+/// and each monitor's file, sha256, version, events and subscriptions.
 pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
     let settings = Settings::load(config, overrides)?;
     let dataset = data::load(&settings.data.source)?;
-    let enabled: Vec<&MonitorSettings> = settings.monitors.iter().filter(|m| m.enabled).collect();
-    let (libraries, _) = resolve(
-        &enabled,
-        &settings.plugin_dirs,
-        settings.allow_insecure_plugins,
+    let trainer = Trainer::new(&settings, &dataset)?;
+    let dirs = settings.plugin_search_dirs();
+    let plugins = PluginHost::load(
+        &settings.monitors,
+        &PluginSearch {
+            dirs: &dirs,
+            allow_insecure: settings.allow_insecure_plugins,
+            report_dir: settings.run_dir.as_deref().filter(|dir| dir.is_dir()),
+        },
+        trainer.run_facts(),
+        &trainer.services(),
+        trainer.counters(0, 0),
     )?;
-    let monitors: Vec<String> = libraries
-        .iter()
-        .map(|library| format!("{} ({})", library.info.name, library.path.display()))
-        .collect();
-    Ok(format!(
-        "{}: ok\n  data: {} ({} train, {} validation images, {} classes)\n  model: {}; optim: {:?}, lr {}; {} epochs of batch {}\n  monitors: {}\n",
+    let mut out = format!(
+        "{}: ok\n  data: {} ({} train, {} validation images, {} classes)\n  model: {} with {} parameters; optim: {:?}, lr {}; {} epochs of batch {}\n",
         config.display(),
         dataset.name,
         dataset.train.len(),
         dataset.test.len(),
         dataset.num_classes(),
         settings.model.kind.name(),
+        trainer.parameter_count(),
         settings.optim.kind,
         settings.optim.lr,
         settings.epochs,
         settings.batch_size,
-        if monitors.is_empty() { "none".to_string() } else { monitors.join(", ") }
-    ))
+    );
+    let plan = plugins.plan();
+    if plan.is_empty() {
+        out.push_str("  monitors: none\n");
+    } else {
+        out.push_str("  monitors (built with their settings; no hook was called):\n");
+        for line in plan {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    for warning in plugins.warnings() {
+        out.push_str(&format!("  warning: {warning}\n"));
+    }
+    Ok(out)
 }
 
 /// A run to start, or one to continue.
@@ -312,10 +330,19 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         settings.batch_size,
         settings.seed
     );
+    let dirs = settings.plugin_search_dirs();
+    // A failed layout check writes its report into the run directory when there is one.
+    let existing_run_dir = match &plan {
+        Plan::Resume { run_dir, .. } => Some(run_dir.clone()),
+        Plan::New { .. } => settings.run_dir.clone().filter(|dir| dir.is_dir()),
+    };
     let mut plugins = PluginHost::load(
         &settings.monitors,
-        &settings.plugin_dirs,
-        settings.allow_insecure_plugins,
+        &PluginSearch {
+            dirs: &dirs,
+            allow_insecure: settings.allow_insecure_plugins,
+            report_dir: existing_run_dir.as_deref(),
+        },
         trainer.run_facts(),
         &trainer.services(),
         trainer.counters(0, 0),

@@ -272,15 +272,13 @@ pub struct ConfusionMatrixMonitor {
 }
 
 impl Monitor for ConfusionMatrixMonitor {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "confusion-matrix",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "confusion matrix of every validation pass (heatmap PNG + CSV)",
-            events: EventSet::of(&[EventKind::VALIDATION_BATCH_END, EventKind::VALIDATION_END]),
-            subscriptions: Subscriptions::VALIDATION_OUTPUTS,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "confusion-matrix",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "confusion matrix of every validation pass (heatmap PNG + CSV)",
+        events: EventSet::of(&[EventKind::VALIDATION_BATCH_END, EventKind::VALIDATION_END]),
+        subscriptions: Subscriptions::VALIDATION_OUTPUTS,
+    };
 
     fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;

@@ -268,15 +268,13 @@ pub struct CurvatureMonitor {
 }
 
 impl Monitor for CurvatureMonitor {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "curvature",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "top Hessian eigenvalue (Lanczos or power iteration) and trace (Hutchinson) on a probe subsample",
-            events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
-            subscriptions: Subscriptions::NONE,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "curvature",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "top Hessian eigenvalue (Lanczos or power iteration) and trace (Hutchinson) on a probe subsample",
+        events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
+        subscriptions: Subscriptions::NONE,
+    };
 
     fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;

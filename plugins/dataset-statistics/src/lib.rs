@@ -55,15 +55,13 @@ pub fn csv_rows(split: &str, names: &[&str], counts: &[u64]) -> String {
 pub struct DatasetStatistics;
 
 impl Monitor for DatasetStatistics {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "dataset-statistics",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "class distribution of the training and validation splits",
-            events: EventSet::of(&[EventKind::FIT_START]),
-            subscriptions: Subscriptions::NONE,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "dataset-statistics",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "class distribution of the training and validation splits",
+        events: EventSet::of(&[EventKind::FIT_START]),
+        subscriptions: Subscriptions::NONE,
+    };
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
         expect_no_settings(settings)?;

@@ -64,15 +64,13 @@ pub struct LossEma {
 }
 
 impl Monitor for LossEma {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "example-loss-ema",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "exponential moving average of the training loss (loss_ema)",
-            events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
-            subscriptions: Subscriptions::NONE,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "example-loss-ema",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "exponential moving average of the training loss (loss_ema)",
+        events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
+        subscriptions: Subscriptions::NONE,
+    };
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;

@@ -56,15 +56,13 @@ pub struct GradientMonitor {
 }
 
 impl Monitor for GradientMonitor {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "gradient",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "gradient norms per parameter and total; weight norm every quarter epoch",
-            events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
-            subscriptions: Subscriptions::NONE,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "gradient",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "gradient norms per parameter and total; weight norm every quarter epoch",
+        events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
+        subscriptions: Subscriptions::NONE,
+    };
 
     fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;

@@ -78,15 +78,13 @@ pub struct LossSlopeMonitor {
 }
 
 impl Monitor for LossSlopeMonitor {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "loss-slope",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "log-log slope of the training loss per epoch (window and since burn-in)",
-            events: EventSet::of(&[EventKind::TRAIN_EPOCH_END]),
-            subscriptions: Subscriptions::NONE,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "loss-slope",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "log-log slope of the training loss per epoch (window and since burn-in)",
+        events: EventSet::of(&[EventKind::TRAIN_EPOCH_END]),
+        subscriptions: Subscriptions::NONE,
+    };
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;

@@ -74,15 +74,13 @@ impl ModelInfo {
 pub struct ModelInfoMonitor;
 
 impl Monitor for ModelInfoMonitor {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "model-info",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "parameter counts, size and per-layer table; labels mapping",
-            events: EventSet::of(&[EventKind::FIT_START]),
-            subscriptions: Subscriptions::NONE,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "model-info",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "parameter counts, size and per-layer table; labels mapping",
+        events: EventSet::of(&[EventKind::FIT_START]),
+        subscriptions: Subscriptions::NONE,
+    };
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
         expect_no_settings(settings)?;

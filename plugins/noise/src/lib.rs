@@ -268,15 +268,13 @@ impl NoiseMonitor {
 }
 
 impl Monitor for NoiseMonitor {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "noise",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "loss-curve power-law fit, residual power spectrum, EMA gradient variance",
-            events: EventSet::of(&[EventKind::TRAIN_BATCH_END, EventKind::TRAIN_EPOCH_END]),
-            subscriptions: Subscriptions::GRADIENT,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "noise",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "loss-curve power-law fit, residual power spectrum, EMA gradient variance",
+        events: EventSet::of(&[EventKind::TRAIN_BATCH_END, EventKind::TRAIN_EPOCH_END]),
+        subscriptions: Subscriptions::GRADIENT,
+    };
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;

@@ -132,15 +132,13 @@ pub struct SampleVisualization {
 }
 
 impl Monitor for SampleVisualization {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "sample-visualization",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "grid of validation images, true vs predicted (green right, red wrong)",
-            events: EventSet::of(&[EventKind::VALIDATION_END]),
-            subscriptions: Subscriptions::SAMPLE_IMAGES,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "sample-visualization",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "grid of validation images, true vs predicted (green right, red wrong)",
+        events: EventSet::of(&[EventKind::VALIDATION_END]),
+        subscriptions: Subscriptions::SAMPLE_IMAGES,
+    };
 
     fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;

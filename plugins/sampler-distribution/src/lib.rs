@@ -78,15 +78,13 @@ pub struct SamplerDistribution {
 }
 
 impl Monitor for SamplerDistribution {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "sampler-distribution",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "classes drawn by the weighted sampler vs expected",
-            events: EventSet::of(&[EventKind::TRAIN_EPOCH_START]),
-            subscriptions: Subscriptions::SAMPLER,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "sampler-distribution",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "classes drawn by the weighted sampler vs expected",
+        events: EventSet::of(&[EventKind::TRAIN_EPOCH_START]),
+        subscriptions: Subscriptions::SAMPLER,
+    };
 
     fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         expect_no_settings(settings)?;

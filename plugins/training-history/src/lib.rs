@@ -92,15 +92,13 @@ pub struct TrainingHistory {
 }
 
 impl Monitor for TrainingHistory {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "training-history",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "loss and accuracy curves per epoch (training_history/*.png)",
-            events: EventSet::of(&[EventKind::TRAIN_EPOCH_END]),
-            subscriptions: Subscriptions::NONE,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "training-history",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "loss and accuracy curves per epoch (training_history/*.png)",
+        events: EventSet::of(&[EventKind::TRAIN_EPOCH_END]),
+        subscriptions: Subscriptions::NONE,
+    };
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
         expect_no_settings(settings)?;

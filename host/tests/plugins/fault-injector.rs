@@ -75,15 +75,13 @@ impl FaultInjector {
 }
 
 impl Monitor for FaultInjector {
-    fn info() -> MonitorInfo {
-        MonitorInfo {
-            name: "fault-injector",
-            version: env!("CARGO_PKG_VERSION"),
-            description: "test fixture: fails, panics or stops on command",
-            events: EventSet::of(&EventKind::ALL),
-            subscriptions: Subscriptions::NONE,
-        }
-    }
+    const INFO: MonitorInfo = MonitorInfo {
+        name: "fault-injector",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "test fixture: fails, panics or stops on command",
+        events: EventSet::of(&EventKind::ALL),
+        subscriptions: Subscriptions::NONE,
+    };
 
     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;

@@ -1,0 +1,1 @@
+//! Nothing: the fixtures are this package's examples (see Cargo.toml).
