@@ -662,10 +662,18 @@ fn plugins_built_against_an_incompatible_api_are_refused_in_one_line() {
         lines[1].contains("rebuild the plugin against this host's vigil-plugin-api; full report: "),
         "{message}"
     );
-    let report = lines[1].rsplit("full report: ").next().unwrap();
+    // No run directory yet: a new private file in the temp directory.
+    let report = Path::new(lines[1].rsplit("full report: ").next().unwrap());
     assert!(std::fs::read_to_string(report)
         .unwrap()
         .contains(&layout.display().to_string()));
+    let metadata = std::fs::symlink_metadata(report).unwrap();
+    assert!(metadata.file_type().is_file());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777,
+        0o600
+    );
+    std::fs::remove_file(report).unwrap();
     assert!(
         lines[2].contains(&format!(
             "{}: built against vigil-plugin-api 2.0.0; this host loads 1.x",
@@ -673,4 +681,40 @@ fn plugins_built_against_an_incompatible_api_are_refused_in_one_line() {
         )),
         "{message}"
     );
+
+    // With an existing run directory the report goes there, and a symlink planted under its
+    // name is replaced, not followed.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("existing")).unwrap();
+    let hash = vigil::plugin::library::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(&layout).unwrap(),
+    ));
+    let planted = dir.path().join(format!(
+        "existing/plugin-layout-liblayout_changed-{}.txt",
+        &hash[..12]
+    ));
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let output = run_config(
+        dir.path(),
+        &format!(
+            "run_dir = \"existing\"\n{}",
+            config_with(&format!(
+                "[[monitors]]\nname = \"layout-changed\"\npath = {:?}\n",
+                layout.display().to_string()
+            ))
+        ),
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("full report: {}", planted.display())),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(std::fs::symlink_metadata(&planted)
+        .unwrap()
+        .file_type()
+        .is_file());
 }

@@ -341,7 +341,7 @@ fn write_report(
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temporary, &target)?;
-        return Ok(target);
+        return Ok(std::path::absolute(&target).unwrap_or(target));
     }
     let base = std::env::temp_dir().join(format!("vigil-plugin-layout-{stem}-{short}"));
     let mut last = None;
@@ -436,7 +436,7 @@ mod tests {
             Some(dir.path()),
         )
         .unwrap();
-        assert_eq!(written, planted);
+        assert_eq!(written, std::path::absolute(&planted).unwrap());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         assert!(std::fs::symlink_metadata(&written)
             .unwrap()

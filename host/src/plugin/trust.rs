@@ -45,6 +45,10 @@ impl std::fmt::Debug for CheckedBytes {
     }
 }
 
+/// The largest file read as a plugin library: a debug build of the largest shipped monitor
+/// is about 50 MB.
+const MAX_LIBRARY_BYTES: u64 = 1 << 30;
+
 /// Why a file was refused: the reason, and its hash when it was read.
 pub type Refusal = (String, Option<String>);
 
@@ -124,7 +128,17 @@ impl OpenFile {
     /// Read every byte from the descriptor (from offset 0) and hash them; the record is read
     /// again from these bytes.
     pub fn read(self) -> Result<CheckedBytes, Refusal> {
-        let mut bytes = Vec::new();
+        if self.metadata.len() > MAX_LIBRARY_BYTES {
+            return Err((
+                format!(
+                    "{} bytes: too large to be a plugin library (the limit is {} MiB)",
+                    self.metadata.len(),
+                    MAX_LIBRARY_BYTES >> 20
+                ),
+                None,
+            ));
+        }
+        let mut bytes = Vec::with_capacity(self.metadata.len() as usize);
         let mut reader = &self.file;
         // The descriptor was opened non-blocking; a regular file reads the same either way.
         std::io::Seek::rewind(&mut reader).map_err(|err| (format!("cannot read: {err}"), None))?;
