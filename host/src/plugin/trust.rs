@@ -107,12 +107,29 @@ impl OpenFile {
                 .path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let metadata = File::open(parent)
-                .and_then(|dir| dir.metadata())
-                .map_err(|err| format!("cannot check its directory {}: {err}", parent.display()))?;
-            if let Some(reason) = untrusted(&metadata, "plugin directory", parent) {
-                return Err(reason);
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            let mut directories = vec![parent];
+            // A symbolic link: the directory of the file it leads to, too.
+            let is_link = std::fs::symlink_metadata(&self.path)
+                .is_ok_and(|metadata| metadata.file_type().is_symlink());
+            if is_link {
+                if let Some(real) = std::fs::canonicalize(&self.path)
+                    .ok()
+                    .and_then(|real| real.parent().map(Path::to_path_buf))
+                {
+                    directories.push(real);
+                }
+            }
+            for dir in directories {
+                let metadata = File::open(&dir)
+                    .and_then(|handle| handle.metadata())
+                    .map_err(|err| {
+                        format!("cannot check its directory {}: {err}", dir.display())
+                    })?;
+                if let Some(reason) = untrusted(&metadata, "plugin directory", &dir) {
+                    return Err(reason);
+                }
             }
         }
         Ok(())
@@ -300,6 +317,22 @@ mod tests {
         let reason = OpenFile::open(&path, false).unwrap_err();
         assert!(reason.starts_with("plugin directory"), "{reason}");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        // A link from a trusted directory to a file in an untrusted one is refused too.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let link_dir = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("libreal.so");
+        std::fs::write(&target, b"junk").unwrap();
+        let link = link_dir.path().join("libreal.so");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(OpenFile::open(&link, false).is_ok());
+        std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let reason = OpenFile::open(&link, false).unwrap_err();
+        assert!(
+            reason.starts_with("plugin directory") && reason.contains("world-writable"),
+            "{reason}"
+        );
+        std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
 
         // Group-writable is fine for your own group (user private groups), not for another.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
