@@ -4,6 +4,7 @@ mod cli;
 mod experiment;
 mod fuzz;
 mod idx_files;
+mod init;
 mod monitors;
 mod plugin_loading;
 mod reliability;

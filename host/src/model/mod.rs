@@ -1,9 +1,12 @@
 //! The networks vigil trains: an MLP, a small CNN, and the CIFAR ResNet-18. Each takes a batch of `N × C × H × W` images and returns
-//! `N × classes` logits.
+//! `N × classes` logits. Each starts as the same network in PyTorch would ([`init`]).
 
+pub mod init;
 mod resnet;
 
 use tch::nn::{self, ModuleT};
+
+use init::ConvOptions;
 
 pub use resnet::{scaled_channels, ResNet18};
 
@@ -54,32 +57,26 @@ pub fn mlp(
     let mut width = input.pixels() as i64;
     for (index, &out) in hidden.iter().enumerate() {
         net = net
-            .add(nn::linear(
+            .add(init::linear(
                 root / format!("fc{}", index + 1),
                 width,
                 out as i64,
-                Default::default(),
             ))
             .add_fn(|xs| xs.relu());
         width = out as i64;
     }
-    net.add(nn::linear(
-        root / "classifier",
-        width,
-        classes as i64,
-        Default::default(),
-    ))
+    net.add(init::linear(root / "classifier", width, classes as i64))
 }
 
 /// The small CNN: conv32 → pool → conv64 → pool → fc128 → classifier (3×3 convs, ReLU).
 pub fn small_cnn(root: &nn::Path, input: InputShape, classes: usize) -> nn::SequentialT {
-    let same = nn::ConvConfig {
+    let same = ConvOptions {
         padding: 1,
-        ..Default::default()
+        ..ConvOptions::TORCH
     };
     let pooled = (input.height / 4) * (input.width / 4);
     nn::seq_t()
-        .add(nn::conv2d(
+        .add(init::conv2d(
             root / "conv1",
             input.channels as i64,
             32,
@@ -87,21 +84,11 @@ pub fn small_cnn(root: &nn::Path, input: InputShape, classes: usize) -> nn::Sequ
             same,
         ))
         .add_fn(|xs| xs.relu().max_pool2d_default(2))
-        .add(nn::conv2d(root / "conv2", 32, 64, 3, same))
+        .add(init::conv2d(root / "conv2", 32, 64, 3, same))
         .add_fn(|xs| xs.relu().max_pool2d_default(2).flat_view())
-        .add(nn::linear(
-            root / "fc1",
-            64 * pooled as i64,
-            128,
-            Default::default(),
-        ))
+        .add(init::linear(root / "fc1", 64 * pooled as i64, 128))
         .add_fn(|xs| xs.relu())
-        .add(nn::linear(
-            root / "classifier",
-            128,
-            classes as i64,
-            Default::default(),
-        ))
+        .add(init::linear(root / "classifier", 128, classes as i64))
 }
 
 #[cfg(test)]

@@ -4,10 +4,12 @@
 //!
 //! `width_mult` scales every stage's channels to `max(8, round_to_multiple_of_8(c · w))`.
 //! With `Norm::None` the batch-norm layers are left out and the convolutions get biases.
+//! Initialised as torchvision initialises its ResNets ([`super::init`]).
 
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use super::init::{self, ConvInit, ConvOptions};
 use crate::config::Norm;
 
 /// Channels of a stage of nominal width `channels` at `width_mult`.
@@ -25,16 +27,15 @@ struct ConvNorm {
 
 impl ConvNorm {
     fn new(path: &nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, norm: Norm) -> Self {
-        let config = nn::ConvConfig {
+        let options = ConvOptions {
             stride,
             padding: kernel / 2,
             bias: norm == Norm::None,
-            ..Default::default()
+            init: ConvInit::TorchvisionResnet,
         };
         ConvNorm {
-            conv: nn::conv2d(path / "conv", c_in, c_out, kernel, config),
-            norm: (norm == Norm::Batch)
-                .then(|| nn::batch_norm2d(path / "bn", c_out, Default::default())),
+            conv: init::conv2d(path / "conv", c_in, c_out, kernel, options),
+            norm: (norm == Norm::Batch).then(|| init::batch_norm2d(path / "bn", c_out)),
         }
     }
 
@@ -106,12 +107,7 @@ impl ResNet18 {
                 c_in = c_out;
             }
         }
-        let classifier = nn::linear(
-            root / "classifier",
-            c_in,
-            classes as i64,
-            Default::default(),
-        );
+        let classifier = init::linear(root / "classifier", c_in, classes as i64);
         ResNet18 {
             stem,
             blocks,
