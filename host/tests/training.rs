@@ -63,3 +63,55 @@ fn the_small_cnn_trains_on_color_images() {
         .unwrap();
     assert!(summary.epochs[0].train.loss.is_finite());
 }
+
+#[test]
+fn monitors_see_the_gradient_before_clipping_and_the_clipped_norm_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "run_dir = \"r\"\nplugin_dirs = [{:?}]\n{}clip_grad_norm = 0.01\n\n\
+         [[monitors]]\nname = \"gradient\"\n[monitors.settings]\nlog_every_n_steps = 1\n",
+        crate::util::build_dir().display().to_string(),
+        TINY_SYNTHETIC.replace("epochs = 2", "epochs = 1")
+    );
+    std::fs::write(dir.path().join("c.toml"), config).unwrap();
+    let output = crate::util::vigil(dir.path(), &["train", "c.toml"]);
+    assert!(output.status.success(), "{}", crate::util::stderr(&output));
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("r/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+    let mut compared = 0;
+    for monitor in records
+        .iter()
+        .filter(|r| r["kind"] == "monitor" && r["monitor"] == "gradient")
+    {
+        let Some(seen) = monitor["grad_norm/total"].as_f64() else {
+            continue;
+        };
+        // The monitor's record carries the step before the batch's update; the batch's own
+        // record, the step after it.
+        let step = monitor["global_step"].as_u64().unwrap() + 1;
+        let train = records
+            .iter()
+            .find(|r| r["kind"] == "train" && r["global_step"] == step)
+            .unwrap();
+        let before = train["grad_norm_before_clip"].as_f64().unwrap();
+        let after = train["grad_norm_after_clip"].as_f64().unwrap();
+        assert!(
+            (seen / before - 1.0).abs() < 1e-4,
+            "step {step}: the monitor saw {seen}, the norm before clipping was {before}"
+        );
+        assert!(
+            seen > 0.01,
+            "step {step}: {seen} is not above the clipping threshold"
+        );
+        assert!(
+            (after - 0.01).abs() < 1e-6,
+            "step {step}: clipped to {after}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 16, "one comparison per step of the epoch");
+}

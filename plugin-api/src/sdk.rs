@@ -72,7 +72,8 @@ pub trait Monitor: Sized + 'static {
     fn on_train_epoch_start(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
-    /// After backward, before the optimizer step.
+    /// After backward, before gradient clipping and the optimizer step: the gradient is the
+    /// one backward produced.
     fn on_train_batch_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }

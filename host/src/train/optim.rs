@@ -69,20 +69,21 @@ impl Optimizer {
             .sqrt())
     }
 
-    /// Scale gradients so that their global norm is at most `max_norm`; returns the norm
-    /// before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
-        let norm = self.grad_norm()?;
-        if norm.is_finite() && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            for parameter in &self.parameters {
-                let mut grad = parameter.grad();
-                if grad.defined() {
-                    let _ = grad.f_mul_scalar_(scale)?;
-                }
+    /// Scale gradients whose global norm is `norm` (from [`Optimizer::grad_norm`]) as
+    /// PyTorch's `clip_grad_norm_(max_norm)` does: by `max_norm / (norm + 1e-6)` when that is
+    /// below 1. Returns the norm after clipping.
+    pub fn clip_grad_norm_from(&mut self, norm: f64, max_norm: f64) -> Result<f64> {
+        let factor = max_norm / (norm + 1e-6);
+        if !norm.is_finite() || factor >= 1.0 {
+            return Ok(norm);
+        }
+        for parameter in &self.parameters {
+            let mut grad = parameter.grad();
+            if grad.defined() {
+                let _ = grad.f_mul_scalar_(factor)?;
             }
         }
-        Ok(norm)
+        Ok(norm * factor)
     }
 
     /// Take one step with learning rate `lr`.
@@ -284,8 +285,19 @@ mod tests {
         (&x * Tensor::from_slice(&[3.0f64, 4.0]))
             .sum(Kind::Double)
             .backward();
-        assert!((optimizer.clip_grad_norm(1.0).unwrap() - 5.0).abs() < 1e-12);
-        assert!((optimizer.grad_norm().unwrap() - 1.0).abs() < 1e-5);
+        let norm = optimizer.grad_norm().unwrap();
+        assert!((norm - 5.0).abs() < 1e-12);
+        let after = optimizer.clip_grad_norm_from(norm, 1.0).unwrap();
+        assert!((after - 5.0 / (5.0 + 1e-6)).abs() < 1e-12);
+        assert!((optimizer.grad_norm().unwrap() - after).abs() < 1e-12);
+        // Below the limit: untouched, as PyTorch leaves it (its factor is clamped to 1).
+        assert_eq!(
+            optimizer.clip_grad_norm_from(1.0 - 1e-5, 2.0).unwrap(),
+            1.0 - 1e-5
+        );
+        let after = optimizer.clip_grad_norm_from(optimizer.grad_norm().unwrap(), 0.5);
+        assert!((after.unwrap() - 0.5).abs() < 1e-5);
+        assert!((optimizer.grad_norm().unwrap() - 0.5).abs() < 1e-5);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! One training step: forward, loss, backward, clipping, the monitors' `train_batch_end`, the
-//! optimizer step, and the step's record.
+//! One training step: forward, loss, backward, the monitors' `train_batch_end` (which see the
+//! gradient as backward produced it), clipping, the optimizer step, and the step's record.
 
 use tch::{Kind, Tensor};
 use vigil_plugin_api::{EventKind, Subscriptions};
@@ -43,15 +43,18 @@ impl Trainer {
                 self.flat_grads = services::flatten_grads(&self.parameters)?;
             }
         }
-        let grad_norm = match self.settings.optim.clip_grad_norm {
-            Some(max) if !skip => {
-                let norm = self.optimizer.clip_grad_norm(max)?;
+        // With clipping: the norm now, for the anomaly check and the record; the gradients
+        // are scaled only after the monitors have seen them as backward produced them.
+        let clip = self.settings.optim.clip_grad_norm.filter(|_| !skip);
+        let grad_norm = match clip {
+            Some(_) => {
+                let norm = self.optimizer.grad_norm()?;
                 if !norm.is_finite() {
                     skip = self.anomaly(format!("gradient norm is {norm}"))?;
                 }
                 Some(norm)
             }
-            _ => None,
+            None => None,
         };
         let batch_correct = correct_count(&logits, &labels)?;
         let mut values = vec![
@@ -71,6 +74,12 @@ impl Trainer {
                 sinks,
                 EventData::new(EventKind::TRAIN_BATCH_END, counters, &values),
             )?;
+        }
+        if let (Some(max), Some(norm)) = (clip, grad_norm) {
+            if !skip {
+                let after = self.optimizer.clip_grad_norm_from(norm, max)?;
+                values.push(("grad_norm_after_clip", after));
+            }
         }
         if !skip {
             self.optimizer.step(lr)?;
