@@ -272,7 +272,7 @@ fn check_builds_each_monitor_with_its_settings_and_prints_the_plan() {
     assert!(checked.status.success(), "{}", stderr(&checked));
     let plan = stdout(&checked);
     assert!(
-        plan.contains(&format!("noise 1.0.0: {}", built("noise").display()))
+        plan.contains(&format!("noise 1.1.0: {}", built("noise").display()))
             && plan.contains(&format!("sha256 {}", sha256_of(&built("noise"))))
             && plan.contains("events: train_batch_end, train_epoch_end, save_state, restore_state")
             && plan.contains("data: gradient"),
