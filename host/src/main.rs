@@ -91,8 +91,8 @@ struct BenchArgs {
     /// A monitor to measure (repeatable). Default: every shipped monitor that is found.
     #[arg(long = "monitor", value_name = "NAME")]
     monitors: Vec<String>,
-    /// Training steps per timed segment (500 holds one curvature estimate at its default cadence).
-    #[arg(long, default_value_t = 500)]
+    /// Training steps per timed segment (1000 holds one curvature estimate at its default cadence).
+    #[arg(long, default_value_t = 1000)]
     steps: u64,
     /// Steps a configuration trains before the next one takes its turn.
     #[arg(long, default_value_t = 25)]

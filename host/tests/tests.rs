@@ -1,6 +1,7 @@
 //! Integration tests: real files on disk, the real `vigil` binary, real training.
 
 mod cli;
+mod curvature;
 mod experiment;
 mod fuzz;
 mod idx_files;

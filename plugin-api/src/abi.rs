@@ -289,7 +289,10 @@ pub trait HostFfi {
 
     /// Hessian-vector product of the mean loss on the probe subsample: writes `H·vector` to
     /// `out` (both of length = number of trainable scalars) and returns the probe loss.
-    /// Runs the model in eval mode and restores its mode; keeps no graph alive.
+    /// Runs the model in eval mode and restores its mode. When the probe fits in one forward
+    /// pass, the host keeps the probe's gradient graph between the products one hook call
+    /// asks for (each further product is one backward pass) and drops it when the hook
+    /// returns: no graph outlives the hook.
     fn hessian_vector_product(
         &mut self,
         probe: ProbeSpec,

@@ -16,9 +16,9 @@
 //! overhead against the first is the noise floor, and monitored configurations are measured
 //! against the mean of both: two identical configurations differed by up to 0.9 % (median of
 //! 5 repeats) in the runs behind the README, and a single reference passes its share of that
-//! on to every overhead alike. A segment of 500 steps holds exactly one curvature
-//! estimate (every 500 steps), ten gradient logs (every 50) and about four validations, so
-//! each segment's cost is already amortised at the default cadences.
+//! on to every overhead alike. A segment of 1000 steps holds exactly one curvature
+//! estimate (every 1000 steps), twenty gradient logs (every 50) and about eight validations,
+//! so each segment's cost is already amortised at the default cadences.
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
@@ -678,7 +678,7 @@ fn summarize(
         });
     if configs.iter().any(|c| c.monitors == ["curvature"]) && curvature.is_none() {
         notes.push(
-            "no curvature estimate fell in the timed segments; use --steps ≥ 500 (its default cadence)"
+            "no curvature estimate fell in the timed segments; use --steps ≥ 1000 (its default cadence)"
                 .into(),
         );
     }

@@ -1,6 +1,8 @@
 //! Numerical helpers shared by vigil's monitor plugins: a least-squares line fit (and the
-//! power-law fit built on it), a seeded random number generator, and vector arithmetic.
-//! Plain Rust: no libtorch, no FFI.
+//! power-law fit built on it), a seeded random number generator, vector arithmetic, and
+//! Krylov methods for eigenvalues and traces ([`krylov`]). Plain Rust: no libtorch, no FFI.
+
+pub mod krylov;
 
 /// A straight line `y = intercept + slope · x` fitted by least squares.
 #[derive(Debug, Clone, Copy, PartialEq)]
