@@ -143,7 +143,17 @@ def main():
     if args.serve:
         # One segment per request line ("<steps>"), so that a caller can interleave them
         # with its own; EOF ends.
-        print(json.dumps({"ready": True, "source": source, "torch": torch.__version__}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "ready": True,
+                    "source": source,
+                    "torch": torch.__version__,
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+                }
+            ),
+            flush=True,
+        )
         for line in sys.stdin:
             steps = int(line.strip() or args.steps)
             print(json.dumps({"ms_per_step": segment(steps)}), flush=True)

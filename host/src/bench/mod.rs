@@ -4,8 +4,9 @@
 //!   cadence, interleaved in one process, beside a plain PyTorch loop;
 //! - [`plugins`]: plugin load time and hook dispatch cost through the ABI.
 //!
-//! Every number is a median over repeats, with their min and max; nothing here is a test
-//! with a time limit.
+//! Every number is a median over repeats, with their min and max and a 90 % bootstrap
+//! interval of their mean; a target counts as met only when the end of that interval on the
+//! wrong side of the target meets it. Nothing here is a test with a time limit.
 
 pub mod plugins;
 pub mod workload;
@@ -26,6 +27,9 @@ pub struct Measurement {
     pub min: f64,
     pub max: f64,
     pub repeats: usize,
+    /// A 90 % bootstrap interval of the mean over repeats (resampling the repeats).
+    pub low: f64,
+    pub high: f64,
     /// Every repeat's value, in the order measured.
     pub samples: Vec<f64>,
 }
@@ -41,6 +45,7 @@ impl Measurement {
         } else {
             (sorted[middle - 1] + sorted[middle]) / 2.0
         };
+        let (low, high) = bootstrap_mean_interval(&samples, 0.90);
         Measurement {
             name: name.into(),
             unit,
@@ -48,9 +53,44 @@ impl Measurement {
             min: sorted[0],
             max: sorted[sorted.len() - 1],
             repeats: sorted.len(),
+            low,
+            high,
             samples,
         }
     }
+}
+
+/// The central `level` interval of the mean of `samples` by the percentile bootstrap: 4000
+/// resamples of the repeats with replacement, from a fixed seed (the same samples give the
+/// same interval). One sample gives a point.
+pub fn bootstrap_mean_interval(samples: &[f64], level: f64) -> (f64, f64) {
+    const RESAMPLES: usize = 4000;
+    let n = samples.len();
+    if n < 2 {
+        let x = samples.first().copied().unwrap_or(f64::NAN);
+        return (x, x);
+    }
+    let mut state = 0x5eed_u64;
+    let mut next = || {
+        // SplitMix64.
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut means: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            (0..n)
+                .map(|_| samples[(next() % n as u64) as usize])
+                .sum::<f64>()
+                / n as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let tail = (1.0 - level) / 2.0;
+    let at = |q: f64| means[((q * (RESAMPLES - 1) as f64).round() as usize).min(RESAMPLES - 1)];
+    (at(tail), at(1.0 - tail))
 }
 
 /// The measurements as an aligned table.
@@ -95,6 +135,22 @@ mod tests {
         );
         let even = Measurement::of("x", "ms", vec![4.0, 1.0, 2.0, 3.0]);
         assert_eq!(even.median, 2.5);
+    }
+
+    #[test]
+    fn the_bootstrap_interval_holds_the_mean_and_widens_with_the_spread() {
+        let tight = Measurement::of("x", "%", vec![1.0, 1.1, 0.9, 1.0, 1.05]);
+        assert!(
+            tight.low <= 1.01 && tight.high >= 1.0 && tight.high < 1.1,
+            "{tight:?}"
+        );
+        let noisy = Measurement::of("x", "%", vec![1.0, 3.0, -1.0, 2.0, 0.0]);
+        let mean = 1.0;
+        assert!(noisy.low < mean && noisy.high > mean);
+        assert!(noisy.high - noisy.low > 5.0 * (tight.high - tight.low));
+        // Within the samples' range, and a point for one sample.
+        assert!(noisy.low >= -1.0 && noisy.high <= 3.0);
+        assert_eq!(bootstrap_mean_interval(&[2.5], 0.9), (2.5, 2.5));
     }
 
     #[test]

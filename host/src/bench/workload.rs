@@ -103,6 +103,9 @@ pub struct ConfigResult {
     pub overhead_pct: Option<Measurement>,
     /// Time inside the monitors' hooks per bare training time, in percent, over all repeats.
     pub in_hooks_pct: f64,
+    /// The overhead's upper bound: the larger of the high end of its 90 % bootstrap interval
+    /// and the time in hooks (a floor under the true overhead). The verdict is from this.
+    pub upper_pct: Option<f64>,
     pub target_pct: Option<f64>,
     pub meets_target: Option<bool>,
 }
@@ -110,12 +113,18 @@ pub struct ConfigResult {
 /// The Python loop beside the host.
 #[derive(Debug, Clone, Serialize)]
 pub struct PythonResult {
+    /// "plain", or "vigil's allocator setting" (glibc's mmap and trim thresholds as vigil sets
+    /// them for itself, through `GLIBC_TUNABLES`).
+    pub variant: String,
+    /// `GLIBC_TUNABLES` as the Python process saw it.
+    pub glibc_tunables: String,
     pub interpreter: String,
     pub torch: String,
     pub ms_per_step: Measurement,
     /// Host bare training steps/s over the Python loop's, per repeat.
     pub host_speedup: Measurement,
     pub target: f64,
+    /// Whether the low end of the speed-up's 90 % bootstrap interval meets the target.
     pub meets_target: bool,
 }
 
@@ -144,7 +153,9 @@ pub struct WorkloadReport {
     /// One validation pass of the bare configuration.
     pub validation_ms: Option<Measurement>,
     pub configs: Vec<ConfigResult>,
-    pub python: Option<PythonResult>,
+    /// The Python loop, plain and with vigil's allocator setting; the speed-up target is
+    /// judged against the faster of the two.
+    pub python: Vec<PythonResult>,
     pub curvature: Option<CurvatureCost>,
     pub peak_rss_mib: Option<f64>,
     pub notes: Vec<String>,
@@ -304,19 +315,36 @@ fn toml_string(path: &Path) -> String {
     toml::Value::String(path.display().to_string()).to_string()
 }
 
+/// The environment that gives a Python process the allocator setting vigil gives itself
+/// ([`crate::memory::reuse_freed_buffers`]): glibc's tunables for the same thresholds.
+pub const PYTHON_ALLOCATOR_TUNABLES: &str =
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824";
+
 /// The Python loop, serving one segment per request.
 struct PythonLane {
+    variant: &'static str,
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     interpreter: String,
     torch: String,
+    glibc_tunables: String,
     segments: Vec<f64>,
 }
 
 impl PythonLane {
-    fn start(baseline: &PythonBaseline, options: &WorkloadOptions) -> Result<PythonLane> {
-        let mut child = Command::new(&baseline.interpreter)
+    fn start(
+        baseline: &PythonBaseline,
+        options: &WorkloadOptions,
+        tuned: bool,
+    ) -> Result<PythonLane> {
+        let mut command = Command::new(&baseline.interpreter);
+        if tuned {
+            command.env("GLIBC_TUNABLES", PYTHON_ALLOCATOR_TUNABLES);
+        } else {
+            command.env_remove("GLIBC_TUNABLES");
+        }
+        let mut child = command
             .arg(&baseline.script)
             .arg("--serve")
             .args(["--data-dir", &options.data_dir.display().to_string()])
@@ -336,15 +364,22 @@ impl PythonLane {
             return Err(Error::Bench("the Python baseline has no pipes".into()));
         };
         let mut lane = PythonLane {
+            variant: if tuned {
+                "vigil's allocator setting"
+            } else {
+                "plain"
+            },
             child,
             stdin,
             stdout: BufReader::new(stdout),
             interpreter: baseline.interpreter.display().to_string(),
             torch: String::new(),
+            glibc_tunables: String::new(),
             segments: Vec::new(),
         };
         let ready = lane.answer()?;
         lane.torch = ready["torch"].as_str().unwrap_or("?").to_string();
+        lane.glibc_tunables = ready["glibc_tunables"].as_str().unwrap_or("").to_string();
         Ok(lane)
     }
 
@@ -469,13 +504,13 @@ pub fn run_workload(
         });
     }
 
-    let mut python = match &options.python {
-        Some(baseline) => {
-            progress("starting the Python baseline");
-            Some(PythonLane::start(baseline, options)?)
+    let mut pythons = Vec::new();
+    if let Some(baseline) = &options.python {
+        progress("starting the Python baseline, plain and with vigil's allocator setting");
+        for tuned in [false, true] {
+            pythons.push(PythonLane::start(baseline, options, tuned)?);
         }
-        None => None,
-    };
+    }
 
     progress(&format!(
         "warm-up: {} steps of each of {} configurations",
@@ -489,7 +524,7 @@ pub fn run_workload(
         }
         lane.mark();
     }
-    if let Some(python) = &mut python {
+    for python in &mut pythons {
         if options.warmup_steps > 0 {
             python.segment(options.warmup_steps)?;
         }
@@ -507,15 +542,16 @@ pub fn run_workload(
     for repeat in 0..options.repeats {
         let started = Instant::now();
         let mut segments = vec![Segment::default(); lanes.len()];
-        let python_round = (repeat as u64 * 7) % rounds;
         for round in 0..rounds {
             let steps = chunk.min(options.steps - round * chunk);
             for index in order_rng.permutation(lanes.len()) {
                 let lane = &mut lanes[index as usize];
                 segments[index as usize].add(lane.run_segment(steps)?);
             }
-            if round == python_round {
-                if let Some(python) = &mut python {
+            // Each Python variant in its own round, a different one each repeat.
+            for (variant, python) in pythons.iter_mut().enumerate() {
+                let its_round = (repeat as u64 * 7 + variant as u64 * rounds / 2) % rounds;
+                if round == its_round {
                     let ms = python.segment(options.steps)?;
                     python.segments.push(ms);
                 }
@@ -538,7 +574,7 @@ pub fn run_workload(
         }
     }
 
-    let report = summarize(options, &dataset, &lanes, python.as_ref());
+    let report = summarize(options, &dataset, &lanes, &pythons);
     drop(lanes);
     let _ = std::fs::remove_dir_all(&options.scratch);
     Ok(report)
@@ -548,7 +584,7 @@ fn summarize(
     options: &WorkloadOptions,
     dataset: &Dataset,
     lanes: &[Lane],
-    python: Option<&PythonLane>,
+    pythons: &[PythonLane],
 ) -> WorkloadReport {
     let (bare, control) = (&lanes[0], &lanes[1]);
     let bare_train: Vec<f64> = bare
@@ -621,16 +657,15 @@ fn summarize(
             });
             let in_hooks_pct =
                 100.0 * (lane.plugins.hook_seconds() - lane.hooks_before) / bare_train_total;
+            let upper_pct = overhead_pct.as_ref().map(|o| o.high.max(in_hooks_pct));
             ConfigResult {
                 name: lane.name.clone(),
                 monitors: lane.monitors.clone(),
-                meets_target: overhead_pct
-                    .as_ref()
-                    .zip(target_pct)
-                    .map(|(o, t)| o.median <= t),
+                meets_target: upper_pct.zip(target_pct).map(|(upper, t)| upper <= t),
                 ms_per_step,
                 overhead_pct,
                 in_hooks_pct,
+                upper_pct,
                 target_pct,
             }
         })
@@ -641,25 +676,33 @@ fn summarize(
         .filter(|s| s.validations > 0)
         .map(|s| s.validation * 1e3 / s.validations as f64)
         .collect();
-    let python = python.filter(|p| !p.segments.is_empty()).map(|python| {
-        let speedups: Vec<f64> = python
-            .segments
-            .iter()
-            .zip(&bare_train)
-            .zip(&bare.segments)
-            .map(|((py, train), s)| py / (train * 1e3 / s.steps as f64))
-            .collect();
-        let host_speedup = Measurement::of("host steps/s ÷ Python steps/s", "×", speedups);
-        PythonResult {
-            interpreter: python.interpreter.clone(),
-            torch: python.torch.clone(),
-            ms_per_step: Measurement::of("Python loop step", "ms", python.segments.clone()),
-            meets_target: host_speedup.median >= TARGET_SPEEDUP,
-            host_speedup,
-            target: TARGET_SPEEDUP,
-        }
-    });
-    if python.is_none() {
+    let mut python: Vec<PythonResult> = pythons
+        .iter()
+        .filter(|p| !p.segments.is_empty())
+        .map(|python| {
+            let speedups: Vec<f64> = python
+                .segments
+                .iter()
+                .zip(&bare_train)
+                .zip(&bare.segments)
+                .map(|((py, train), s)| py / (train * 1e3 / s.steps as f64))
+                .collect();
+            let host_speedup = Measurement::of("host steps/s ÷ Python steps/s", "×", speedups);
+            PythonResult {
+                variant: python.variant.to_string(),
+                glibc_tunables: python.glibc_tunables.clone(),
+                interpreter: python.interpreter.clone(),
+                torch: python.torch.clone(),
+                ms_per_step: Measurement::of("Python loop step", "ms", python.segments.clone()),
+                meets_target: host_speedup.low >= TARGET_SPEEDUP,
+                host_speedup,
+                target: TARGET_SPEEDUP,
+            }
+        })
+        .collect();
+    // The faster Python loop first: the target is judged against it.
+    python.sort_by(|a, b| a.ms_per_step.median.total_cmp(&b.ms_per_step.median));
+    if python.is_empty() {
         notes.push("no Python baseline (give --python PATH to run bench/python_baseline.py beside the host)".into());
     }
     let curvature = lanes
@@ -728,9 +771,19 @@ pub fn workload_table(report: &WorkloadReport) -> String {
             v.median, v.min, v.max
         ));
     }
-    if let Some(p) = &report.python {
+    for (index, p) in report.python.iter().enumerate() {
+        let judged = if index == 0 {
+            format!(
+                "target ≥ {:.1}× on its low end: {}",
+                p.target,
+                verdict(p.meets_target)
+            )
+        } else {
+            "(the slower loop: not judged)".to_string()
+        };
         out.push_str(&format!(
-            "Python loop step (torch {}): {:.2} ms median ({:.2}–{:.2}) = {:.1} steps/s\nhost speed-up over Python: {:.2}× median ({:.2}–{:.2}); target ≥ {:.1}×: {}\n",
+            "Python loop step, {} (torch {}): {:.2} ms median ({:.2}–{:.2}) = {:.1} steps/s\nhost speed-up over it: {:.2}× median ({:.2}–{:.2}), 90 % interval of the mean {:.2}–{:.2}; {judged}\n",
+            p.variant,
             p.torch,
             p.ms_per_step.median,
             p.ms_per_step.min,
@@ -739,8 +792,8 @@ pub fn workload_table(report: &WorkloadReport) -> String {
             p.host_speedup.median,
             p.host_speedup.min,
             p.host_speedup.max,
-            p.target,
-            verdict(p.meets_target)
+            p.host_speedup.low,
+            p.host_speedup.high,
         ));
     }
     let width = report
@@ -751,8 +804,8 @@ pub fn workload_table(report: &WorkloadReport) -> String {
         .unwrap_or(0)
         .max(13);
     out.push_str(&format!(
-        "\n{:<width$}  {:>23}  {:>24}  {:>8}  {:>7}\n",
-        "configuration", "ms/step (min–max)", "overhead % (min–max)", "in hooks", "target"
+        "\n{:<width$}  {:>23}  {:>24}  {:>8}  {:>7}  {:>7}\n",
+        "configuration", "ms/step (min–max)", "overhead % (min–max)", "in hooks", "upper", "target"
     ));
     for c in &report.configs {
         let step = format!(
@@ -767,11 +820,19 @@ pub fn workload_table(report: &WorkloadReport) -> String {
             (Some(t), Some(ok)) => format!("≤{t:.0}% {}", verdict(ok)),
             _ => String::new(),
         };
+        let upper = c
+            .upper_pct
+            .map_or_else(|| "—".to_string(), |u| format!("{u:+.2}%"));
         out.push_str(&format!(
-            "{:<width$}  {:>23}  {:>24}  {:>7.2}%  {}\n",
-            c.name, step, overhead, c.in_hooks_pct, target
+            "{:<width$}  {:>23}  {:>24}  {:>7.2}%  {:>7}  {}\n",
+            c.name, step, overhead, c.in_hooks_pct, upper, target
         ));
     }
+    out.push_str(
+        "upper: the high end of the overhead's 90 % bootstrap interval (over repeats) or the time in hooks, \
+         whichever is larger; a target is met only when this upper bound meets it. \
+         bare (control) is the noise floor: an identical configuration's overhead.\n",
+    );
     if let Some(c) = &report.curvature {
         out.push_str(&format!(
             "\ncurvature: {:.1} HVPs per estimate, {:.1} ms per HVP ({} estimates timed)\n",
