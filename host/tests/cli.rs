@@ -182,6 +182,8 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
             "gradient",
             "--monitor",
             "noise",
+            "--monitor",
+            "sampler-distribution",
             "--steps",
             "4",
             "--warmup-steps",
@@ -223,10 +225,20 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
         [
             "bare",
             "bare (control)",
+            "bare (weighted sampler)",
             "gradient",
             "noise",
+            "sampler-distribution",
             "all monitors"
         ]
+    );
+    let samplers: Vec<&str> = configs
+        .iter()
+        .map(|c| c["sampler"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        samplers,
+        ["shuffle", "shuffle", "weighted", "shuffle", "shuffle", "weighted", "weighted"]
     );
     assert!(configs[0]["overhead_pct"].is_null());
     // The control has an overhead (the noise floor) but no target.
@@ -235,7 +247,8 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
         .unwrap()
         .is_finite());
     assert!(configs[1]["target_pct"].is_null());
-    for config in &configs[2..] {
+    assert!(configs[2]["target_pct"].is_null());
+    for config in &configs[3..] {
         assert_eq!(config["overhead_pct"]["repeats"], 2);
         assert_eq!(
             config["overhead_pct"]["samples"].as_array().unwrap().len(),
@@ -260,7 +273,7 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
         assert_eq!(config["meets_target"].as_bool().unwrap(), upper <= target);
     }
     // The noise monitor averages the gradient every step: its hooks take measurable time.
-    assert!(configs[3]["in_hooks_pct"].as_f64().unwrap() > 0.0);
+    assert!(configs[4]["in_hooks_pct"].as_f64().unwrap() > 0.0);
     assert!(
         workload["bare_train_ms_per_step"]["median"]
             .as_f64()

@@ -55,6 +55,10 @@ pub const SHIPPED_MONITORS: [&str; 10] = [
 /// The second bare configuration, whose overhead is the benchmark's noise floor.
 pub const CONTROL: &str = "bare (control)";
 
+/// The bare configuration with the weighted sampler: the reference of the configurations that
+/// measure `sampler-distribution`, which idles without a sampler that reports its draws.
+pub const BARE_WEIGHTED: &str = "bare (weighted sampler)";
+
 /// Overhead targets, in percent of the bare step time.
 const TARGET_EACH: f64 = 1.0;
 const TARGET_CURVATURE: f64 = 2.0;
@@ -97,6 +101,9 @@ pub struct PythonBaseline {
 pub struct ConfigResult {
     pub name: String,
     pub monitors: Vec<String>,
+    /// "shuffle", or "weighted" where `sampler-distribution` is measured; a weighted
+    /// configuration's overhead is against [`BARE_WEIGHTED`].
+    pub sampler: String,
     /// Segment time per step, validation included.
     pub ms_per_step: Measurement,
     /// (segment − bare segment) / bare training time, in percent; `None` for bare.
@@ -205,6 +212,8 @@ impl Sink for CurvatureCapture {
 struct Lane {
     name: String,
     monitors: Vec<String>,
+    /// Trains with the weighted sampler (the configurations with `sampler-distribution`).
+    weighted: bool,
     trainer: Trainer,
     plugins: PluginHost,
     sinks: Vec<Box<dyn Sink>>,
@@ -265,9 +274,15 @@ pub fn bootstrap_python() -> Option<PathBuf> {
 }
 
 /// The W1 settings, with `monitors` at their defaults.
-fn w1_settings(options: &WorkloadOptions, monitors: &[String], epochs: usize) -> Result<Settings> {
+fn w1_settings(
+    options: &WorkloadOptions,
+    monitors: &[String],
+    epochs: usize,
+    weighted: bool,
+) -> Result<Settings> {
     let mut text = format!(
         r#"name = "bench-w1"
+sampler = "{sampler}"
 seed = 0
 epochs = {epochs}
 batch_size = {batch}
@@ -295,6 +310,7 @@ momentum = 0.9
 [checkpoint]
 enabled = false
 "#,
+        sampler = if weighted { "weighted" } else { "shuffle" },
         batch = options.batch_size,
         threads = options.threads,
         data_dir = toml_string(&options.data_dir),
@@ -440,23 +456,32 @@ pub fn run_workload(
     }
     // A second bare configuration measures nothing but the benchmark's own noise floor: its
     // "overhead" is what a monitor costing nothing would show.
-    let mut configs: Vec<(String, Vec<String>)> =
-        vec![("bare".into(), Vec::new()), (CONTROL.into(), Vec::new())];
+    let mut configs: Vec<(String, Vec<String>, bool)> = vec![
+        ("bare".into(), Vec::new(), false),
+        (CONTROL.into(), Vec::new(), false),
+    ];
+    // `sampler-distribution` reports the sampler's draws, so where it is measured the sampler
+    // is the weighted one, against a bare configuration with the same sampler.
+    let weighted = options.monitors.iter().any(|m| m == "sampler-distribution");
+    if weighted {
+        configs.push((BARE_WEIGHTED.into(), Vec::new(), true));
+    }
     for monitor in &options.monitors {
-        configs.push((monitor.clone(), vec![monitor.clone()]));
+        let with_sampler = monitor == "sampler-distribution";
+        configs.push((monitor.clone(), vec![monitor.clone()], with_sampler));
     }
     if options.monitors.len() > 1 {
-        configs.push(("all monitors".into(), options.monitors.clone()));
+        configs.push(("all monitors".into(), options.monitors.clone(), weighted));
     }
-    let probe = w1_settings(options, &[], 1)?;
+    let probe = w1_settings(options, &[], 1, false)?;
     let dataset: Dataset = data::load(&probe.data.source)?;
     let batches = dataset.train.len().div_ceil(options.batch_size) as u64;
     let total_steps = options.warmup_steps + options.steps * options.repeats as u64;
     let epochs = (total_steps / batches.max(1) + 2) as usize;
 
     let mut lanes: Vec<Lane> = Vec::new();
-    for (index, (name, monitors)) in configs.iter().enumerate() {
-        let settings = w1_settings(options, monitors, epochs)?;
+    for (index, (name, monitors, weighted)) in configs.iter().enumerate() {
+        let settings = w1_settings(options, monitors, epochs, *weighted)?;
         let trainer = match lanes.first() {
             Some(first) => Trainer::sharing_data(&settings, &dataset, &first.trainer)?,
             None => Trainer::new(&settings, &dataset)?,
@@ -493,6 +518,7 @@ pub fn run_workload(
         lanes.push(Lane {
             name: name.clone(),
             monitors: monitors.clone(),
+            weighted: *weighted,
             trainer,
             plugins,
             sinks,
@@ -619,8 +645,18 @@ fn summarize(
             // The control against bare: the noise floor. A monitored configuration against
             // the mean of both bare ones, so that neither's luck (a slower repeat, a less
             // favourable memory layout) tilts every overhead one way.
+            let weighted_bare = lanes
+                .iter()
+                .find(|l| l.weighted && l.monitors.is_empty())
+                .filter(|_| lane.weighted && !is_bare);
             let overhead_pct = (index > 0).then(|| {
-                let reference: Vec<(f64, f64)> = if is_bare {
+                let reference: Vec<(f64, f64)> = if let Some(reference) = weighted_bare {
+                    reference
+                        .segments
+                        .iter()
+                        .map(|r| (r.wall, r.wall - r.validation))
+                        .collect()
+                } else if is_bare {
                     bare.segments
                         .iter()
                         .zip(&bare_train)
@@ -661,6 +697,7 @@ fn summarize(
             ConfigResult {
                 name: lane.name.clone(),
                 monitors: lane.monitors.clone(),
+                sampler: if lane.weighted { "weighted" } else { "shuffle" }.into(),
                 meets_target: upper_pct.zip(target_pct).map(|(upper, t)| upper <= t),
                 ms_per_step,
                 overhead_pct,
@@ -833,6 +870,11 @@ pub fn workload_table(report: &WorkloadReport) -> String {
          whichever is larger; a target is met only when this upper bound meets it. \
          bare (control) is the noise floor: an identical configuration's overhead.\n",
     );
+    if report.configs.iter().any(|c| c.sampler == "weighted") {
+        out.push_str(&format!(
+            "configurations with sampler-distribution train with the weighted sampler and are measured against {BARE_WEIGHTED}.\n"
+        ));
+    }
     if let Some(c) = &report.curvature {
         out.push_str(&format!(
             "\ncurvature: {:.1} HVPs per estimate, {:.1} ms per HVP ({} estimates timed)\n",
