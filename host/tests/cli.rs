@@ -317,9 +317,7 @@ fn bench_with_a_missing_monitor_is_one_clear_error() {
 
 #[test]
 fn bench_runs_the_python_loop_plain_and_with_vigils_allocator_setting() {
-    let Some(python) = vigil::bench::workload::bootstrap_python() else {
-        panic!("no Python with PyTorch: run scripts/bootstrap.sh (the README's test command does)");
-    };
+    let python = crate::util::pytorch_python();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();

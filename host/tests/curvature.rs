@@ -113,21 +113,7 @@ fn problem() -> Problem {
         "shapes": named.iter().map(|(_, t)| t.size()).collect::<Vec<_>>(),
     });
     std::fs::write(dir.path().join("problem.json"), spec.to_string()).unwrap();
-    let python = vigil::bench::workload::bootstrap_python().expect(
-        "no Python with PyTorch: run scripts/bootstrap.sh (the README's test command does)",
-    );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exact_hessian.py");
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let exact: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let exact = crate::util::pytorch_fixture("exact_hessian.py", &[dir.path().as_os_str()]);
     assert_eq!(exact["dimension"], dimension as u64);
     Problem {
         parameters: named.into_iter().map(|(_, t)| t).collect(),

@@ -2,10 +2,8 @@
 //! standard deviation, and the untrained loss on a fixed batch, against PyTorch itself
 //! (`tests/fixtures/pytorch_init.py`, run with the Python `scripts/bootstrap.sh` installs).
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use serde_json::Value;
+use std::collections::BTreeMap;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 use vigil::config::{ModelKind, ModelSettings, Norm};
@@ -18,21 +16,7 @@ const BATCH: i64 = 64;
 fn pytorch() -> &'static Value {
     static OUT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     OUT.get_or_init(|| {
-        let python = vigil::bench::workload::bootstrap_python().expect(
-            "no Python with PyTorch: run scripts/bootstrap.sh (the README's test command does)",
-        );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytorch_init.py");
-        let output = std::process::Command::new(python)
-            .arg(script)
-            .arg(SEEDS.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
+        crate::util::pytorch_fixture("pytorch_init.py", &[SEEDS.to_string().as_ref()])
     })
 }
 

@@ -56,6 +56,31 @@ pub fn plugin_dirs_toml() -> String {
     )
 }
 
+/// The Python with PyTorch that `scripts/bootstrap.sh` installs; the README's test command
+/// runs it first, so its absence is a set-up error.
+pub fn pytorch_python() -> PathBuf {
+    vigil::bench::workload::bootstrap_python()
+        .expect("no Python with PyTorch: run scripts/bootstrap.sh (the README's test command does)")
+}
+
+/// Run `tests/fixtures/<script>` with PyTorch's Python and `args`; its stdout as JSON.
+pub fn pytorch_fixture(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(script);
+    let output = std::process::Command::new(pytorch_python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("PyTorch's Python runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the fixture prints JSON")
+}
+
 /// Run the built `vigil` binary in `dir` with `args`. The per-user plugin directory is
 /// pointed at `dir/.xdg-data`, so that a tester's own plugins never take part.
 pub fn vigil(dir: &Path, args: &[&str]) -> Output {
