@@ -10,7 +10,9 @@ use vigil_plugin_api::abi::{PluginInfo, PluginModuleRef};
 use vigil_plugin_api::identity::Identity;
 use vigil_plugin_api::{EventSet, Subscriptions};
 
-use super::trust::{CheckedBytes, OpenFile};
+use super::trust::CheckedBytes;
+#[cfg(test)]
+use super::trust::OpenFile;
 
 /// What a loaded plugin says about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,24 +72,6 @@ impl std::fmt::Display for LoadFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.path.display(), self.reason)
     }
-}
-
-/// Open `path`, check it, and load it: [`OpenFile::open`], [`OpenFile::read`], [`load`].
-pub fn open_and_load(
-    path: &Path,
-    allow_insecure: bool,
-    report_dir: Option<&Path>,
-) -> Result<PluginLibrary, LoadFailure> {
-    let failure = |reason: String, sha256: Option<String>| LoadFailure {
-        path: path.to_path_buf(),
-        sha256,
-        reason,
-    };
-    let file = OpenFile::open(path, allow_insecure).map_err(|reason| failure(reason, None))?;
-    let checked = file
-        .read()
-        .map_err(|(reason, sha256)| failure(reason, sha256))?;
-    load(checked, report_dir)
 }
 
 /// Libraries this process has loaded, by the SHA-256 of their bytes: loading the same bytes
@@ -389,6 +373,24 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Open `path`, check it, and load it, as a search does for the file it chose.
+    fn open_and_load(
+        path: &Path,
+        allow_insecure: bool,
+        report_dir: Option<&Path>,
+    ) -> Result<PluginLibrary, LoadFailure> {
+        let failure = |reason: String, sha256: Option<String>| LoadFailure {
+            path: path.to_path_buf(),
+            sha256,
+            reason,
+        };
+        let file = OpenFile::open(path, allow_insecure).map_err(|reason| failure(reason, None))?;
+        let checked = file
+            .read()
+            .map_err(|(reason, sha256)| failure(reason, sha256))?;
+        load(checked, report_dir)
+    }
 
     #[test]
     fn layout_summary_names_the_innermost_type_and_its_errors() {
