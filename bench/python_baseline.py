@@ -1,23 +1,22 @@
-"""The plain PyTorch loop that `vigil bench` compares the host with: workload W1.
+"""The plain PyTorch loop that `vigil bench` compares the host with: workloads W1 and W2.
 
-W1 is the small CNN (conv32 -> pool -> conv64 -> pool -> fc128 -> classifier, 3x3 convs,
-ReLU) on Fashion-MNIST (or synthetic 28x28 images when the dataset is absent), batch 128,
-SGD with momentum 0.9, 2 intra-op threads. Each training step does what a host step does:
-gather the shuffled batch, forward, cross-entropy, read the loss, backward, read the batch
-accuracy, set the learning rate of a cosine schedule, take the optimizer step. Validation is
-not timed (the host's step time in `vigil bench` excludes it too).
+W1 is the small CNN on Fashion-MNIST, W2 the CIFAR ResNet-18 at width 0.5 on CIFAR-10 (each on
+synthetic images of the same shape when its dataset is absent; `bench/workloads.py` builds
+both as vigil does), batch 128, SGD, 2 intra-op threads. Each training step does what a host
+step does: gather the shuffled batch, forward, cross-entropy, read the loss, backward, read
+the batch accuracy, set the learning rate of a cosine schedule, take the optimizer step.
+Validation is not timed (the host's training step time in `vigil bench` excludes it too).
 
 It runs `--repeats` timed segments of `--steps` steps after one warm-up segment and prints
 one JSON object: milliseconds per step (median, min, max over the segments) and steps/s.
 
-    python bench/python_baseline.py --data-dir /usr/share/datasets/fashion-mnist
+    python bench/python_baseline.py --workload w1 --data-dir /usr/share/datasets/fashion-mnist
 
 `vigil bench` runs it itself, interleaved with its own segments, when it finds the Python
 that `scripts/bootstrap.sh` installed (or the one given with `--python`).
 """
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -26,66 +25,21 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-
-def read_idx(path):
-    """An IDX file (optionally gzipped) as a uint8 tensor shaped by its header."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    offset = 4 + 4 * dims
-    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).reshape(shape)
-
-
-def load_images(data_dir, synthetic_samples, seed):
-    """(images as float N x 1 x 28 x 28 normalised, labels int64, source name)."""
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
-    paths = []
-    for name in names:
-        for candidate in (name + ".gz", name):
-            path = os.path.join(data_dir, candidate) if data_dir else ""
-            if path and os.path.exists(path):
-                paths.append(path)
-                break
-    if len(paths) == 2:
-        images = read_idx(paths[0]).float().div_(255.0).unsqueeze(1)
-        labels = read_idx(paths[1]).long()
-        source = "fashion-mnist"
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        labels = torch.randint(0, 10, (synthetic_samples,), generator=generator)
-        images = torch.rand(synthetic_samples, 1, 28, 28, generator=generator)
-        source = "synthetic"
-    mean, std = images.mean(), images.std()
-    return (images - mean) / std, labels, source
-
-
-class SmallCnn(nn.Module):
-    def __init__(self, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.fc1 = nn.Linear(64 * 7 * 7, 128)
-        self.classifier = nn.Linear(128, classes)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2).flatten(1)
-        return self.classifier(F.relu(self.fc1(x)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workloads import DEFAULT_DATA_DIR, DEFAULT_LR, WORKLOADS, load_data, make_model, make_optimizer  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--workload", choices=WORKLOADS, default="w1")
+    parser.add_argument("--data-dir", help="the dataset's directory (default: per workload)")
     parser.add_argument("--steps", type=int, default=100, help="steps per segment")
     parser.add_argument("--repeats", type=int, default=5, help="timed segments")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: per workload)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--serve",
@@ -96,22 +50,24 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    images, labels, source = load_images(args.data_dir, 60000, args.seed)
+    data_dir = args.data_dir or DEFAULT_DATA_DIR[args.workload]
+    lr = args.lr or DEFAULT_LR[args.workload]
+    images, labels, _, _, source = load_data(args.workload, data_dir, args.seed)
     samples = labels.shape[0]
     batches = samples // args.batch_size + (samples % args.batch_size > 0)
     total_steps = batches * 10
     warmup = batches // 10
 
-    model = SmallCnn()
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    model = make_model(args.workload)
+    optimizer = make_optimizer(args.workload, model, lr)
     generator = torch.Generator().manual_seed(args.seed)
     state = {"step": 0, "order": None}
 
     def lr_at(step):
         if step < warmup:
-            return args.lr * (step + 1) / warmup
+            return lr * (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
-        return args.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def train_step():
         batch = state["step"] % batches
@@ -165,7 +121,7 @@ def main():
     print(
         json.dumps(
             {
-                "workload": "W1",
+                "workload": args.workload.upper(),
                 "source": source,
                 "torch": torch.__version__,
                 "threads": args.threads,

@@ -4,11 +4,14 @@
 #      (the tests read checkpoints and event files with them), cached OUTSIDE the repo;
 #   2. the git-ignored symlink `.libtorch` -> that venv's `site-packages/torch`,
 #      which `.cargo/config.toml` points LIBTORCH at;
-#   3. Fashion-MNIST from Debian's `dataset-fashion-mnist` package, when apt is usable.
+#   3. the bench venv (scripts/bench-venv.sh): Lightning, torchmetrics and matplotlib for
+#      `vigil bench`'s Lightning baseline, reusing that torch;
+#   4. Fashion-MNIST from Debian's `dataset-fashion-mnist` package, when apt is usable.
 #
 # Environment:
 #   VIGIL_CACHE_DIR   where the venv lives (default: ${XDG_CACHE_HOME:-$HOME/.cache}/vigil)
 #   VIGIL_SKIP_DATA=1 do not try to install Fashion-MNIST
+#   VIGIL_SKIP_BENCH_VENV=1 do not install the bench venv (its tests then fail)
 # A second run finds everything in place and takes seconds.
 set -euo pipefail
 
@@ -112,8 +115,17 @@ install_fashion_mnist() {
     say "Fashion-MNIST installed in $dir"
 }
 
+install_bench_venv() {
+    if [[ "${VIGIL_SKIP_BENCH_VENV:-0}" == "1" ]]; then
+        say "VIGIL_SKIP_BENCH_VENV=1: not installing the bench venv"
+        return 0
+    fi
+    bash "$repo_root/scripts/bench-venv.sh" >/dev/null || die "could not install the bench venv (scripts/bench-venv.sh)"
+}
+
 install_torch
 ensure_python_packages
 link_libtorch
+install_bench_venv
 install_fashion_mnist
 say "done"

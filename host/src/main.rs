@@ -56,9 +56,10 @@ enum Command {
         #[arg(long)]
         no_load: bool,
     },
-    /// Measure training speed, monitor overhead (workload W1), plugin load time and hook
-    /// dispatch cost (use a release build on an otherwise idle machine).
-    Bench(BenchArgs),
+    /// Measure training speed and monitor overhead (workloads W1 and W2, beside plain PyTorch
+    /// and Lightning), plugin load time and hook dispatch cost (use a release build on an
+    /// otherwise idle machine).
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,19 +82,30 @@ struct BenchArgs {
     /// A directory with plugins (repeatable). Default: as for `plugins`.
     #[arg(long = "dir", value_name = "DIR")]
     dirs: Vec<PathBuf>,
-    /// Fashion-MNIST's directory; synthetic 28×28 images are used when it has no dataset.
+    /// A workload to run (repeatable): w1 (small CNN, Fashion-MNIST) or w2 (ResNet-18 at
+    /// width 0.5, CIFAR-10). Default: both.
+    #[arg(long = "workload", value_name = "W")]
+    workloads: Vec<vigil::bench::Workload>,
+    /// Fashion-MNIST's directory (W1); synthetic 28×28 images are used when it has no dataset.
     #[arg(
         long,
         value_name = "DIR",
         default_value = "/usr/share/datasets/fashion-mnist"
     )]
     data_dir: PathBuf,
+    /// CIFAR-10's binary batches (W2); synthetic 3×32×32 images are used when it has none.
+    #[arg(long, value_name = "DIR", default_value = "data/cifar-10-batches-bin")]
+    cifar_dir: PathBuf,
     /// A monitor to measure (repeatable). Default: every shipped monitor that is found.
     #[arg(long = "monitor", value_name = "NAME")]
     monitors: Vec<String>,
     /// Training steps per timed segment (1000 holds one curvature estimate at its default cadence).
     #[arg(long, default_value_t = 1000)]
     steps: u64,
+    /// Steps per timed segment of W2 (default: --steps). Below 1000 the configuration with all
+    /// monitors holds no curvature estimate and is not judged.
+    #[arg(long, value_name = "N")]
+    w2_steps: Option<u64>,
     /// Steps a configuration trains before the next one takes its turn.
     #[arg(long, default_value_t = 25)]
     chunk_steps: u64,
@@ -116,6 +128,20 @@ struct BenchArgs {
     /// The Python baseline script.
     #[arg(long, value_name = "FILE", default_value = "bench/python_baseline.py")]
     python_script: PathBuf,
+    /// The Python with Lightning for bench/lightning_baseline.py (W1, all monitors). Default:
+    /// the bench venv that scripts/bench-venv.sh installs, when present.
+    #[arg(long, value_name = "PATH")]
+    lightning: Option<PathBuf>,
+    /// Do not run the Lightning baseline.
+    #[arg(long, conflicts_with = "lightning")]
+    no_lightning: bool,
+    /// The Lightning baseline script.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "bench/lightning_baseline.py"
+    )]
+    lightning_script: PathBuf,
     /// Hook calls per repeat of the dispatch benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     calls: u64,
@@ -238,7 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<RunEnd> {
             print!("{}", vigil::train::check_config(&config, &overrides)?);
             Ok(RunEnd::Done)
         }
-        Command::Bench(args) => bench(args).map(|()| RunEnd::Done),
+        Command::Bench(args) => bench(*args).map(|()| RunEnd::Done),
         Command::Plugins {
             action: Some(PluginsAction::Add { file, dir }),
             ..
@@ -281,9 +307,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // yet warmed by twenty minutes of training.
     let plugins = vigil::bench::plugin_costs(&dirs, args.calls.max(1), args.repeats.max(1))?;
     print!("{}", vigil::bench::table(&plugins));
-    let mut workload = None;
+    let mut reports = Vec::new();
     if !args.plugins_only {
-        println!();
         let found: Vec<String> = vigil::plugin::catalogue(&dirs, false, false)
             .into_iter()
             .filter(|row| row.status == "ok")
@@ -310,10 +335,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let python = if args.no_python {
             None
         } else {
-            match args
-                .python
-                .or_else(vigil::bench::workload::bootstrap_python)
-            {
+            match args.python.or_else(vigil::bench::bootstrap_python) {
                 Some(interpreter) => Some(vigil::bench::PythonBaseline {
                     interpreter,
                     script: args.python_script,
@@ -324,25 +346,65 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        let options = vigil::bench::WorkloadOptions {
-            data_dir: args.data_dir,
-            plugin_dirs: dirs.clone(),
-            monitors,
-            steps: args.steps,
-            chunk_steps: args.chunk_steps,
-            warmup_steps: args.warmup_steps,
-            repeats: args.repeats,
-            batch_size: 128,
-            threads: args.threads,
-            python,
-            scratch: std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id())),
+        let workloads = if args.workloads.is_empty() {
+            vec![vigil::bench::Workload::W1, vigil::bench::Workload::W2]
+        } else {
+            args.workloads
         };
-        let report = vigil::bench::run_workload(&options, |message| eprintln!("bench: {message}"))?;
-        print!("{}", vigil::bench::workload_table(&report));
-        workload = Some(report);
+        let lightning = if args.no_lightning || !workloads.contains(&vigil::bench::Workload::W1) {
+            None
+        } else {
+            match args.lightning.or_else(vigil::bench::lightning_python) {
+                Some(interpreter) => Some(vigil::bench::PythonBaseline {
+                    interpreter,
+                    script: args.lightning_script,
+                }),
+                None => {
+                    eprintln!("note: no bench venv with Lightning found (run scripts/bench-venv.sh, or give --lightning PATH); skipping the Lightning baseline");
+                    None
+                }
+            }
+        };
+        for workload in workloads {
+            println!();
+            let w2 = workload == vigil::bench::Workload::W2;
+            let options = vigil::bench::WorkloadOptions {
+                workload,
+                data_dir: if w2 {
+                    args.cifar_dir.clone()
+                } else {
+                    args.data_dir.clone()
+                },
+                plugin_dirs: dirs.clone(),
+                monitors: monitors.clone(),
+                steps: if w2 {
+                    args.w2_steps.unwrap_or(args.steps)
+                } else {
+                    args.steps
+                },
+                chunk_steps: args.chunk_steps,
+                warmup_steps: args.warmup_steps,
+                repeats: args.repeats,
+                batch_size: 128,
+                threads: args.threads,
+                python: python.clone(),
+                lightning: lightning.clone(),
+                scratch: std::env::temp_dir().join(format!(
+                    "vigil-bench-{}-{}",
+                    std::process::id(),
+                    workload.key()
+                )),
+            };
+            let key = workload.key().to_uppercase();
+            let report = vigil::bench::run_workload(&options, |message| {
+                eprintln!("bench {key}: {message}")
+            })?;
+            print!("{}", vigil::bench::workload_table(&report));
+            reports.push(report);
+        }
     }
     if let Some(path) = args.json {
-        let json = serde_json::json!({ "workload": workload, "plugins": plugins });
+        let json = serde_json::json!({ "workloads": reports, "plugins": plugins });
         std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
             .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
     }

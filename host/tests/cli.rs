@@ -176,6 +176,8 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
         dir.path(),
         &[
             "bench",
+            "--workload",
+            "w1",
             "--data-dir",
             data.to_str().unwrap(),
             "--monitor",
@@ -212,7 +214,10 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
-    let workload = &json["workload"];
+    let workloads = json["workloads"].as_array().unwrap();
+    assert_eq!(workloads.len(), 1);
+    let workload = &workloads[0];
+    assert_eq!(workload["workload"], "W1");
     assert_eq!(workload["dataset"], "Fashion-MNIST");
     assert_eq!(workload["batch_size"], 128);
     let configs = workload["configs"].as_array().unwrap();
@@ -327,6 +332,8 @@ fn bench_runs_the_python_loop_plain_and_with_vigils_allocator_setting() {
         dir.path(),
         &[
             "bench",
+            "--workload",
+            "w1",
             "--data-dir",
             data.to_str().unwrap(),
             "--monitor",
@@ -350,7 +357,7 @@ fn bench_runs_the_python_loop_plain_and_with_vigils_allocator_setting() {
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
-    let loops = json["workload"]["python"].as_array().unwrap();
+    let loops = json["workloads"][0]["python"].as_array().unwrap();
     let mut variants: Vec<(&str, &str)> = loops
         .iter()
         .map(|p| {
@@ -367,7 +374,7 @@ fn bench_runs_the_python_loop_plain_and_with_vigils_allocator_setting() {
             ("plain", ""),
             (
                 "vigil's allocator setting",
-                vigil::bench::workload::PYTHON_ALLOCATOR_TUNABLES
+                vigil::bench::baseline::PYTHON_ALLOCATOR_TUNABLES
             )
         ]
     );
@@ -381,4 +388,200 @@ fn bench_runs_the_python_loop_plain_and_with_vigils_allocator_setting() {
     );
     let table = stdout(&output);
     assert!(table.contains("(the slower loop: not judged)"), "{table}");
+}
+
+#[test]
+fn bench_w2_trains_the_resnet_bare_and_with_all_monitors_and_leaves_unjudged_what_it_did_not_time()
+{
+    let dir = tempfile::tempdir().unwrap();
+    crate::util::write_cifar(&dir.path().join("cifar"), 16);
+    let output = vigil(
+        dir.path(),
+        &[
+            "bench",
+            "--workload",
+            "w2",
+            "--cifar-dir",
+            "cifar",
+            "--monitor",
+            "gradient",
+            "--monitor",
+            "curvature",
+            "--w2-steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--repeats",
+            "2",
+            "--calls",
+            "1000",
+            "--no-python",
+            "--json",
+            "bench.json",
+        ],
+    );
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let table = stdout(&output);
+    assert!(
+        table.contains("W2: CIFAR ResNet-18 at width 0.5"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    let workload = &json["workloads"][0];
+    assert_eq!(workload["workload"], "W2");
+    assert_eq!(workload["dataset"], "CIFAR-10");
+    assert_eq!(workload["steps_per_segment"], 2);
+    // W2 measures the monitors together only.
+    let names: Vec<&str> = workload["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bare", "bare (control)", "all monitors"]);
+    // Curvature estimates every 1000 steps: two-step segments hold none (its one estimate
+    // fell at step 0, in the warm-up), so the overhead is no upper bound and is not judged.
+    let all = &workload["configs"][2];
+    assert!(all["overhead_pct"]["median"].as_f64().unwrap().is_finite());
+    assert_eq!(all["target_pct"], 3.0);
+    assert!(all["meets_target"].is_null(), "{all}");
+    assert!(table.contains("not judged"), "{table}");
+    assert!(
+        workload["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("no curvature estimate")),
+        "{workload}"
+    );
+}
+
+#[test]
+fn bench_runs_lightning_with_the_monitors_as_callbacks_against_the_host_with_all_monitors() {
+    let lightning = crate::util::lightning_python();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx_dataset(&data, 512, 128, 28);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/lightning_baseline.py");
+    let output = vigil(
+        dir.path(),
+        &[
+            "bench",
+            "--workload",
+            "w1",
+            "--dir",
+            crate::util::build_dir().to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--warmup-steps",
+            "2",
+            "--repeats",
+            "2",
+            "--calls",
+            "1000",
+            "--no-python",
+            "--lightning",
+            lightning.to_str().unwrap(),
+            "--lightning-script",
+            script.to_str().unwrap(),
+            "--json",
+            "bench.json",
+        ],
+    );
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    let workload = &json["workloads"][0];
+    let l = &workload["lightning"];
+    assert_eq!(l["framework"], "Lightning", "{workload}");
+    assert_eq!(l["compared_with"], "all monitors");
+    assert!(l["lightning"].as_str().unwrap().starts_with('2'), "{l}");
+    assert_eq!(l["ms_per_step"]["samples"].as_array().unwrap().len(), 2);
+    // The speed-up is the Lightning segment time over the host's with all monitors, repeat
+    // by repeat, and the verdict is from its low end.
+    let all = workload["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "all monitors")
+        .unwrap();
+    let host: Vec<f64> = all["ms_per_step"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let theirs: Vec<f64> = l["ms_per_step"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let speedups: Vec<f64> = l["host_speedup"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for ((s, h), t) in speedups.iter().zip(&host).zip(&theirs) {
+        assert!((s - t / h).abs() < 1e-9 * s.abs(), "{s} vs {t}/{h}");
+    }
+    assert_eq!(
+        l["meets_target"].as_bool().unwrap(),
+        l["host_speedup"]["low"].as_f64().unwrap() >= 1.5
+    );
+    assert!(stdout(&output).contains("Lightning loop step"));
+}
+
+#[test]
+fn the_lightning_baseline_runs_every_monitor_callback_and_writes_what_they_write() {
+    let lightning = crate::util::lightning_python();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx_dataset(&data, 512, 128, 28);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/lightning_baseline.py");
+    let output = std::process::Command::new(lightning)
+        .arg(script)
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args(["--steps", "4", "--repeats", "2", "--curvature-every", "3"])
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["monitors"], true);
+    let run = dir.path().join("out/lightning/version_0");
+    for file in [
+        "artifacts/model_info.json",
+        "artifacts/labels_mapping.json",
+        "artifacts/dataset_statistics.csv",
+        "artifacts/sampler_distribution.csv",
+        "artifacts/epoch_001/confusion_matrix.png",
+        "artifacts/epoch_001/confusion_matrix.csv",
+        "artifacts/epoch_001/sample_predictions.png",
+        "artifacts/training_history/loss.png",
+    ] {
+        assert!(run.join(file).is_file(), "no {file}");
+    }
+    let csv =
+        std::fs::read_to_string(dir.path().join("out/lightning/version_1/metrics.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    for column in [
+        "grad_2.0_norm_total",
+        "curvature/lambda_max",
+        "curvature/hutch_trace",
+        "noise/grad_var",
+        "sampler/count/0",
+        "weight_norm",
+        "train_loss_step",
+        "val_loss",
+    ] {
+        assert!(header.contains(column), "no {column} in {header}");
+    }
 }

@@ -4,10 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use vigil::data::cifar::encode_record;
 use vigil::sink::tensorboard::read_events;
 
-use crate::util::{stderr, stdout, vigil};
+use crate::util::{stderr, stdout, vigil, write_cifar};
 
 /// A small CNN run with augmentation, cosine schedule and warm-up: 2 epochs of 16 steps.
 const SMALL: &str = r#"
@@ -413,19 +412,6 @@ fn anomaly_policy_warn_takes_the_step_anyway() {
         .as_str()
         .unwrap()
         .contains("step taken anyway"));
-}
-
-fn write_cifar(dir: &Path, per_file: u8) {
-    std::fs::create_dir_all(dir).unwrap();
-    let batch = |offset: u8| -> Vec<u8> {
-        (0..per_file)
-            .flat_map(|i| encode_record((i + offset) % 10, i.wrapping_mul(37)))
-            .collect()
-    };
-    for index in 1..=5 {
-        std::fs::write(dir.join(format!("data_batch_{index}.bin")), batch(index)).unwrap();
-    }
-    std::fs::write(dir.join("test_batch.bin"), batch(0)).unwrap();
 }
 
 #[test]

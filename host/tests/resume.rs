@@ -152,7 +152,7 @@ fn pixels(path: &Path) -> (u32, u32, Vec<u8>) {
 /// What TensorBoard's own reader (`EventAccumulator`) finds in each run's `tensorboard/`:
 /// {run: {"scalars"|"images"|"histograms": {tag: [[step, value], …]}}}.
 fn tensorboard_view(runs: &[&Path]) -> Value {
-    let python = vigil::bench::workload::bootstrap_python()
+    let python = vigil::bench::bootstrap_python()
         .expect("the Python of scripts/bootstrap.sh (run it: it installs tensorboard)");
     let script = r#"
 import json, sys, warnings

@@ -59,8 +59,31 @@ pub fn plugin_dirs_toml() -> String {
 /// The Python with PyTorch that `scripts/bootstrap.sh` installs; the README's test command
 /// runs it first, so its absence is a set-up error.
 pub fn pytorch_python() -> PathBuf {
-    vigil::bench::workload::bootstrap_python()
+    vigil::bench::bootstrap_python()
         .expect("no Python with PyTorch: run scripts/bootstrap.sh (the README's test command does)")
+}
+
+/// The Python of the bench venv with Lightning that `scripts/bootstrap.sh` installs (through
+/// `scripts/bench-venv.sh`); the README's test command runs it first, so its absence is a
+/// set-up error.
+pub fn lightning_python() -> PathBuf {
+    vigil::bench::lightning_python().expect(
+        "no bench venv with Lightning: run scripts/bootstrap.sh (the README's test command does)",
+    )
+}
+
+/// Write CIFAR-10's binary batches with `per_file` records in each of the six files.
+pub fn write_cifar(dir: &Path, per_file: u8) {
+    std::fs::create_dir_all(dir).unwrap();
+    let batch = |offset: u8| -> Vec<u8> {
+        (0..per_file)
+            .flat_map(|i| vigil::data::cifar::encode_record((i + offset) % 10, i.wrapping_mul(37)))
+            .collect()
+    };
+    for index in 1..=5 {
+        std::fs::write(dir.join(format!("data_batch_{index}.bin")), batch(index)).unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), batch(0)).unwrap();
 }
 
 /// Run `tests/fixtures/<script>` with PyTorch's Python and `args`; its stdout as JSON.

@@ -1,22 +1,27 @@
 //! `vigil bench`: what training and monitoring cost, measured on real plugin libraries.
 //!
-//! - [`workload`]: the W1 training workload, bare and with each monitor at its default
-//!   cadence, interleaved in one process, beside a plain PyTorch loop;
+//! - [`workload`]: the training workloads W1 (small CNN) and W2 (ResNet-18 at width 0.5),
+//!   bare and with the monitors at their default cadences, interleaved in one process;
+//! - [`baseline`]: the loops beside them (plain PyTorch, and Lightning with the monitors as
+//!   callbacks), in their own processes;
+//! - [`table`]: the report as a table;
 //! - [`plugins`]: plugin load time and hook dispatch cost through the ABI.
 //!
 //! Every number is a median over repeats, with their min and max and a 90 % bootstrap
 //! interval of their mean; a target counts as met only when the end of that interval on the
 //! wrong side of the target meets it. Nothing here is a test with a time limit.
 
+pub mod baseline;
 pub mod plugins;
+pub mod table;
 pub mod workload;
 
 use serde::Serialize;
 
+pub use baseline::{bootstrap_python, lightning_python, PythonBaseline};
 pub use plugins::{plugin_costs, DISPATCH_PLUGIN};
-pub use workload::{
-    run_workload, workload_table, PythonBaseline, WorkloadOptions, WorkloadReport, SHIPPED_MONITORS,
-};
+pub use table::workload_table;
+pub use workload::{run_workload, Workload, WorkloadOptions, WorkloadReport, SHIPPED_MONITORS};
 
 /// One measured quantity.
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The bench venv: Lightning, torchmetrics and matplotlib for bench/lightning_baseline.py,
+# beside the torch venv that scripts/bootstrap.sh made (run that first). The bench venv sees
+# that venv's packages through a .pth file, so torch 2.13.0 is not downloaded a second time
+# and Lightning trains with the very same libtorch as vigil and the plain Python loop.
+#
+#   bash scripts/bench-venv.sh        # prints the bench venv's python at the end
+#
+# Environment: VIGIL_CACHE_DIR as for bootstrap.sh. A second run takes seconds.
+set -euo pipefail
+
+TORCH_VERSION="2.13.0"
+LIGHTNING_VERSION="2.6.6"
+cache_dir="${VIGIL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vigil}"
+torch_venv="$cache_dir/torch-$TORCH_VERSION"
+venv="$cache_dir/bench-lightning"
+marker="$venv/.vigil-bench-ok"
+
+say() { printf 'bench-venv: %s\n' "$*" >&2; }
+die() { printf 'bench-venv: error: %s\n' "$*" >&2; exit 1; }
+
+[[ -x "$torch_venv/bin/python" ]] || die "no torch venv at $torch_venv: run scripts/bootstrap.sh first"
+if [[ -f "$marker" && "$(cat "$marker")" == "$LIGHTNING_VERSION" ]]; then
+    say "Lightning $LIGHTNING_VERSION already in $venv"
+    echo "$venv/bin/python"
+    exit 0
+fi
+rm -rf "$venv"
+"$torch_venv/bin/python" -m venv --without-pip "$venv" 2>/dev/null ||
+    "$torch_venv/bin/python" -m venv "$venv" || die "could not create a venv at $venv"
+torch_site="$("$torch_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+bench_site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+mkdir -p "$bench_site"
+echo "$torch_site" >"$bench_site/vigil-torch-venv.pth"
+if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    "$venv/bin/python" -m ensurepip --upgrade >/dev/null 2>&1 || die "no pip in $venv (Debian: apt-get install python3-venv)"
+fi
+say "installing lightning==$LIGHTNING_VERSION, torchmetrics and matplotlib into $venv (torch comes from $torch_venv)"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+    "torch==$TORCH_VERSION" "lightning==$LIGHTNING_VERSION" "torchmetrics>=1.4" "matplotlib>=3.8" ||
+    die "pip could not install Lightning into $venv"
+got="$("$venv/bin/python" -W ignore -c 'import torch, lightning; print(torch.__version__.split("+")[0], lightning.__version__)')" ||
+    die "Lightning was installed into $venv but does not import"
+[[ "$got" == "$TORCH_VERSION $LIGHTNING_VERSION" ]] || die "expected torch $TORCH_VERSION and Lightning $LIGHTNING_VERSION in $venv, found $got"
+echo "$LIGHTNING_VERSION" >"$marker"
+say "ready: torch and Lightning $got"
+echo "$venv/bin/python"
