@@ -694,23 +694,31 @@ fn summarize(
             let in_hooks_pct =
                 100.0 * (lane.plugins.hook_seconds() - lane.hooks_before) / bare_train_total;
             let upper_pct = overhead_pct.as_ref().map(|o| o.high.max(in_hooks_pct));
-            // Segments without a curvature estimate leave out what curvature costs most of
-            // the time: such an overhead is no upper bound, and is not judged.
+            // Segments without a curvature estimate, or without a validation, leave out what
+            // the monitors cost at those events: such an overhead is no upper bound, and is
+            // not judged.
             let misses_curvature = lane.monitors.iter().any(|m| m == "curvature")
                 && lane.curvature.estimates.get() == lane.curvature_before.0;
+            let misses_validation = !is_bare && lane.segments.iter().any(|s| s.validations == 0);
             if misses_curvature {
                 notes.push(format!(
                     "`{}` is not judged: its timed segments hold no curvature estimate (one every 1000 steps at the default cadence), so its overhead leaves that out; give at least 1000 steps per segment",
                     lane.name
                 ));
+            } else if misses_validation {
+                notes.push(format!(
+                    "`{}` is not judged: a timed segment holds no validation, so its overhead leaves out what monitors do at validation ends; give segments longer than a quarter epoch",
+                    lane.name
+                ));
             }
+            let unjudged = misses_curvature || misses_validation;
             ConfigResult {
                 name: lane.name.clone(),
                 monitors: lane.monitors.clone(),
                 sampler: if lane.weighted { "weighted" } else { "shuffle" }.into(),
                 meets_target: upper_pct
                     .zip(target_pct)
-                    .filter(|_| !misses_curvature)
+                    .filter(|_| !unjudged)
                     .map(|(upper, t)| upper <= t),
                 ms_per_step,
                 overhead_pct,
