@@ -101,9 +101,42 @@ pub fn cut_back(path: &Path, length: u64) -> Result<()> {
     Ok(())
 }
 
+/// Whether some process holds an exclusive lock on `path` (it exists and `flock` with
+/// `LOCK_NB` fails).
+pub fn is_locked(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; a shared, non-blocking request.
+    let got = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if got == 0 {
+        // SAFETY: as above; releases what we just took.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        false
+    } else {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_flock_is_seen() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        assert!(!is_locked(&path));
+        let file = std::fs::File::create(&path).unwrap();
+        assert!(!is_locked(&path));
+        // SAFETY: flock on our own descriptor.
+        assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+        assert!(is_locked(&path));
+        drop(file);
+        assert!(!is_locked(&path));
+    }
 
     #[test]
     fn atomic_write_replaces_the_whole_file() {

@@ -8,6 +8,7 @@
 //! - [`train`]: the loop, evaluation, the run directory;
 //! - [`plugin`]: monitor plugins — find, check, load, dispatch, time, isolate;
 //! - [`bench`]: what training and monitoring cost (`vigil bench`);
+//! - [`study`]: grids of runs from a study file, run here or on SLURM, watched and exported;
 //! - [`fs`]: atomic, durable writes and cut-backs of the files a run keeps;
 //! - [`interrupt`]: SIGTERM, SIGINT and SIGUSR1 stop a run cleanly, with a checkpoint;
 //! - [`memory`]: the allocator settings training wants;
@@ -33,6 +34,7 @@ pub mod model;
 pub mod plugin;
 pub mod rng;
 pub mod sink;
+pub mod study;
 pub mod train;
 
 pub use error::{Error, Result};

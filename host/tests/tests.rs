@@ -10,6 +10,7 @@ mod monitors;
 mod plugin_loading;
 mod reliability;
 mod resume;
+mod study;
 mod training;
 mod trust;
 mod util;

@@ -338,7 +338,9 @@ mod tests {
         let mut texts: Vec<String> =
             std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs"))
                 .unwrap()
-                .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+                .map(|path| std::fs::read_to_string(path).unwrap())
                 .collect();
         texts.push(String::new());
         texts.push(

@@ -35,7 +35,7 @@ pub use checkpoint::{CheckpointIndex, Checkpoints, TrainingState};
 use events::write_monitor_scalars;
 use feed::{choose_device, Feed};
 pub use optim::Optimizer;
-pub use run_dir::create_run_dir;
+pub use run_dir::{create_run_dir, is_unused as run_dir_is_unused, LOCK_FILE};
 pub use schedule::LrSchedule;
 pub use services::batch_hessian_vector_product;
 use services::{parameter_infos, GradientAverages, ProbeCache, TrainerServices};

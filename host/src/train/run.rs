@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use super::checkpoint::{self, TrainingState};
+use super::run_dir;
 use super::{create_run_dir, signal_name, FitSummary, Trainer};
 use crate::config::{read_config, Settings, RESUMABLE_KEYS};
 use crate::data;
@@ -259,11 +260,17 @@ fn keys(keys: &[String]) -> String {
 /// directory is simply used; a run of the same effective config that stopped before its
 /// first checkpoint is started over (its partial outputs removed); anything else is refused.
 fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> {
-    let occupied = std::fs::read_dir(run_dir)
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false);
-    if !occupied {
+    if run_dir::is_unused(run_dir) {
         return Ok(());
+    }
+    if crate::fs::is_locked(&run_dir.join(run_dir::LOCK_FILE)) {
+        return Err(Error::Config {
+            location: run_dir.display().to_string(),
+            message: format!(
+                "another vigil process is training this run (it holds {}); wait for it to end or stop it first",
+                run_dir::LOCK_FILE
+            ),
+        });
     }
     let Ok((stored, _)) = stored_config(run_dir) else {
         return Err(Error::Config {
@@ -348,6 +355,8 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         trainer.counters(0, 0),
     )?;
 
+    // Held until training ends and run.json is written.
+    let mut _run_lock = None;
     let (run_dir, settings, metrics, tensorboard, resumed_from, previous) = match plan {
         Plan::Resume {
             settings,
@@ -355,6 +364,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             checkpoint_dir,
             state,
         } => {
+            _run_lock = Some(run_dir::lock_run_dir(&run_dir)?);
             trainer.resume(&checkpoint_dir, &state)?;
             let previous = read_previous_run(&run_dir);
             if trainer.is_complete() && previous["status"] == "completed" {
@@ -407,6 +417,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             config_path,
         } => {
             let run_dir = create_run_dir(&settings)?;
+            _run_lock = Some(run_dir::lock_run_dir(&run_dir)?);
             settings.run_dir = Some(run_dir.clone());
             write_atomically(&run_dir.join(CONFIG_FILE), settings.to_toml().as_bytes())?;
             println!(

@@ -1,9 +1,55 @@
 //! The run directory: created fresh for each run, never reused by accident.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
+
+/// The file a training process keeps locked (`flock`, exclusive) in its run directory for as
+/// long as it trains: a second `vigil train` on the same directory is refused, and a study's
+/// status tells a running run from one that was killed.
+pub const LOCK_FILE: &str = ".vigil.lock";
+
+/// The lock on a run directory; released when dropped (or when the process ends, however).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// Lock `dir` for this process, or say which directory another process is training in.
+pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|source| Error::io(&path, source))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Config {
+            location: dir.display().to_string(),
+            message: format!(
+                "another vigil process is training this run (it holds {LOCK_FILE}); wait for it to end or stop it first"
+            ),
+        });
+    }
+    Ok(RunLock { _file: file })
+}
+
+/// Whether `dir` is missing or holds nothing but a lock file.
+pub fn is_unused(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map_or(true, |entries| {
+        entries
+            .flatten()
+            .all(|entry| entry.file_name() == LOCK_FILE)
+    })
+}
 
 /// Create the directory the run writes to.
 ///
@@ -12,10 +58,7 @@ use crate::error::{Error, Result};
 /// `runs/<name>-<UTC timestamp>` (with a numeric suffix if two runs start in one second).
 pub fn create_run_dir(settings: &Settings) -> Result<PathBuf> {
     if let Some(dir) = &settings.run_dir {
-        let occupied = std::fs::read_dir(dir)
-            .map(|mut entries| entries.next().is_some())
-            .unwrap_or(false);
-        if occupied {
+        if !is_unused(dir) {
             return Err(Error::Config {
                 location: dir.display().to_string(),
                 message: "run directory is not empty; choose another `run_dir` or remove the \

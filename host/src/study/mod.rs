@@ -1,0 +1,34 @@
+//! Studies: a grid of runs from one study file, planned, checked and run on this machine or
+//! a SLURM cluster, watched, retried and exported to one table.
+//!
+//! - [`spec`]: the study file and its expansion into named runs;
+//! - [`plan`]: `vigil study plan`, every run checked as `vigil check` checks a config;
+//! - [`record`]: `study.json`, the plan as the study directory keeps it, and the study's lock;
+//! - [`state`]: what a run directory says about its run;
+//! - [`local`]: `vigil study run`, the executor for one machine;
+//! - [`slurm`]: `vigil study submit`, the study as a SLURM job array, and what each task runs;
+//! - [`status`]: `vigil study status`, counts, ETA and the data-quality checks;
+//! - [`summary`]: a run's row (slopes, burn-in, best validation) and trajectories, and H1/H2;
+//! - [`export`]: `vigil study export`, the rows and trajectories as Parquet or CSV;
+//! - [`report`]: `vigil study report`, H1 and H2 with counts;
+//! - [`retry`]: `vigil study retry`, failed runs again (their attempts kept), recording why.
+//!
+//! The study sits above the trainer: it starts `vigil train` processes and reads what they
+//! write, and nothing in `train/` knows of it.
+
+pub mod export;
+pub mod local;
+pub mod plan;
+pub mod record;
+pub mod report;
+pub mod retry;
+pub mod slurm;
+pub mod spec;
+pub mod state;
+pub mod status;
+pub mod summary;
+
+pub use local::{run_local, LocalOptions, LocalOutcome};
+pub use plan::check_plan;
+pub use spec::{LocalSettings, RunSpec, SlurmSettings, Study};
+pub use status::{status_text, study_status};
