@@ -101,6 +101,24 @@ pub fn cut_back(path: &Path, length: u64) -> Result<()> {
     Ok(())
 }
 
+/// Open (creating it, mode 0644, never through a symlink) `path` and take an exclusive `flock`
+/// on it without waiting: the file holding the lock, or `None` when another process holds it.
+pub fn try_lock_exclusive(path: &Path) -> Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| Error::io(path, source))?;
+    // SAFETY: flock on a descriptor this function owns.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(locked.then_some(file))
+}
+
 /// Whether some process holds an exclusive lock on `path` (it exists and `flock` with
 /// `LOCK_NB` fails).
 pub fn is_locked(path: &Path) -> bool {

@@ -95,20 +95,11 @@ pub struct StudyLock {
 
 /// Lock the study directory, or say that another executor holds it.
 pub fn lock_study(dir: &Path) -> Result<StudyLock> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join(STUDY_LOCK);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| Error::io(&path, source))?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::Config {
+    match crate::fs::try_lock_exclusive(&dir.join(STUDY_LOCK))? {
+        Some(file) => Ok(StudyLock { _file: file }),
+        None => Err(Error::Config {
             location: dir.display().to_string(),
             message: "another `vigil study run` is running this study; wait for it or stop it (Ctrl-C) first".into(),
-        });
+        }),
     }
-    Ok(StudyLock { _file: file })
 }

@@ -19,27 +19,15 @@ pub struct RunLock {
 
 /// Lock `dir` for this process, or say which directory another process is training in.
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|source| Error::io(&path, source))?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::Config {
+    match crate::fs::try_lock_exclusive(&dir.join(LOCK_FILE))? {
+        Some(file) => Ok(RunLock { _file: file }),
+        None => Err(Error::Config {
             location: dir.display().to_string(),
             message: format!(
                 "another vigil process is training this run (it holds {LOCK_FILE}); wait for it to end or stop it first"
             ),
-        });
+        }),
     }
-    Ok(RunLock { _file: file })
 }
 
 /// Whether `dir` is missing or holds nothing but a lock file.
