@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use tch::nn;
+use tch::nn::{self, ModuleT as _};
 use tch::{Device, Kind, Tensor};
 use vigil::config::{ModelKind, ModelSettings, Norm};
 use vigil::model::InputShape;
@@ -46,6 +46,7 @@ fn cases() -> Vec<Case> {
         hidden: vec![256, 128],
         width_mult: 0.25,
         norm: Norm::Batch,
+        path: None,
     };
     let gray = InputShape {
         channels: 1,
@@ -88,7 +89,7 @@ fn cases() -> Vec<Case> {
 fn vigil_model(case: &Case, seed: i64) -> (BTreeMap<String, Tensor>, f64) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = vigil::model::build(&vs.root(), &case.settings, case.input, 10);
+    let net = vigil::model::build(&vs.root(), &case.settings, case.input, 10, None).unwrap();
     let (x, y) = fixed_batch(
         case.input.channels as i64,
         case.input.height as i64,

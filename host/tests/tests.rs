@@ -11,6 +11,7 @@ mod plugin_loading;
 mod reliability;
 mod resume;
 mod study;
+mod torchscript;
 mod training;
 mod trust;
 mod util;

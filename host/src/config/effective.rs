@@ -116,6 +116,11 @@ impl Settings {
                 };
                 put(&mut model, "norm", norm.into());
             }
+            ModelKind::Torchscript => {
+                if let Some(file) = &self.model.path {
+                    put(&mut model, "path", path(file));
+                }
+            }
             ModelKind::Cnn => {}
         }
         put(&mut root, "model", model.into());

@@ -12,7 +12,7 @@
 //! data = "fashion-mnist"          # or "mnist", "cifar10", "synthetic"
 //!
 //! [model]
-//! kind = "cnn"                    # or "mlp", "resnet18"
+//! kind = "cnn"                    # or "mlp", "resnet18", "torchscript" (with path = "net.pt")
 //!
 //! [optim]
 //! lr = 0.05
@@ -127,6 +127,8 @@ pub struct ModelSettings {
     pub width_mult: f64,
     /// Normalisation layers of the ResNet.
     pub norm: Norm,
+    /// The TorchScript file of a `torchscript` model.
+    pub path: Option<PathBuf>,
 }
 
 /// The optimiser and its hyper-parameters.

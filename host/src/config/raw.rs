@@ -27,6 +27,8 @@ pub enum ModelKind {
     Mlp,
     Cnn,
     Resnet18,
+    /// A TorchScript module the user saved from PyTorch (`model.path`).
+    Torchscript,
 }
 
 impl ModelKind {
@@ -36,6 +38,7 @@ impl ModelKind {
             ModelKind::Mlp => "mlp",
             ModelKind::Cnn => "cnn",
             ModelKind::Resnet18 => "resnet18",
+            ModelKind::Torchscript => "torchscript",
         }
     }
 }
@@ -198,6 +201,7 @@ struct RawModel {
     hidden: Option<Vec<usize>>,
     width_mult: Option<f64>,
     norm: Option<Norm>,
+    path: Option<PathBuf>,
 }
 
 impl Default for RawModel {
@@ -207,6 +211,7 @@ impl Default for RawModel {
             hidden: None,
             width_mult: None,
             norm: None,
+            path: None,
         }
     }
 }
@@ -670,6 +675,22 @@ impl RawModel {
             is_resnet,
             "with kind = \"resnet18\"",
         )?;
+        let is_torchscript = self.kind == ModelKind::Torchscript;
+        let path = only_with(
+            invalid,
+            "model.path",
+            self.path,
+            is_torchscript,
+            "with kind = \"torchscript\"",
+        )?;
+        if is_torchscript && path.is_none() {
+            return Err(invalid(
+                "model.path",
+                "is required with kind = \"torchscript\": the file a PyTorch module was saved to with \
+                 `torch.jit.script(model).save(\"net.pt\")`"
+                    .into(),
+            ));
+        }
         let hidden = hidden.unwrap_or_else(|| vec![256, 128]);
         if hidden.contains(&0) {
             return Err(invalid(
@@ -684,6 +705,7 @@ impl RawModel {
             hidden,
             width_mult,
             norm: norm.unwrap_or(Norm::Batch),
+            path,
         })
     }
 }

@@ -3,14 +3,17 @@
 
 pub mod init;
 mod resnet;
+mod torchscript;
 
 use tch::nn::{self, ModuleT};
 
 use init::ConvOptions;
 
 pub use resnet::{scaled_channels, ResNet18};
+pub use torchscript::{PlainGraphExecutor, ScriptedModel};
 
 use crate::config::{ModelKind, ModelSettings};
+use crate::error::{Error, Result};
 
 /// The shape of one input image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,14 +29,59 @@ impl InputShape {
     }
 }
 
-/// Build the model the settings describe, registering its parameters under `root`.
+/// A network vigil trains: one of its own, or a TorchScript module from PyTorch.
+pub enum Network {
+    Native(Box<dyn ModuleT + Send>),
+    Scripted(ScriptedModel),
+}
+
+impl Network {
+    /// The logits for `xs` in train or eval mode; a TorchScript module's failure is an error.
+    pub fn forward(&self, xs: &tch::Tensor, train: bool) -> Result<tch::Tensor> {
+        match self {
+            Network::Native(module) => Ok(module.forward_t(xs, train)),
+            Network::Scripted(module) => module.try_forward(xs, train),
+        }
+    }
+
+    /// The TorchScript module, for a `torchscript` model.
+    pub fn scripted(&self) -> Option<&ScriptedModel> {
+        match self {
+            Network::Scripted(module) => Some(module),
+            Network::Native(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Network::Native(_) => f.write_str("Network::Native"),
+            Network::Scripted(module) => write!(f, "Network::Scripted({module:?})"),
+        }
+    }
+}
+
+impl ModuleT for Network {
+    fn forward_t(&self, xs: &tch::Tensor, train: bool) -> tch::Tensor {
+        match self {
+            Network::Native(module) => module.forward_t(xs, train),
+            Network::Scripted(module) => module.forward_t(xs, train),
+        }
+    }
+}
+
+/// Build the model the settings describe, registering its parameters under `root`. A
+/// `torchscript` model is loaded from `module_file` when given (a checkpoint's copy), else
+/// from `model.path`.
 pub fn build(
     root: &nn::Path,
     settings: &ModelSettings,
     input: InputShape,
     classes: usize,
-) -> Box<dyn ModuleT + Send> {
-    match settings.kind {
+    module_file: Option<&std::path::Path>,
+) -> Result<Network> {
+    Ok(Network::Native(match settings.kind {
         ModelKind::Mlp => Box::new(mlp(root, &settings.hidden, input, classes)),
         ModelKind::Cnn => Box::new(small_cnn(root, input, classes)),
         ModelKind::Resnet18 => Box::new(ResNet18::new(
@@ -43,7 +91,16 @@ pub fn build(
             settings.width_mult,
             settings.norm,
         )),
-    }
+        ModelKind::Torchscript => {
+            let file = module_file
+                .or(settings.path.as_deref())
+                .ok_or_else(|| Error::Config {
+                    location: "model.path".into(),
+                    message: "is required with kind = \"torchscript\"".into(),
+                })?;
+            return Ok(Network::Scripted(ScriptedModel::load(root, file)?));
+        }
+    }))
 }
 
 /// Fully connected network: flatten, then `hidden` ReLU layers, then a linear classifier.

@@ -3,7 +3,8 @@
 //! Each checkpoint is a directory `step_<global step>/` with `model.safetensors` (every
 //! variable of the model, batch-norm statistics included), `optimizer.safetensors` (momentum
 //! and moment buffers), `host.safetensors` (tensors the host keeps for monitors, such as
-//! gradient averages; absent when there are none), one `monitor-<index>.state` file per
+//! gradient averages; absent when there are none), `module.pt` for a TorchScript model (the
+//! whole module: its batch-norm statistics live only there), one `monitor-<index>.state` file per
 //! monitor that saved state, and `state.json` (counters, the epoch's running sums, the
 //! effective config, the lengths of every file the run appends to, what each monitor saved).
 //!
@@ -21,6 +22,7 @@ use tch::{nn, Device, Tensor};
 use super::optim::Optimizer;
 use crate::error::{Error, Result};
 use crate::fs::{self, write_atomically};
+use crate::model::ScriptedModel;
 pub use crate::sink::tensorboard::TensorBoardMark;
 
 pub const CHECKPOINT_DIR: &str = "checkpoints";
@@ -29,6 +31,8 @@ const STATE: &str = "state.json";
 const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const HOST: &str = "host.safetensors";
+/// The TorchScript module of a `torchscript` model: parameters and buffers.
+pub const MODULE: &str = "module.pt";
 
 /// The checkpoint format this version writes and reads. Format 1 (vigil 0.1 before faithful
 /// resume) kept the raw config text and derived epoch orders differently; it is refused.
@@ -109,6 +113,8 @@ pub struct SavedGradientAverage {
 pub struct Extras {
     pub tensors: Vec<(String, Tensor)>,
     pub files: Vec<(String, Vec<u8>)>,
+    /// A TorchScript model, saved whole as `module.pt` (its buffers are not in the store).
+    pub module: Option<ScriptedModel>,
 }
 
 /// One entry of the index.
@@ -278,6 +284,11 @@ fn write_checkpoint(
             .map(|(name, tensor)| (name.clone(), tensor.shallow_clone()))
             .collect();
         write_tensors(&dir.join(HOST), tensors)?;
+    }
+    if let Some(module) = &extras.module {
+        let path = dir.join(MODULE);
+        module.save(&path, false)?;
+        fs::sync_file(&path)?;
     }
     for (name, bytes) in &extras.files {
         let path = dir.join(name);

@@ -14,20 +14,20 @@ mod state;
 mod step;
 mod validation;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use abi_stable::std_types::{RSlice, RString, RVec};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Device, Tensor};
 use vigil_plugin_api::{EventKind, SamplerDraws, StepCounters};
 
 use crate::config::Settings;
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::model::{self, InputShape};
+use crate::model::{self, InputShape, Network};
 use crate::plugin::{EventData, PluginHost, RunFacts};
 use crate::sink::{RecordKind, Sink};
 
@@ -115,7 +115,7 @@ pub struct Trainer {
     parameters: Vec<Tensor>,
     /// Their names (`conv1.weight`, …).
     parameter_names: Vec<String>,
-    model: Box<dyn ModuleT + Send>,
+    model: Network,
     optimizer: Optimizer,
     schedule: LrSchedule,
     feed: Feed,
@@ -149,17 +149,28 @@ pub struct Trainer {
 impl Trainer {
     /// Build the model and optimiser and move the dataset to the device.
     pub fn new(settings: &Settings, dataset: &Dataset) -> Result<Self> {
-        Self::build(settings, dataset, None)
+        Self::build(settings, dataset, None, None)
+    }
+
+    /// A trainer whose TorchScript model is loaded from `module_file` (a checkpoint's copy of
+    /// the module, buffers included) rather than from `model.path`.
+    pub fn with_module(settings: &Settings, dataset: &Dataset, module_file: &Path) -> Result<Self> {
+        Self::build(settings, dataset, None, Some(module_file))
     }
 
     /// A trainer for `settings` that uses `other`'s copy of the dataset on the device instead
     /// of making its own (`dataset` must be the one `other` was built from). `vigil bench`
     /// trains several models side by side this way.
     pub fn sharing_data(settings: &Settings, dataset: &Dataset, other: &Trainer) -> Result<Self> {
-        Self::build(settings, dataset, Some(other))
+        Self::build(settings, dataset, Some(other), None)
     }
 
-    fn build(settings: &Settings, dataset: &Dataset, share: Option<&Trainer>) -> Result<Self> {
+    fn build(
+        settings: &Settings,
+        dataset: &Dataset,
+        share: Option<&Trainer>,
+        module_file: Option<&Path>,
+    ) -> Result<Self> {
         if let Some(threads) = settings.threads {
             tch::set_num_threads(threads as i32);
         }
@@ -177,7 +188,13 @@ impl Trainer {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             tch::manual_seed(settings.seed as i64);
-            model::build(&vars.root(), &settings.model, input, dataset.num_classes())
+            model::build(
+                &vars.root(),
+                &settings.model,
+                input,
+                dataset.num_classes(),
+                module_file,
+            )?
         };
         let parameters = vars.trainable_variables();
         let optimizer = Optimizer::new(
@@ -205,6 +222,10 @@ impl Trainer {
                 )
             }
         };
+        if let Some(scripted) = model.scripted() {
+            let first = train.images.f_narrow(0, 0, train.len().min(2))?;
+            scripted.check_against(&first, input, dataset.num_classes())?;
+        }
         let parameter_names = parameter_infos(&vars, &parameters)
             .into_iter()
             .map(|p| p.name.into_string())
@@ -297,7 +318,7 @@ impl Trainer {
     /// Capabilities for monitors, borrowing the model, parameters and data.
     pub fn services(&self) -> impl crate::plugin::HostServices + '_ {
         TrainerServices {
-            model: &*self.model,
+            model: &self.model,
             parameters: &self.parameters,
             train: &self.train,
             probes: &self.probes,

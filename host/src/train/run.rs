@@ -326,7 +326,20 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         dataset.train.width,
         dataset.num_classes()
     );
-    let mut trainer = Trainer::new(&settings, &dataset)?;
+    let mut trainer = match &plan {
+        // A TorchScript model continues from the checkpoint's copy of the module, whose
+        // buffers (batch-norm statistics) the variable store does not hold.
+        Plan::Resume { checkpoint_dir, .. }
+            if settings.model.kind == crate::config::ModelKind::Torchscript =>
+        {
+            Trainer::with_module(
+                &settings,
+                &dataset,
+                &checkpoint_dir.join(checkpoint::MODULE),
+            )?
+        }
+        _ => Trainer::new(&settings, &dataset)?,
+    };
     println!(
         "model: {} with {} parameters on {:?}; {} epochs of {} batches of {} (seed {})",
         settings.model.kind.name(),

@@ -307,6 +307,8 @@ fn gradient_with_graph(
     images: &Tensor,
     labels: &Tensor,
 ) -> Result<(f64, Vec<Tensor>)> {
+    // A scripted model's graph must be differentiable twice (see PlainGraphExecutor).
+    let _plain = crate::model::PlainGraphExecutor::new();
     let logits = model.forward_t(images, false);
     let loss = super::step::cross_entropy(&logits, labels, tch::Reduction::Mean)?;
     let grads = Tensor::f_run_backward(&[&loss], parameters, true, true)?;

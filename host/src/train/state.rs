@@ -236,6 +236,7 @@ impl Trainer {
         let mut extras = Extras {
             tensors,
             files: Vec::new(),
+            module: self.model.scripted().cloned(),
         };
         let monitors = snapshots
             .into_iter()

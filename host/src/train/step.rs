@@ -29,7 +29,7 @@ impl Trainer {
         )?;
         let labels = self.train.labels.f_index_select(0, &indices)?;
         let lr = self.schedule.at(self.progress.global_step);
-        let logits = self.model.forward_t(&images, true);
+        let logits = self.model.forward(&images, true)?;
         let loss = cross_entropy(&logits, &labels, tch::Reduction::Mean)?;
         let loss_value = loss.f_double_value(&[])?;
         self.optimizer.zero_grad();

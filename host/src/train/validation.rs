@@ -70,7 +70,7 @@ impl Trainer {
             let size = batch_size.min(samples - start);
             let images = self.test.images.f_narrow(0, start, size)?;
             let labels = self.test.labels.f_narrow(0, start, size)?;
-            let logits = self.model.forward_t(&images, false);
+            let logits = self.model.forward(&images, false)?;
             loss_sum += cross_entropy(&logits, &labels, tch::Reduction::Sum)?.f_double_value(&[])?;
             let predictions = logits.f_argmax(-1, false)?;
             correct += predictions
