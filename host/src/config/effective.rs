@@ -8,15 +8,17 @@ use std::collections::BTreeMap;
 use toml::{Table, Value};
 
 use super::{
-    AnomalyPolicy, DataKind, DataSource, DeviceChoice, ModelKind, Norm, OnError, OptimKind,
-    SamplerSettings, ScheduleKind, Settings, SyntheticSettings,
+    AnomalyPolicy, DataSource, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerSettings,
+    ScheduleKind, Settings, SyntheticSettings,
 };
 
 /// Keys that `--resume` may change: they do not change what the run computes. `epochs`
 /// trains a run longer (or ends it sooner); the rest say where files are and how plugins are
 /// found and policed. A monitor's loading keys are matched as `monitors[i].<key>`.
-pub const RESUMABLE_KEYS: [&str; 5] = [
+pub const RESUMABLE_KEYS: [&str; 7] = [
     "epochs",
+    "image_folder.cache_mb",
+    "image_folder.prefetch_batches",
     "name",
     "run_dir",
     "plugin_dirs",
@@ -74,7 +76,7 @@ impl Settings {
                 dir,
                 fallback,
             } => {
-                put(&mut root, "data", data_kind(*kind).into());
+                put(&mut root, "data", kind.name().into());
                 put(&mut root, "data_dir", path(dir));
                 put(&mut root, "synthetic_fallback", fallback.is_some().into());
                 fallback.as_ref()
@@ -84,6 +86,37 @@ impl Settings {
                 put(&mut root, "data_dir", path(dir));
                 put(&mut root, "synthetic_fallback", fallback.is_some().into());
                 fallback.as_ref()
+            }
+            DataSource::ImageFolder(folder) => {
+                put(&mut root, "data", "image-folder".into());
+                put(&mut root, "data_dir", path(&folder.dir));
+                let mut table = Table::new();
+                put(&mut table, "image_size", int(folder.image_size));
+                put(&mut table, "channels", int(folder.channels));
+                if let Some(fraction) = folder.val_fraction {
+                    put(&mut table, "val_fraction", fraction.into());
+                }
+                put(&mut table, "split_seed", int(folder.split_seed));
+                put(&mut table, "skip_bad_files", folder.skip_bad_files.into());
+                put(&mut table, "cache_mb", int(folder.cache_mb));
+                put(&mut table, "prefetch_batches", int(folder.prefetch_batches));
+                put(&mut root, "image_folder", table.into());
+                None
+            }
+            DataSource::Tensors(files) => {
+                put(&mut root, "data", "tensors".into());
+                let mut table = Table::new();
+                put(&mut table, "train", path(&files.train));
+                put(&mut table, "val", path(&files.val));
+                if let Some(names) = &files.class_names {
+                    put(
+                        &mut table,
+                        "class_names",
+                        Value::Array(names.iter().map(|n| n.as_str().into()).collect()),
+                    );
+                }
+                put(&mut root, "tensors", table.into());
+                None
             }
         };
         if let Some(synthetic) = synthetic {
@@ -298,15 +331,6 @@ fn synthetic_table(synthetic: &SyntheticSettings) -> Table {
     table.insert("image_size".into(), int(synthetic.image_size));
     table.insert("noise".into(), Value::Float(f64::from(synthetic.noise)));
     table
-}
-
-fn data_kind(kind: DataKind) -> &'static str {
-    match kind {
-        DataKind::FashionMnist => "fashion-mnist",
-        DataKind::Mnist => "mnist",
-        DataKind::Cifar10 => "cifar10",
-        DataKind::Synthetic => "synthetic",
-    }
 }
 
 fn device(choice: DeviceChoice) -> &'static str {

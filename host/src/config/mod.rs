@@ -9,7 +9,7 @@
 //! seed = 0
 //! epochs = 1
 //! batch_size = 64
-//! data = "fashion-mnist"          # or "mnist", "cifar10", "synthetic"
+//! data = "fashion-mnist"          # or "mnist", "cifar10", "synthetic", "image-folder", "tensors"
 //!
 //! [model]
 //! kind = "cnn"                    # or "mlp", "resnet18", "torchscript" (with path = "net.pt")
@@ -93,6 +93,41 @@ pub enum DataSource {
     },
     /// The built-in deterministic synthetic image dataset.
     Synthetic(SyntheticSettings),
+    /// Image files in `train/<class>/` and `val/<class>/` folders.
+    ImageFolder(ImageFolderSettings),
+    /// A safetensors file per split with `inputs` and `labels`.
+    Tensors(TensorFileSettings),
+}
+
+/// An image-folder dataset: where it is and how its images are decoded and held.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageFolderSettings {
+    /// Holds `train/<class>/*.{png,jpg,jpeg}` and, unless `val_fraction` is set, `val/<class>/…`.
+    pub dir: PathBuf,
+    /// Images are resized (shorter side) and centre-cropped to `image_size × image_size`.
+    pub image_size: usize,
+    /// 3 (RGB) or 1 (grayscale).
+    pub channels: usize,
+    /// Hold out this fraction of each class of `train/` for validation (when there is no `val/`).
+    pub val_fraction: Option<f64>,
+    /// Seed of that split.
+    pub split_seed: u64,
+    /// Leave out files that cannot be decoded (counted in `run.json`) instead of failing.
+    pub skip_bad_files: bool,
+    /// Keep the decoded images in memory (as float32, 4 bytes a pixel) when both splits fit in
+    /// this many MiB; otherwise decode each batch from disk, ahead of the step.
+    pub cache_mb: usize,
+    /// How many batches a streamed training split decodes ahead.
+    pub prefetch_batches: usize,
+}
+
+/// A dataset of tensor files: one safetensors file per split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorFileSettings {
+    pub train: PathBuf,
+    pub val: PathBuf,
+    /// One name per class; `class 0`, `class 1`, … when not given.
+    pub class_names: Option<Vec<String>>,
 }
 
 /// Shape and size of the synthetic dataset.

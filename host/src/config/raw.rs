@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    CheckpointSettings, DataSettings, DataSource, ModelSettings, MonitorSettings, OptimSettings,
-    SamplerSettings, ScheduleSettings, Settings, SyntheticSettings, DEFAULT_FASHION_MNIST_DIR,
+    CheckpointSettings, DataSettings, DataSource, ImageFolderSettings, ModelSettings,
+    MonitorSettings, OptimSettings, SamplerSettings, ScheduleSettings, Settings, SyntheticSettings,
+    TensorFileSettings, DEFAULT_FASHION_MNIST_DIR,
 };
 use crate::error::{Error, Result};
 
@@ -18,6 +19,22 @@ pub enum DataKind {
     Mnist,
     Cifar10,
     Synthetic,
+    ImageFolder,
+    Tensors,
+}
+
+impl DataKind {
+    /// The name a config uses for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataKind::FashionMnist => "fashion-mnist",
+            DataKind::Mnist => "mnist",
+            DataKind::Cifar10 => "cifar10",
+            DataKind::Synthetic => "synthetic",
+            DataKind::ImageFolder => "image-folder",
+            DataKind::Tensors => "tensors",
+        }
+    }
 }
 
 /// Which network `[model] kind = "…"` names.
@@ -130,6 +147,8 @@ pub(super) struct RawConfig {
     sampler: SamplerKind,
     class_weights: Option<Vec<f64>>,
     synthetic: Option<RawSynthetic>,
+    image_folder: Option<RawImageFolder>,
+    tensors: Option<RawTensors>,
     model: RawModel,
     optim: RawOptim,
     schedule: RawSchedule,
@@ -159,6 +178,8 @@ impl Default for RawConfig {
             sampler: SamplerKind::Shuffle,
             class_weights: None,
             synthetic: None,
+            image_folder: None,
+            tensors: None,
             model: RawModel::default(),
             optim: RawOptim::default(),
             schedule: RawSchedule::default(),
@@ -192,6 +213,40 @@ impl Default for RawSynthetic {
             noise: 0.35,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawImageFolder {
+    image_size: usize,
+    channels: usize,
+    val_fraction: Option<f64>,
+    split_seed: u64,
+    skip_bad_files: bool,
+    cache_mb: usize,
+    prefetch_batches: usize,
+}
+
+impl Default for RawImageFolder {
+    fn default() -> Self {
+        RawImageFolder {
+            image_size: 32,
+            channels: 3,
+            val_fraction: None,
+            split_seed: 0,
+            skip_bad_files: false,
+            cache_mb: 4096,
+            prefetch_batches: 4,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTensors {
+    train: PathBuf,
+    val: PathBuf,
+    class_names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -403,7 +458,118 @@ impl RawConfig {
             self.data == DataKind::Synthetic || self.synthetic_fallback,
             "with data = \"synthetic\" or synthetic_fallback = true",
         )?;
+        let image_folder = only_with(
+            invalid,
+            "image_folder",
+            self.image_folder,
+            self.data == DataKind::ImageFolder,
+            "with data = \"image-folder\"",
+        )?;
+        let tensors = only_with(
+            invalid,
+            "tensors",
+            self.tensors,
+            self.data == DataKind::Tensors,
+            "with data = \"tensors\"",
+        )?;
         let source = match self.data {
+            DataKind::Tensors => {
+                only_with(
+                    invalid,
+                    "data_dir",
+                    self.data_dir.as_ref(),
+                    false,
+                    "with a dataset in a directory; data = \"tensors\" names its files in [tensors]",
+                )?;
+                only_with(
+                    invalid,
+                    "synthetic_fallback",
+                    self.synthetic_fallback.then_some(()),
+                    false,
+                    "with a built-in dataset",
+                )?;
+                let raw = tensors.ok_or_else(|| Error::Config {
+                    location: path.display().to_string(),
+                    message: "data = \"tensors\" needs a [tensors] table: `train = \"train.safetensors\"` \
+                              and `val = \"val.safetensors\"`, each holding `inputs` and `labels`"
+                        .into(),
+                })?;
+                if let Some(names) = &raw.class_names {
+                    if names.is_empty() {
+                        return Err(invalid(
+                            "tensors.class_names",
+                            "is empty; list one name per class, or leave it out".into(),
+                        ));
+                    }
+                }
+                DataSource::Tensors(TensorFileSettings {
+                    train: raw.train,
+                    val: raw.val,
+                    class_names: raw.class_names,
+                })
+            }
+            DataKind::ImageFolder => {
+                only_with(
+                    invalid,
+                    "synthetic_fallback",
+                    self.synthetic_fallback.then_some(()),
+                    false,
+                    "with a built-in dataset",
+                )?;
+                let Some(dir) = self.data_dir else {
+                    return Err(Error::Config {
+                        location: path.display().to_string(),
+                        message:
+                            "`data_dir` is required for data = \"image-folder\": the directory \
+                                  holding train/<class>/ (and val/<class>/)"
+                                .into(),
+                    });
+                };
+                let raw = image_folder.unwrap_or_default();
+                at_least_one(invalid, "image_folder.image_size", raw.image_size)?;
+                if raw.image_size > 4096 {
+                    return Err(invalid(
+                        "image_folder.image_size",
+                        format!("is {}; at most 4096", raw.image_size),
+                    ));
+                }
+                if !matches!(raw.channels, 1 | 3) {
+                    return Err(invalid(
+                        "image_folder.channels",
+                        format!("is {}; use 3 (RGB) or 1 (grayscale)", raw.channels),
+                    ));
+                }
+                if let Some(fraction) = raw.val_fraction {
+                    in_range(
+                        invalid,
+                        "image_folder.val_fraction",
+                        fraction,
+                        0.0..=1.0,
+                        true,
+                    )?;
+                    if fraction >= 1.0 {
+                        return Err(invalid(
+                            "image_folder.val_fraction",
+                            format!("is {fraction}; it must leave training images (below 1)"),
+                        ));
+                    }
+                }
+                at_least_one(
+                    invalid,
+                    "image_folder.prefetch_batches",
+                    raw.prefetch_batches,
+                )?;
+                DataSource::ImageFolder(ImageFolderSettings {
+                    dir,
+                    image_size: raw.image_size,
+                    channels: raw.channels,
+                    val_fraction: raw.val_fraction,
+                    split_seed: raw.split_seed,
+                    skip_bad_files: raw.skip_bad_files,
+                    cache_mb: raw.cache_mb,
+                    prefetch_batches: raw.prefetch_batches,
+                })
+            }
             DataKind::Synthetic => {
                 only_with(
                     invalid,
@@ -423,7 +589,7 @@ impl RawConfig {
                             location: path.display().to_string(),
                             message: format!(
                                 "`data_dir` is required for data = \"{}\": the directory holding the dataset's files",
-                                kind_name(kind)
+                                kind.name()
                             ),
                         })
                     }
@@ -601,15 +767,6 @@ fn beside(config: &Path, file: &Path) -> PathBuf {
         _ => file.to_path_buf(),
     };
     std::path::absolute(&joined).unwrap_or(joined)
-}
-
-fn kind_name(kind: DataKind) -> &'static str {
-    match kind {
-        DataKind::FashionMnist => "fashion-mnist",
-        DataKind::Mnist => "mnist",
-        DataKind::Cifar10 => "cifar10",
-        DataKind::Synthetic => "synthetic",
-    }
 }
 
 fn validate_synthetic(invalid: Invalid<'_>, raw: RawSynthetic) -> Result<SyntheticSettings> {

@@ -86,6 +86,7 @@ pub fn load(dir: &Path) -> Result<Dataset> {
         train: split(&train_files)?,
         test: split(&["test_batch.bin".to_string()])?,
         class_names: CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
+        skipped_files: Vec::new(),
     })
 }
 

@@ -5,9 +5,14 @@
 
 pub mod cifar;
 pub mod idx;
+pub mod image_folder;
 pub mod synthetic;
+pub mod tensor_file;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use image_folder::FileImages;
 
 use crate::config::{DataKind, DataSource, SyntheticSettings};
 use crate::error::{Error, Result};
@@ -27,13 +32,87 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 ];
 
 /// A split of labelled images: `len()` images of `channels × height × width` bytes, row-major.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The bytes are in `images`, or, for an image folder too large to keep in memory, decoded
+/// from `files` when a batch needs them (`images` is then empty and `sums` holds the pixel
+/// sums a decoding pass gathered).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageSet {
     pub images: Vec<u8>,
     pub labels: Vec<i64>,
     pub channels: usize,
     pub height: usize,
     pub width: usize,
+    /// Where the images are decoded from when they are not in `images`.
+    pub files: Option<Arc<FileImages>>,
+    /// Per-channel pixel sums, when known without `images`.
+    pub sums: Option<ChannelSums>,
+    /// Already normalised float inputs (tensor files with float `inputs`), used as they are:
+    /// `images` is then empty.
+    pub floats: Option<Vec<f32>>,
+}
+
+/// Per-channel sums of pixel values (0–255) and of their squares, over `pixels` pixels a
+/// channel: exact integers, so that the statistics do not depend on the order of summing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChannelSums {
+    pub sums: Vec<u64>,
+    pub squares: Vec<u64>,
+    pub pixels: u64,
+}
+
+impl ChannelSums {
+    pub fn new(channels: usize) -> Self {
+        ChannelSums {
+            sums: vec![0; channels],
+            squares: vec![0; channels],
+            pixels: 0,
+        }
+    }
+
+    /// Add one `channels × plane` image.
+    pub fn add_image(&mut self, image: &[u8]) {
+        let channels = self.sums.len().max(1);
+        let plane = image.len() / channels;
+        for (channel, pixels) in image.chunks_exact(plane.max(1)).enumerate() {
+            let (mut sum, mut square) = (0u64, 0u64);
+            for &pixel in pixels {
+                sum += u64::from(pixel);
+                square += u64::from(pixel) * u64::from(pixel);
+            }
+            self.sums[channel] += sum;
+            self.squares[channel] += square;
+        }
+        self.pixels += plane as u64;
+    }
+
+    pub fn merge(mut self, other: &ChannelSums) -> Self {
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            *a += b;
+        }
+        for (a, b) in self.squares.iter_mut().zip(&other.squares) {
+            *a += b;
+        }
+        self.pixels += other.pixels;
+        self
+    }
+
+    /// Mean and standard deviation per channel, pixels scaled to [0, 1].
+    pub fn stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let count = self.pixels.max(1) as f64;
+        let mean: Vec<f64> = self
+            .sums
+            .iter()
+            .map(|&s| s as f64 / 255.0 / count)
+            .collect();
+        let std = self
+            .squares
+            .iter()
+            .zip(&mean)
+            .map(|(&sq, &m)| ((sq as f64 / 65025.0 / count - m * m).max(1e-12).sqrt()) as f32)
+            .collect();
+        (mean.iter().map(|&m| m as f32).collect(), std)
+    }
 }
 
 impl ImageSet {
@@ -45,6 +124,9 @@ impl ImageSet {
             channels,
             height,
             width,
+            files: None,
+            sums: None,
+            floats: None,
         }
     }
 
@@ -56,6 +138,12 @@ impl ImageSet {
         self.labels.is_empty()
     }
 
+    /// Whether the split holds images monitors can show: pixels (not float features) of 1
+    /// or 3 channels.
+    pub fn is_images(&self) -> bool {
+        self.floats.is_none() && matches!(self.channels, 1 | 3) && self.height > 1
+    }
+
     /// Bytes per image.
     pub fn image_len(&self) -> usize {
         self.channels * self.height * self.width
@@ -63,26 +151,14 @@ impl ImageSet {
 
     /// Per-channel mean and standard deviation of the pixels, scaled to [0, 1].
     pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
-        let plane = self.height * self.width;
-        let mut sums = vec![0f64; self.channels];
-        let mut squares = vec![0f64; self.channels];
-        for image in self.images.chunks_exact(self.image_len().max(1)) {
-            for (channel, pixels) in image.chunks_exact(plane.max(1)).enumerate() {
-                for &pixel in pixels {
-                    let value = f64::from(pixel) / 255.0;
-                    sums[channel] += value;
-                    squares[channel] += value * value;
-                }
-            }
+        if let Some(sums) = &self.sums {
+            return sums.stats();
         }
-        let count = (self.len() * plane).max(1) as f64;
-        let mean: Vec<f32> = sums.iter().map(|s| (s / count) as f32).collect();
-        let std = squares
-            .iter()
-            .zip(&mean)
-            .map(|(sq, &m)| ((sq / count - f64::from(m).powi(2)).max(1e-12).sqrt()) as f32)
-            .collect();
-        (mean, std)
+        let mut sums = ChannelSums::new(self.channels);
+        for image in self.images.chunks_exact(self.image_len().max(1)) {
+            sums.add_image(image);
+        }
+        sums.stats()
     }
 }
 
@@ -94,6 +170,8 @@ pub struct Dataset {
     pub train: ImageSet,
     pub test: ImageSet,
     pub class_names: Vec<String>,
+    /// Files left out because they could not be decoded (`skip_bad_files = true`).
+    pub skipped_files: Vec<String>,
 }
 
 impl Dataset {
@@ -107,6 +185,8 @@ impl Dataset {
 pub fn load(source: &DataSource) -> Result<Dataset> {
     let (loaded, dir, fallback) = match source {
         DataSource::Synthetic(synthetic) => return Ok(synthetic::generate(synthetic)),
+        DataSource::ImageFolder(folder) => return image_folder::load(folder),
+        DataSource::Tensors(files) => return tensor_file::load(files),
         DataSource::Idx {
             kind,
             dir,
@@ -194,9 +274,7 @@ pub fn load_idx_dataset(kind: DataKind, dir: &Path) -> Result<Dataset> {
         Ok(ImageSet {
             images: images.data,
             labels: labels.data.iter().map(|&label| i64::from(label)).collect(),
-            channels: 1,
-            height,
-            width,
+            ..ImageSet::empty(1, height, width)
         })
     };
     let train = split("train")?;
@@ -215,6 +293,7 @@ pub fn load_idx_dataset(kind: DataKind, dir: &Path) -> Result<Dataset> {
         train,
         test,
         class_names,
+        skipped_files: Vec::new(),
     })
 }
 

@@ -28,6 +28,7 @@ pub fn generate(settings: &SyntheticSettings) -> Dataset {
         class_names: (0..settings.classes)
             .map(|c| format!("class {c}"))
             .collect(),
+        skipped_files: Vec::new(),
     }
 }
 
@@ -134,9 +135,7 @@ impl Prototypes {
         ImageSet {
             images,
             labels,
-            channels: self.channels,
-            height: size,
-            width: size,
+            ..ImageSet::empty(self.channels, size, size)
         }
     }
 }

@@ -16,7 +16,7 @@ mod validation;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use abi_stable::std_types::{RSlice, RString, RVec};
@@ -125,6 +125,8 @@ pub struct Trainer {
     train_labels: Vec<i64>,
     val_labels: Vec<i64>,
     class_names: Vec<String>,
+    /// Whether the inputs are images monitors can be shown (not float features).
+    inputs_are_images: bool,
     probes: ProbeCache,
     averages: GradientAverages,
     progress: Progress,
@@ -137,7 +139,7 @@ pub struct Trainer {
     /// the flattened gradient (see [`services::flatten_grads`]).
     flat_grads: Option<Tensor>,
     /// The current epoch's sample order, on the CPU and on the device.
-    epoch_order: Option<(usize, Vec<i64>, Tensor)>,
+    epoch_order: Option<(usize, Arc<Vec<i64>>, Tensor)>,
     /// The TensorBoard file, whose name and length each checkpoint records.
     tensorboard: Option<PathBuf>,
     /// Monitor state from the checkpoint a run resumes from, handed back when it begins.
@@ -215,15 +217,19 @@ impl Trainer {
             }
             _ => {
                 // Normalise both splits with the training split's statistics.
+                let prefetch = match &settings.data.source {
+                    crate::config::DataSource::ImageFolder(folder) => folder.prefetch_batches,
+                    _ => 1,
+                };
                 let (mean, std) = dataset.train.channel_stats();
                 (
-                    TensorSplit::new(&dataset.train, &mean, &std, device)?,
-                    TensorSplit::new(&dataset.test, &mean, &std, device)?,
+                    TensorSplit::new(&dataset.train, &mean, &std, device, prefetch)?,
+                    TensorSplit::new(&dataset.test, &mean, &std, device, prefetch)?,
                 )
             }
         };
         if let Some(scripted) = model.scripted() {
-            let first = train.images.f_narrow(0, 0, train.len().min(2))?;
+            let first = train.range(0, train.len().min(2))?;
             scripted.check_against(&first, input, dataset.num_classes())?;
         }
         let parameter_names = parameter_infos(&vars, &parameters)
@@ -240,6 +246,7 @@ impl Trainer {
             train_labels: dataset.train.labels.clone(),
             val_labels: dataset.test.labels.clone(),
             class_names: dataset.class_names.clone(),
+            inputs_are_images: dataset.test.is_images(),
             vars,
             model,
             optimizer,
@@ -278,6 +285,21 @@ impl Trainer {
     /// Warnings of the run so far (anomalies, failed checkpoint writes).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Say once, at the start, that monitors which show images get none, when the inputs are
+    /// not images (float features of tensor files).
+    pub fn warn_if_images_missing(&mut self, plugins: &PluginHost) {
+        if !self.inputs_are_images
+            && plugins.subscribes(vigil_plugin_api::Subscriptions::SAMPLE_IMAGES)
+        {
+            let message =
+                "the inputs are not images (float or non-image tensors), so monitors that \
+                           show sample images get none and skip"
+                    .to_string();
+            tracing::warn!("{message}");
+            self.warnings.push(message);
+        }
     }
 
     pub fn checkpoint_index(&self) -> Option<&CheckpointIndex> {
@@ -488,6 +510,7 @@ impl Trainer {
                 Some((_, _, on_device)) => on_device.shallow_clone(),
                 None => Tensor::f_from_slice(&order)?.f_to_device(self.device)?,
             };
+            let order_on_device = (order.clone(), order_on_device);
             if self.progress.batches_done == 0 {
                 let mut event =
                     EventData::new(EventKind::TRAIN_EPOCH_START, self.counters(0, 0), &[]);
@@ -537,13 +560,13 @@ impl Trainer {
 
     /// Epoch `epoch`'s sample order, drawn once and cached with its copy on the device (a
     /// run trained in parts, or resumed mid-epoch, asks again).
-    fn epoch_order(&mut self, epoch: usize) -> Result<Vec<i64>> {
+    fn epoch_order(&mut self, epoch: usize) -> Result<Arc<Vec<i64>>> {
         if let Some((cached, order, _)) = &self.epoch_order {
             if *cached == epoch {
                 return Ok(order.clone());
             }
         }
-        let order = self.feed.epoch_order(epoch, self.train.len() as usize);
+        let order = Arc::new(self.feed.epoch_order(epoch, self.train.len() as usize));
         let on_device = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
         self.epoch_order = Some((epoch, order.clone(), on_device));
         Ok(order)

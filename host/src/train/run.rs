@@ -368,6 +368,8 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         trainer.counters(0, 0),
     )?;
 
+    trainer.warn_if_images_missing(&plugins);
+
     // Held until training ends and run.json is written.
     let mut _run_lock = None;
     let (run_dir, settings, metrics, tensorboard, resumed_from, previous) = match plan {
@@ -515,6 +517,10 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         "resumed_from_step": resumed_from,
         "attempts": attempts,
         "dataset": dataset.name,
+        "skipped_files": {
+            "count": dataset.skipped_files.len(),
+            "files": dataset.skipped_files,
+        },
         "model": settings.model.kind.name(),
         "parameters": trainer.parameter_count(),
         "device": format!("{:?}", trainer.device()),

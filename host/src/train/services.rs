@@ -131,7 +131,7 @@ struct GradientEma {
 
 /// A borrowed view of the trainer's model, parameters and data.
 pub(super) struct TrainerServices<'a> {
-    pub model: &'a dyn ModuleT,
+    pub model: &'a crate::model::Network,
     pub parameters: &'a [Tensor],
     pub train: &'a TensorSplit,
     pub probes: &'a ProbeCache,
@@ -243,7 +243,7 @@ impl TrainerServices<'_> {
         let mut order = SplitMix64::derived(spec.seed, "probe").permutation(available);
         order.truncate(count);
         let indices = Tensor::f_from_slice(&order)?.f_to_device(self.device)?;
-        let images = self.train.images.f_index_select(0, &indices)?;
+        let images = self.train.gather(&order, &indices)?;
         let labels = self.train.labels.f_index_select(0, &indices)?;
         self.probes
             .batches
@@ -255,7 +255,7 @@ impl TrainerServices<'_> {
     /// Mean loss of one probe chunk, with the model in eval mode for this forward pass only
     /// (training forward passes keep theirs).
     fn probe_chunk_loss(&self, images: &Tensor, labels: &Tensor) -> Result<Tensor> {
-        let logits = self.model.forward_t(images, false);
+        let logits = self.model.forward(images, false)?;
         super::step::cross_entropy(&logits, labels, tch::Reduction::Mean)
     }
 
@@ -597,18 +597,21 @@ mod tests {
         for flat in [false, true] {
             tch::manual_seed(3);
             let vars = nn::VarStore::new(Device::Cpu);
-            let net = nn::seq()
-                .add(nn::linear(vars.root() / "a", 5, 4, Default::default()))
-                .add_fn(|x| x.tanh())
-                .add(nn::linear(vars.root() / "b", 4, 3, Default::default()));
+            let net = crate::model::Network::Native(Box::new(
+                nn::seq()
+                    .add(nn::linear(vars.root() / "a", 5, 4, Default::default()))
+                    .add_fn(|x| x.tanh())
+                    .add(nn::linear(vars.root() / "b", 4, 3, Default::default())),
+            ));
             let parameters = vars.trainable_variables();
-            let empty = || Tensor::zeros([0], (Kind::Float, Device::Cpu));
-            let train = TensorSplit {
-                images: empty(),
-                labels: empty(),
-                mean: Vec::new(),
-                std: Vec::new(),
-            };
+            let train = TensorSplit::new(
+                &crate::data::ImageSet::empty(1, 1, 1),
+                &[0.0],
+                &[1.0],
+                Device::Cpu,
+                1,
+            )
+            .unwrap();
             let (probes, averages) = (ProbeCache::default(), GradientAverages::default());
             let mut flat_grads = None;
             let beta = 0.75;
@@ -622,7 +625,7 @@ mod tests {
                     }
                 }
                 let input = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
-                net.forward(&input)
+                net.forward_t(&input, true)
                     .pow_tensor_scalar(2)
                     .sum(Kind::Float)
                     .backward();

@@ -1,6 +1,8 @@
 //! One training step: forward, loss, backward, the monitors' `train_batch_end` (which see the
 //! gradient as backward produced it), clipping, the optimizer step, and the step's record.
 
+use std::sync::Arc;
+
 use tch::{Kind, Tensor};
 use vigil_plugin_api::{EventKind, Subscriptions};
 
@@ -14,7 +16,7 @@ impl Trainer {
     pub(super) fn train_batch(
         &mut self,
         batch_index: u32,
-        order: &Tensor,
+        (order, order_on_device): &(Arc<Vec<i64>>, Tensor),
         plugins: &mut PluginHost,
         sinks: &mut [Box<dyn Sink>],
     ) -> Result<()> {
@@ -22,11 +24,11 @@ impl Trainer {
         let batch_size = self.settings.batch_size as i64;
         let start = i64::from(batch_index) * batch_size;
         let size = batch_size.min(samples - start);
-        let indices = order.f_narrow(0, start, size)?;
-        let images = self.feed.augment(
-            &self.train.images.f_index_select(0, &indices)?,
-            self.progress.global_step,
-        )?;
+        let indices = order_on_device.f_narrow(0, start, size)?;
+        let batch = self
+            .train
+            .epoch_batch(self.progress.epoch, order, start, size, &indices)?;
+        let images = self.feed.augment(&batch, self.progress.global_step)?;
         let labels = self.train.labels.f_index_select(0, &indices)?;
         let lr = self.schedule.at(self.progress.global_step);
         let logits = self.model.forward(&images, true)?;

@@ -59,7 +59,8 @@ impl Trainer {
         let batch_size = self.settings.eval_batch_size as i64;
         let per_batch = plugins.wants(EventKind::VALIDATION_BATCH_END);
         let copy_outputs = per_batch && plugins.subscribes(Subscriptions::VALIDATION_OUTPUTS);
-        let want_images = plugins.wants(EventKind::VALIDATION_END)
+        let want_images = self.inputs_are_images
+            && plugins.wants(EventKind::VALIDATION_END)
             && plugins.subscribes(Subscriptions::SAMPLE_IMAGES);
         let image_count = samples.min(SAMPLE_IMAGES as i64);
         let mut image_predictions: Vec<i64> = Vec::new();
@@ -68,7 +69,7 @@ impl Trainer {
         let (mut start, mut batch_index) = (0, 0u32);
         while start < samples {
             let size = batch_size.min(samples - start);
-            let images = self.test.images.f_narrow(0, start, size)?;
+            let images = self.test.range(start, size)?;
             let labels = self.test.labels.f_narrow(0, start, size)?;
             let logits = self.model.forward(&images, false)?;
             loss_sum += cross_entropy(&logits, &labels, tch::Reduction::Sum)?.f_double_value(&[])?;
@@ -141,7 +142,7 @@ impl Trainer {
                 (Vec::new(), Vec::new())
             };
             if want_images {
-                let size = self.test.images.size();
+                let size = self.test.size();
                 event.images = Some(ImageBatch {
                     pixels: RSlice::from_slice(&pixels),
                     count: image_count as u32,
