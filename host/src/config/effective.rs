@@ -61,6 +61,7 @@ impl Settings {
             "val_check_interval",
             self.val_check_interval.into(),
         );
+        put(&mut root, "top_k", int(self.top_k));
         put(
             &mut root,
             "anomaly_policy",

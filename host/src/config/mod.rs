@@ -51,6 +51,9 @@ pub struct Settings {
     pub device: DeviceChoice,
     /// Validate every this fraction of an epoch (1.0: once per epoch).
     pub val_check_interval: f64,
+    /// Validation also logs `val_acc_top{k}` (is the label among the k largest logits) when
+    /// the data have more than k classes.
+    pub top_k: usize,
     pub anomaly_policy: AnomalyPolicy,
     pub data: DataSettings,
     pub model: ModelSettings,

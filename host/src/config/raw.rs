@@ -139,6 +139,7 @@ pub(super) struct RawConfig {
     run_dir: Option<PathBuf>,
     device: DeviceChoice,
     val_check_interval: f64,
+    top_k: usize,
     anomaly_policy: AnomalyPolicy,
     data: DataKind,
     data_dir: Option<PathBuf>,
@@ -170,6 +171,7 @@ impl Default for RawConfig {
             run_dir: None,
             device: DeviceChoice::Auto,
             val_check_interval: 0.25,
+            top_k: 5,
             anomaly_policy: AnomalyPolicy::Stop,
             data: DataKind::FashionMnist,
             data_dir: None,
@@ -430,6 +432,7 @@ impl RawConfig {
             true,
         )?;
 
+        at_least_one(invalid, "top_k", self.top_k)?;
         let model = self.model.validate(invalid)?;
         let optim = self.optim.validate(invalid)?;
         let schedule = &self.schedule;
@@ -733,6 +736,7 @@ impl RawConfig {
             run_dir: self.run_dir,
             device: self.device,
             val_check_interval: self.val_check_interval,
+            top_k: self.top_k,
             anomaly_policy: self.anomaly_policy,
             data: DataSettings {
                 augment: self.augment.unwrap_or(self.data == DataKind::Cifar10),

@@ -56,6 +56,28 @@ pub const SAMPLE_IMAGES: usize = 64;
 pub struct PassMetrics {
     pub loss: f64,
     pub accuracy: f64,
+    /// `(k, top-k accuracy)` of a validation pass over data with more than k classes.
+    pub top_k: Option<(usize, f64)>,
+}
+
+impl PassMetrics {
+    /// The top-k accuracy's metric name and value, when there is one.
+    pub fn top_k_metric(&self) -> Option<(&'static str, f64)> {
+        self.top_k.map(|(k, value)| (top_k_name(k), value))
+    }
+}
+
+/// `val_acc_top{k}`, made once per k for the life of the process (monitor events carry
+/// metric names as `&'static str`; a run uses one k).
+fn top_k_name(k: usize) -> &'static str {
+    static NAMES: Mutex<Vec<(usize, &'static str)>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&(_, name)) = names.iter().find(|(known, _)| *known == k) {
+        return name;
+    }
+    let name: &'static str = Box::leak(format!("val_acc_top{k}").into_boxed_str());
+    names.push((k, name));
+    name
 }
 
 /// What one epoch produced.
@@ -596,6 +618,7 @@ impl Trainer {
         let train = PassMetrics {
             loss: self.progress.epoch_loss_sum / samples,
             accuracy: self.progress.epoch_correct / samples,
+            top_k: None,
         };
         let metrics = EpochMetrics {
             epoch,
@@ -604,12 +627,17 @@ impl Trainer {
             val,
             seconds: started.elapsed().as_secs_f64(),
         };
-        let values = [
+        let top_k = val.top_k_metric();
+        let mut values = vec![
             ("train_loss", train.loss),
             ("train_acc", train.accuracy),
             ("val_loss", val.loss),
             ("val_acc", val.accuracy),
         ];
+        if let (Some((name, value)), Some((k, _))) = (top_k, val.top_k) {
+            // `val_top_k` says which `val_acc_top{k}` a monitor will find.
+            values.extend([(name, value), ("val_top_k", k as f64)]);
+        }
         self.notify(
             plugins,
             sinks,
@@ -627,6 +655,9 @@ impl Trainer {
         );
         if let Some(best) = self.progress.best_val_loss {
             record.metrics.insert(4, ("best_val_loss".into(), best));
+        }
+        if let Some((name, value)) = top_k {
+            record.metrics.insert(4, (name.into(), value));
         }
         for sink in sinks.iter_mut() {
             sink.write(&record)?;

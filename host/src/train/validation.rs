@@ -29,14 +29,15 @@ impl Trainer {
             .best_val_loss
             .map_or(metrics.loss, |b| b.min(metrics.loss));
         self.progress.best_val_loss = Some(best);
-        let record = self.record(
-            RecordKind::Validation,
-            vec![
-                ("val_loss".into(), metrics.loss),
-                ("val_acc".into(), metrics.accuracy),
-                ("best_val_loss".into(), best),
-            ],
-        );
+        let mut values = vec![
+            ("val_loss".into(), metrics.loss),
+            ("val_acc".into(), metrics.accuracy),
+            ("best_val_loss".into(), best),
+        ];
+        if let Some((name, value)) = metrics.top_k_metric() {
+            values.insert(2, (name.into(), value));
+        }
+        let record = self.record(RecordKind::Validation, values);
         for sink in sinks.iter_mut() {
             sink.write(&record)?;
         }
@@ -65,7 +66,9 @@ impl Trainer {
         let image_count = samples.min(SAMPLE_IMAGES as i64);
         let mut image_predictions: Vec<i64> = Vec::new();
         let num_classes = self.class_names.len() as u32;
-        let (mut loss_sum, mut correct) = (0f64, 0f64);
+        let (mut loss_sum, mut correct, mut top_correct) = (0f64, 0f64, 0f64);
+        let top_k = self.settings.top_k;
+        let with_top_k = self.class_names.len() > top_k;
         let (mut start, mut batch_index) = (0, 0u32);
         while start < samples {
             let size = batch_size.min(samples - start);
@@ -74,6 +77,13 @@ impl Trainer {
             let logits = self.model.forward(&images, false)?;
             loss_sum += cross_entropy(&logits, &labels, tch::Reduction::Sum)?.f_double_value(&[])?;
             let predictions = logits.f_argmax(-1, false)?;
+            if with_top_k {
+                let (_, largest) = logits.f_topk(top_k as i64, -1, true, false)?;
+                top_correct += largest
+                    .f_eq_tensor(&labels.f_unsqueeze(1)?)?
+                    .f_sum(Kind::Float)?
+                    .f_double_value(&[])?;
+            }
             correct += predictions
                 .f_eq_tensor(&labels)?
                 .f_sum(Kind::Float)?
@@ -123,9 +133,14 @@ impl Trainer {
         let metrics = PassMetrics {
             loss: loss_sum / samples as f64,
             accuracy: correct / samples as f64,
+            top_k: with_top_k.then(|| (top_k, top_correct / samples as f64)),
         };
         if plugins.wants(EventKind::VALIDATION_END) {
-            let values = [("val_loss", metrics.loss), ("val_acc", metrics.accuracy)];
+            let top = metrics.top_k_metric();
+            let mut values = vec![("val_loss", metrics.loss), ("val_acc", metrics.accuracy)];
+            if let Some((name, value)) = top {
+                values.extend([(name, value), ("val_top_k", top_k as f64)]);
+            }
             let mut event = EventData::new(EventKind::VALIDATION_END, self.counters(0, 0), &values);
             let (pixels, labels) = if want_images {
                 (

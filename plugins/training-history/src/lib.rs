@@ -6,10 +6,10 @@
 //! ```
 //!
 //! Writes `training_history/loss.png` (train and validation loss per epoch) and
-//! `training_history/accuracy.png` (train and validation accuracy) at the end of every epoch,
-//! replacing the previous versions.
+//! `training_history/accuracy.png` (train and validation accuracy, and the validation top-k
+//! accuracy when the host logs one) at the end of every epoch, replacing the previous versions.
 
-use vigil_monitor_draw::plotters::style::{BLUE, RED};
+use vigil_monitor_draw::plotters::style::{BLUE, GREEN, RED};
 use vigil_monitor_draw::{line_chart, Series};
 use vigil_plugin_api::{
     expect_no_settings, export_monitor, ArtifactKind, Context, Error, EventKind, EventSet, Monitor,
@@ -23,6 +23,9 @@ pub struct History {
     pub val_loss: Vec<(f64, f64)>,
     pub train_acc: Vec<(f64, f64)>,
     pub val_acc: Vec<(f64, f64)>,
+    /// Validation top-k accuracy, with its k (the host's `val_top_k`).
+    pub val_top: Vec<(f64, f64)>,
+    pub top_k: Option<u64>,
 }
 
 impl History {
@@ -65,24 +68,28 @@ impl History {
             ],
         )
         .map_err(draw)?;
-        let accuracy = line_chart(
-            "Accuracy",
-            "epoch",
-            "accuracy",
-            &[
-                Series {
-                    label: "train",
-                    points: &self.train_acc,
-                    color: BLUE,
-                },
-                Series {
-                    label: "validation",
-                    points: &self.val_acc,
-                    color: RED,
-                },
-            ],
-        )
-        .map_err(draw)?;
+        let top_label = format!("validation top-{}", self.top_k.unwrap_or(0));
+        let mut accuracy_series = vec![
+            Series {
+                label: "train",
+                points: &self.train_acc,
+                color: BLUE,
+            },
+            Series {
+                label: "validation",
+                points: &self.val_acc,
+                color: RED,
+            },
+        ];
+        if !self.val_top.is_empty() {
+            accuracy_series.push(Series {
+                label: &top_label,
+                points: &self.val_top,
+                color: GREEN,
+            });
+        }
+        let accuracy =
+            line_chart("Accuracy", "epoch", "accuracy", &accuracy_series).map_err(draw)?;
         Ok((loss, accuracy))
     }
 }
@@ -121,6 +128,14 @@ impl Monitor for TrainingHistory {
                 series.push((epoch, value));
             }
         }
+        if let Some(k) = ctx.metric("val_top_k") {
+            let k = k as u64;
+            if let Some(value) = ctx.metric(&format!("val_acc_top{k}")) {
+                history.top_k = Some(k);
+                history.val_top.retain(|&(e, _)| e != epoch);
+                history.val_top.push((epoch, value));
+            }
+        }
         let (loss, accuracy) = self.history.charts()?;
         ctx.write_file("training_history/loss.png", ArtifactKind::PNG, &loss)?;
         ctx.write_file(
@@ -133,10 +148,17 @@ impl Monitor for TrainingHistory {
     /// Every point so far, so that the charts after a resume show the whole run.
     fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
         let mut writer = StateWriter::new();
+        let flatten = |series: &Vec<(f64, f64)>| -> Vec<f64> {
+            series.iter().flat_map(|&(e, v)| [e, v]).collect()
+        };
         for series in self.history.series() {
-            let flat: Vec<f64> = series.iter().flat_map(|&(e, v)| [e, v]).collect();
-            writer.f64s(&flat);
+            writer.f64s(&flatten(series));
         }
+        // After the four series of version 1.0 state: the top-k series and its k.
+        writer.option(self.history.top_k, |w, k| {
+            w.u64(k);
+        });
+        writer.f64s(&flatten(&self.history.val_top));
         Ok(Some(writer.finish()))
     }
 
@@ -145,16 +167,28 @@ impl Monitor for TrainingHistory {
         saved: SavedState<'_>,
         _ctx: &mut Context<'_>,
     ) -> Result<(), Error> {
-        let mut reader = StateReader::new(saved.bytes);
-        let mut history = History::default();
-        for series in history.series_mut() {
-            let flat = reader.f64s()?;
-            *series = flat.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-        }
-        reader.finish()?;
-        self.history = history;
+        // State of this version; else that of 1.0, which had no top-k series.
+        self.history =
+            read_history(saved.bytes, true).or_else(|_| read_history(saved.bytes, false))?;
         Ok(())
     }
+}
+
+fn read_history(bytes: &[u8], with_top_k: bool) -> Result<History, Error> {
+    let mut reader = StateReader::new(bytes);
+    let mut history = History::default();
+    let pairs = |flat: Vec<f64>| -> Vec<(f64, f64)> {
+        flat.chunks_exact(2).map(|p| (p[0], p[1])).collect()
+    };
+    for series in history.series_mut() {
+        *series = pairs(reader.f64s()?);
+    }
+    if with_top_k {
+        history.top_k = reader.option(|r| r.u64())?;
+        history.val_top = pairs(reader.f64s()?);
+    }
+    reader.finish()?;
+    Ok(history)
 }
 
 export_monitor!(TrainingHistory);
@@ -171,6 +205,7 @@ mod tests {
             val_loss: vec![(1.0, 0.9), (2.0, 0.7), (3.0, 0.65)],
             train_acc: vec![(1.0, 0.6), (2.0, 0.8), (3.0, 0.9)],
             val_acc: vec![(1.0, 0.62), (2.0, 0.75), (3.0, 0.8)],
+            ..History::default()
         };
         let (loss, accuracy) = history.charts().unwrap();
         for png in [loss, accuracy] {
@@ -186,5 +221,62 @@ mod tests {
                 .count();
             assert!(blue > 100 && red > 100, "blue {blue}, red {red}");
         }
+    }
+
+    fn green_pixels(png: &[u8]) -> usize {
+        let (_, _, rgb) = decode_png(png).unwrap();
+        rgb.chunks_exact(3)
+            .filter(|p| p[1] > 100 && p[0] < 60 && p[2] < 60)
+            .count()
+    }
+
+    #[test]
+    fn the_top_k_line_is_drawn_when_there_is_one() {
+        let mut history = History {
+            train_acc: vec![(1.0, 0.6), (2.0, 0.8)],
+            val_acc: vec![(1.0, 0.62), (2.0, 0.75)],
+            ..History::default()
+        };
+        let (_, without) = history.charts().unwrap();
+        history.top_k = Some(5);
+        history.val_top = vec![(1.0, 0.9), (2.0, 0.97)];
+        let (_, with) = history.charts().unwrap();
+        assert!(green_pixels(&with) > 100 + green_pixels(&without));
+    }
+
+    #[test]
+    fn state_of_this_version_and_of_version_1_0_both_restore() {
+        let history = History {
+            train_loss: vec![(1.0, 1.0)],
+            val_loss: vec![(1.0, 0.9)],
+            train_acc: vec![(1.0, 0.6)],
+            val_acc: vec![(1.0, 0.62)],
+            val_top: vec![(1.0, 0.95)],
+            top_k: Some(3),
+        };
+        let mut writer = StateWriter::new();
+        for series in history.series() {
+            let flat: Vec<f64> = series.iter().flat_map(|&(e, v)| [e, v]).collect();
+            writer.f64s(&flat);
+        }
+        let old = writer.finish();
+        let read = read_history(&old, true)
+            .or_else(|_| read_history(&old, false))
+            .unwrap();
+        assert_eq!(
+            (read.val_acc.clone(), read.top_k),
+            (history.val_acc.clone(), None)
+        );
+        writer = StateWriter::new();
+        for series in history.series() {
+            let flat: Vec<f64> = series.iter().flat_map(|&(e, v)| [e, v]).collect();
+            writer.f64s(&flat);
+        }
+        writer.option(Some(3u64), |w, k| {
+            w.u64(k);
+        });
+        writer.f64s(&[1.0, 0.95]);
+        let new = read_history(&writer.finish(), true).unwrap();
+        assert_eq!((new.top_k, new.val_top), (Some(3), vec![(1.0, 0.95)]));
     }
 }
