@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything vigil needs on a bare machine, idempotently:
-#   1. a Python venv with torch==2.13.0 (libtorch for tch 0.26), safetensors, tensorboard and
-#      pyarrow (the tests read checkpoints, event files and Parquet with them), cached OUTSIDE
-#      the repo;
+#   1. a Python venv with torch==2.13.0 (libtorch for tch 0.26), safetensors, tensorboard,
+#      pyarrow and onnxruntime (the tests read checkpoints, event files and Parquet and run
+#      exported models with them), cached OUTSIDE the repo;
 #   2. the git-ignored symlink `.libtorch` -> that venv's `site-packages/torch`,
 #      which `.cargo/config.toml` points LIBTORCH at;
 #   3. the bench venv (scripts/bench-venv.sh): Lightning, torchmetrics and matplotlib for
@@ -50,7 +50,7 @@ install_torch() {
     mkdir -p "$cache_dir"
     "$python" -m venv "$venv" || die "could not create a venv at $venv (Debian: apt-get install python3-venv)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        "torch==$TORCH_VERSION" "safetensors>=0.4" "tensorboard==2.21.0" "pyarrow>=15" ||
+        "torch==$TORCH_VERSION" "safetensors>=0.4" "tensorboard==2.21.0" "pyarrow>=15" "onnxruntime>=1.20" ||
         die "pip could not install torch==$TORCH_VERSION into $venv"
     local got
     got="$("$venv/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')" ||
@@ -62,11 +62,12 @@ install_torch() {
 
 # scripts/read_run.py reads checkpoints with the safetensors package; the resume tests read
 # TensorBoard files with TensorBoard's own reader; the study tests read exported Parquet with
-# pyarrow. Caches made before they were part of the
-# install get them added here.
+# pyarrow; the export tests run exported ONNX files with ONNX Runtime. Caches made before they
+# were part of the install get them added here.
 ensure_python_packages() {
     local module package
-    for package in "safetensors>=0.4:safetensors" "tensorboard==2.21.0:tensorboard" "pyarrow>=15:pyarrow"; do
+    for package in "safetensors>=0.4:safetensors" "tensorboard==2.21.0:tensorboard" "pyarrow>=15:pyarrow" \
+        "onnxruntime>=1.20:onnxruntime"; do
         module="${package##*:}"
         package="${package%:*}"
         "$venv/bin/python" -c "import $module" 2>/dev/null && continue

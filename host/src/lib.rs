@@ -27,6 +27,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 mod error;
+pub mod export;
 pub mod fs;
 pub mod interrupt;
 pub mod memory;

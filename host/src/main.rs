@@ -56,6 +56,19 @@ enum Command {
         #[arg(long)]
         no_load: bool,
     },
+    /// Write a trained model to a file to deploy: TorchScript for a TorchScript model, ONNX
+    /// for the built-in networks, and FILE.json beside it with the input shape, the
+    /// normalisation the inputs need and the class names.
+    ExportModel {
+        /// The run directory (it holds checkpoints/ and inputs.json).
+        run_dir: PathBuf,
+        /// Which checkpoint: best (by validation loss), last, or step_N.
+        #[arg(long, default_value = "best", value_name = "best|last|step_N")]
+        checkpoint: vigil::export::Which,
+        /// Where to write the model (e.g. model.onnx or model.pt).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Plan and run a study: a grid of runs from one study file.
     Study {
         #[command(subcommand)]
@@ -357,6 +370,21 @@ fn run(cli: Cli) -> anyhow::Result<RunEnd> {
             Ok(RunEnd::Done)
         }
         Command::Bench(args) => bench(*args).map(|()| RunEnd::Done),
+        Command::ExportModel {
+            run_dir,
+            checkpoint,
+            out,
+        } => {
+            let exported = vigil::export::export_model(&run_dir, checkpoint, &out)?;
+            println!(
+                "{}: {} model from {}; inputs, normalisation and class names in {}",
+                exported.file.display(),
+                exported.format,
+                exported.checkpoint.display(),
+                exported.inputs_file.display()
+            );
+            Ok(RunEnd::Done)
+        }
         Command::Study { action } => study(action),
         Command::Plugins {
             action: Some(PluginsAction::Add { file, dir }),

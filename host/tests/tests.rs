@@ -3,6 +3,7 @@
 mod cli;
 mod curvature;
 mod experiment;
+mod export;
 mod fuzz;
 mod idx_files;
 mod init;

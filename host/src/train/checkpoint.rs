@@ -349,6 +349,16 @@ pub fn latest(run_dir: &Path) -> Result<(PathBuf, TrainingState)> {
     })
 }
 
+/// The state of the complete checkpoint in `dir`.
+pub fn read_state_of(dir: &Path) -> Result<TrainingState> {
+    read_state(dir)
+}
+
+/// Load a checkpoint's model variables into `vars`.
+pub fn load_model(dir: &Path, vars: &mut nn::VarStore) -> Result<()> {
+    Ok(vars.load(dir.join(MODEL))?)
+}
+
 /// Load a checkpoint's tensors into the model and the optimizer.
 pub fn restore(
     dir: &Path,

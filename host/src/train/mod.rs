@@ -43,7 +43,10 @@ use split::TensorSplit;
 pub use state::signal_name;
 
 mod run;
-pub use run::{check_config, train, train_from_file, Resume, RunOutcome, TrainRequest};
+pub use run::{
+    check_config, train, train_from_file, Resume, RunOutcome, TrainRequest, CONFIG_FILE,
+    INPUTS_FILE,
+};
 
 /// Serialises "seed libtorch's global generator, then initialise a model".
 static SEEDED_INIT: Mutex<()> = Mutex::new(());
@@ -78,6 +81,28 @@ fn top_k_name(k: usize) -> &'static str {
     let name: &'static str = Box::leak(format!("val_acc_top{k}").into_boxed_str());
     names.push((k, name));
     name
+}
+
+/// What a trained model takes and returns: `N × channels × height × width` float inputs,
+/// pixels scaled to [0, 1] and then normalised per channel as `(x − mean) / std` (no
+/// normalisation when `mean` is empty: float tensor inputs are used as given), and logits
+/// over `class_names`. A run keeps it in `inputs.json`; exports write it beside the model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputSpec {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub class_names: Vec<String>,
+}
+
+impl InputSpec {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut text = serde_json::to_vec_pretty(self).unwrap_or_default();
+        text.push(b'\n');
+        text
+    }
 }
 
 /// What one epoch produced.
@@ -307,6 +332,19 @@ impl Trainer {
     /// Warnings of the run so far (anomalies, failed checkpoint writes).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// What the model takes, for `inputs.json` and exported models.
+    pub fn inputs(&self) -> InputSpec {
+        let [_, channels, height, width] = self.train.size();
+        InputSpec {
+            channels: channels as usize,
+            height: height as usize,
+            width: width as usize,
+            mean: self.train.mean.clone(),
+            std: self.train.std.clone(),
+            class_names: self.class_names.clone(),
+        }
     }
 
     /// Say once, at the start, that monitors which show images get none, when the inputs are

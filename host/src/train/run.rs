@@ -18,6 +18,8 @@ use crate::sink::{Background, ConsoleSink, JsonlSink, Sink, TensorBoardSink};
 
 /// The effective config a run directory keeps.
 pub const CONFIG_FILE: &str = "config.toml";
+/// What the model takes: input shape, normalisation, class names ([`InputSpec`]).
+pub const INPUTS_FILE: &str = "inputs.json";
 const METRICS_FILE: &str = "metrics.jsonl";
 const RUN_FILE: &str = "run.json";
 
@@ -292,7 +294,7 @@ fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> 
         "{}: the run stopped before its first checkpoint; starting it over",
         run_dir.display()
     );
-    for name in [METRICS_FILE, RUN_FILE, CONFIG_FILE] {
+    for name in [METRICS_FILE, RUN_FILE, CONFIG_FILE, INPUTS_FILE] {
         let path = run_dir.join(name);
         if path.exists() {
             std::fs::remove_file(&path).map_err(|source| Error::io(&path, source))?;
@@ -410,6 +412,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                 None => TensorBoardSink::create(&run_dir.join("tensorboard"))?,
             };
             write_atomically(&run_dir.join(CONFIG_FILE), settings.to_toml().as_bytes())?;
+            write_atomically(&run_dir.join(INPUTS_FILE), &trainer.inputs().to_json())?;
             println!(
                 "resuming {} from step {} (epoch {}, batch {})",
                 run_dir.display(),
@@ -435,6 +438,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             _run_lock = Some(run_dir::lock_run_dir(&run_dir)?);
             settings.run_dir = Some(run_dir.clone());
             write_atomically(&run_dir.join(CONFIG_FILE), settings.to_toml().as_bytes())?;
+            write_atomically(&run_dir.join(INPUTS_FILE), &trainer.inputs().to_json())?;
             println!(
                 "run directory: {} (config {})",
                 run_dir.display(),
