@@ -16,3 +16,4 @@ mod torchscript;
 mod training;
 mod trust;
 mod util;
+mod your_data;

@@ -1,0 +1,290 @@
+//! The practitioner's path: their own model scripted in PyTorch, their own images in class
+//! folders, every monitor on, a resume, and an export that PyTorch loads.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::export::{exported_logits, max_gap, validation_inputs, vigil_logits};
+use crate::util::{build_dir, pytorch_python, stderr, stdout, vigil};
+
+const CLASSES: [&str; 3] = ["apple", "banana", "cherry"];
+
+/// `train/` (24 images a class) and `val/` (6 a class): PNG and JPEG, portrait 20×24 and
+/// landscape 28×20, each class a different dominant colour with a per-image pattern; one
+/// corrupt JPEG in `train/banana/`.
+fn write_image_folder(root: &Path) {
+    for (split, count) in [("train", 24u32), ("val", 6)] {
+        for (class, name) in CLASSES.iter().enumerate() {
+            let dir = root.join(split).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let (width, height) = if i % 2 == 0 { (20, 24) } else { (28, 20) };
+                let image = image::RgbImage::from_fn(width, height, |x, y| {
+                    let wave = ((x * 7 + y * 3 + i * 11) % 40) as u8;
+                    let mut pixel = [30 + wave, 30 + wave, 30 + wave];
+                    pixel[class] = 180 + wave;
+                    image::Rgb(pixel)
+                });
+                let extension = if i % 3 == 0 { "jpg" } else { "png" };
+                image.save(dir.join(format!("{i:02}.{extension}"))).unwrap();
+            }
+        }
+    }
+    std::fs::write(
+        root.join("train/banana/zz-corrupt.jpg"),
+        b"\xff\xd8not a jpeg",
+    )
+    .unwrap();
+}
+
+/// `scripts/script_model.py`'s tiny CNN with batch norm, for 3 × 16 × 16 images, 3 classes.
+fn script_tiny_cnn(dir: &Path) -> PathBuf {
+    let out = dir.join("net.pt");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/script_model.py");
+    let output = std::process::Command::new(pytorch_python())
+        .arg(script)
+        .args(["--channels", "3", "--classes", "3", "--size", "16", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    out
+}
+
+fn config(dir: &Path) -> String {
+    format!(
+        r#"seed = 5
+epochs = 2
+batch_size = 8
+threads = 1
+data = "image-folder"
+data_dir = {:?}
+augment = true
+sampler = "weighted"
+top_k = 2
+plugin_dirs = [{:?}]
+
+[image_folder]
+image_size = 16
+skip_bad_files = true
+
+[model]
+kind = "torchscript"
+path = {:?}
+
+[optim]
+lr = 0.05
+momentum = 0.9
+
+[[monitors]]
+name = "gradient"
+settings = {{ log_every_n_steps = 2 }}
+
+[[monitors]]
+name = "curvature"
+settings = {{ compute_every_n_steps = 4, subsample = 8, max_batch_size = 8, num_samples = 2, max_iter = 5 }}
+
+[[monitors]]
+name = "noise"
+settings = {{ min_points = 4, log_every_n_steps = 2 }}
+
+[[monitors]]
+name = "loss-slope"
+settings = {{ window = [1, 2], burn_in_loss = 5.0 }}
+
+[[monitors]]
+name = "confusion-matrix"
+
+[[monitors]]
+name = "sampler-distribution"
+
+[[monitors]]
+name = "sample-visualization"
+
+[[monitors]]
+name = "training-history"
+
+[[monitors]]
+name = "model-info"
+
+[[monitors]]
+name = "dataset-statistics"
+"#,
+        dir.join("images").display().to_string(),
+        build_dir().display().to_string(),
+        dir.join("net.pt").display().to_string()
+    )
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `metrics.jsonl` without wall-clock fields; curvature values rounded to 1e-6 relative.
+fn records(run_dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut record: Value = serde_json::from_str(line).unwrap();
+            let object = record.as_object_mut().unwrap();
+            object.remove("wall_time");
+            object.remove("epoch_time_s");
+            if object.get("monitor").is_some_and(|m| m == "curvature") {
+                for (key, value) in object.iter_mut() {
+                    if let (true, Some(x)) = (key.starts_with("curvature/"), value.as_f64()) {
+                        *value = Value::from(format!("{:.5e}", x));
+                    }
+                }
+            }
+            record
+        })
+        .collect()
+}
+
+#[test]
+fn a_scripted_model_trains_on_an_image_folder_with_every_monitor_resumes_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    write_image_folder(&dir.path().join("images"));
+    script_tiny_cnn(dir.path());
+    std::fs::write(dir.path().join("run.toml"), config(dir.path())).unwrap();
+
+    // Straight through.
+    let output = vigil(
+        dir.path(),
+        &["train", "run.toml", "--set", "run_dir=\"full\""],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let full = dir.path().join("full");
+    let summary = json(&full.join("run.json"));
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["model"], "torchscript");
+    assert_eq!(
+        summary["skipped_files"]["count"], 1,
+        "{}",
+        summary["skipped_files"]
+    );
+    assert!(summary["skipped_files"]["files"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("train/banana/zz-corrupt.jpg"));
+    for monitor in summary["monitors"].as_array().unwrap() {
+        assert_eq!(monitor["status"], "ok", "{monitor}");
+    }
+    assert_eq!(
+        summary["warnings"].as_array().unwrap().len(),
+        0,
+        "{}",
+        summary["warnings"]
+    );
+
+    // Loss goes down; top-2 accuracy is logged beside accuracy.
+    let all = records(&full);
+    let epochs: Vec<&Value> = all.iter().filter(|r| r["kind"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2);
+    let loss = |r: &Value| r["train_loss"].as_f64().unwrap();
+    assert!(loss(epochs[1]) < loss(epochs[0]), "{epochs:?}");
+    assert!(epochs[1]["val_acc_top2"].as_f64().unwrap() >= epochs[1]["val_acc"].as_f64().unwrap());
+
+    // Every monitor left its mark: metrics or files.
+    for metric in [
+        "grad_norm/total",
+        "curvature/lambda_max",
+        "noise/resid_power",
+        "loss_slope_full",
+    ] {
+        assert!(
+            all.iter().any(|r| r.get(metric).is_some()),
+            "{metric} never logged"
+        );
+    }
+    let artifacts = full.join("artifacts");
+    for file in [
+        "epoch_002/confusion_matrix.png",
+        "epoch_002/sample_predictions.png",
+        "training_history/accuracy.png",
+        "sampler_distribution.csv",
+        "model_info.json",
+        "dataset_statistics.csv",
+    ] {
+        assert!(artifacts.join(file).is_file(), "{file} missing");
+    }
+    // Class names are the folder names, everywhere a monitor shows them.
+    let csv = std::fs::read_to_string(artifacts.join("epoch_002/confusion_matrix.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(r#""apple","banana","cherry""#),
+        "{csv}"
+    );
+    let labels = json(&artifacts.join("labels_mapping.json"));
+    assert_eq!(
+        (labels["0"].as_str(), labels["2"].as_str()),
+        (Some("apple"), Some("cherry"))
+    );
+    let stats = std::fs::read_to_string(artifacts.join("dataset_statistics.csv")).unwrap();
+    // 25 files in train/banana/, the corrupt one left out.
+    assert!(stats.contains(r#"train,1,"banana",24,"#), "{stats}");
+
+    // In two parts, resumed from the checkpoint (module.pt with the batch-norm statistics):
+    // the same records.
+    let output = vigil(
+        dir.path(),
+        &[
+            "train",
+            "run.toml",
+            "--set",
+            "run_dir=\"parts\"",
+            "--set",
+            "epochs=1",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = vigil(
+        dir.path(),
+        &["train", "--resume", "parts", "--set", "epochs=2"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("resuming"), "{}", stdout(&output));
+    let parts = records(&dir.path().join("parts"));
+    assert_eq!(parts.len(), all.len());
+    for (a, b) in all.iter().zip(&parts) {
+        assert_eq!(a, b, "the resumed run differs");
+    }
+
+    // Export: TorchScript that PyTorch loads gives vigil's logits on 8 validation images.
+    let out = dir.path().join("model.pt");
+    let output = vigil(
+        dir.path(),
+        &[
+            "export-model",
+            "full",
+            "--checkpoint",
+            "best",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("TorchScript model"),
+        "{}",
+        stdout(&output)
+    );
+    let index = json(&full.join("checkpoints/index.json"));
+    let best = full
+        .join("checkpoints")
+        .join(index["best"][0]["dir"].as_str().unwrap());
+    let (x, spec) = validation_inputs(&full, 8);
+    assert_eq!(spec.class_names, CLASSES);
+    let ours = vigil_logits(&full, &best, &spec, &x);
+    let (theirs, runtime) = exported_logits(&out, &x);
+    assert!(runtime.starts_with("torch"), "{runtime}");
+    let gap = max_gap(&ours, &theirs);
+    assert!(
+        gap <= 1e-5,
+        "torch.jit.load's logits differ from vigil's by {gap}"
+    );
+}
