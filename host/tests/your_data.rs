@@ -288,3 +288,149 @@ fn a_scripted_model_trains_on_an_image_folder_with_every_monitor_resumes_and_exp
         "torch.jit.load's logits differ from vigil's by {gap}"
     );
 }
+
+/// A safetensors file of `inputs` and `labels`.
+fn write_tensors(path: &Path, inputs: (&[usize], safetensors::Dtype, Vec<u8>), labels: &[i64]) {
+    let label_bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    let (shape, dtype, data) = inputs;
+    let views = vec![
+        (
+            "inputs",
+            safetensors::tensor::TensorView::new(dtype, shape.to_vec(), &data).unwrap(),
+        ),
+        (
+            "labels",
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::I64,
+                vec![labels.len()],
+                &label_bytes,
+            )
+            .unwrap(),
+        ),
+    ];
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Float features (N × 12, not images): the MLP learns them, the monitor that shows images
+/// is told once that there are none; uint8 N × 1 × 8 × 8 inputs are images and it shows them.
+#[test]
+fn tensor_files_train_and_only_image_inputs_reach_the_image_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = |count: usize| -> (Vec<u8>, Vec<i64>) {
+        let labels: Vec<i64> = (0..count as i64).map(|i| i % 4).collect();
+        let values: Vec<f32> = (0..count * 12)
+            .map(|i| {
+                let (sample, feature) = (i / 12, i % 12);
+                let signal = if feature as i64 == labels[sample] {
+                    2.0
+                } else {
+                    0.0
+                };
+                signal + ((i * 37 % 17) as f32 / 17.0 - 0.5)
+            })
+            .collect();
+        (
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            labels,
+        )
+    };
+    for (split, count) in [("train", 128), ("val", 32)] {
+        let (bytes, labels) = features(count);
+        write_tensors(
+            &dir.path().join(format!("{split}.safetensors")),
+            (&[count, 12], safetensors::Dtype::F32, bytes),
+            &labels,
+        );
+        let pixels: Vec<u8> = (0..count * 64)
+            .map(|i| ((i / 64) % 4 * 60 + i % 7) as u8)
+            .collect();
+        let labels: Vec<i64> = (0..count as i64).map(|i| i % 4).collect();
+        write_tensors(
+            &dir.path().join(format!("{split}-images.safetensors")),
+            (&[count, 1, 8, 8], safetensors::Dtype::U8, pixels),
+            &labels,
+        );
+    }
+    let config = |suffix: &str, model: &str| {
+        format!(
+            "epochs = 3\nbatch_size = 16\ndata = \"tensors\"\nplugin_dirs = [{:?}]\n[tensors]\n\
+             train = \"train{suffix}.safetensors\"\nval = \"val{suffix}.safetensors\"\n\
+             class_names = [\"a\", \"b\", \"c\", \"d\"]\n[model]\n{model}\n[optim]\nlr = 0.1\n\
+             [[monitors]]\nname = \"sample-visualization\"\n",
+            build_dir().display().to_string()
+        )
+    };
+    std::fs::write(
+        dir.path().join("features.toml"),
+        config("", "kind = \"mlp\"\nhidden = [16]"),
+    )
+    .unwrap();
+    let output = vigil(
+        dir.path(),
+        &["train", "features.toml", "--set", "run_dir=\"f\""],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output)
+            .matches("monitors that show sample images get none")
+            .count(),
+        1,
+        "{}",
+        stderr(&output)
+    );
+    let summary = json(&dir.path().join("f/run.json"));
+    assert!(
+        summary["final"]["val_acc"].as_f64().unwrap() > 0.9,
+        "{}",
+        summary["final"]
+    );
+    assert_eq!(
+        summary["monitors"][0]["status"], "ok",
+        "{}",
+        summary["monitors"]
+    );
+    assert!(!dir
+        .path()
+        .join("f/artifacts/epoch_001/sample_predictions.png")
+        .exists());
+    let inputs = json(&dir.path().join("f/inputs.json"));
+    assert_eq!(
+        inputs["mean"].as_array().unwrap().len(),
+        0,
+        "float inputs are used as given"
+    );
+
+    std::fs::write(
+        dir.path().join("images.toml"),
+        config("-images", "kind = \"cnn\""),
+    )
+    .unwrap();
+    let output = vigil(
+        dir.path(),
+        &["train", "images.toml", "--set", "run_dir=\"i\""],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("get none"), "{}", stderr(&output));
+    assert!(dir
+        .path()
+        .join("i/artifacts/epoch_001/sample_predictions.png")
+        .is_file());
+
+    // A split whose labels are not int64 is one clear error naming the file.
+    write_tensors(
+        &dir.path().join("val.safetensors"),
+        (&[2, 12], safetensors::Dtype::F32, vec![0; 96]),
+        &[0, 1],
+    );
+    let mut bad = std::fs::read(dir.path().join("val.safetensors")).unwrap();
+    let header = String::from_utf8_lossy(&bad).replace("\"I64\"", "\"I32\"");
+    bad = header.into_bytes();
+    std::fs::write(dir.path().join("val.safetensors"), bad).unwrap();
+    let output = vigil(dir.path(), &["check", "features.toml"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("val.safetensors"),
+        "{}",
+        stderr(&output)
+    );
+}
