@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The bench venv: Lightning, torchmetrics and matplotlib for bench/lightning_baseline.py,
+# The bench venv: Lightning, torchmetrics and matplotlib for bench/lightning_baseline.py, and
+# torchvision (with Pillow) for bench/decode_baseline.py,
 # beside the torch venv that scripts/bootstrap.sh made (run that first). The bench venv sees
 # that venv's packages through a .pth file, so torch 2.13.0 is not downloaded a second time
 # and Lightning trains with the very same libtorch as vigil and the plain Python loop.
@@ -11,6 +12,8 @@ set -euo pipefail
 
 TORCH_VERSION="2.13.0"
 LIGHTNING_VERSION="2.6.6"
+TORCHVISION_VERSION="0.28.0"   # the release that pairs with torch 2.13.0
+STAMP="lightning $LIGHTNING_VERSION torchvision $TORCHVISION_VERSION"
 cache_dir="${VIGIL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vigil}"
 torch_venv="$cache_dir/torch-$TORCH_VERSION"
 venv="$cache_dir/bench-lightning"
@@ -20,8 +23,8 @@ say() { printf 'bench-venv: %s\n' "$*" >&2; }
 die() { printf 'bench-venv: error: %s\n' "$*" >&2; exit 1; }
 
 [[ -x "$torch_venv/bin/python" ]] || die "no torch venv at $torch_venv: run scripts/bootstrap.sh first"
-if [[ -f "$marker" && "$(cat "$marker")" == "$LIGHTNING_VERSION" ]]; then
-    say "Lightning $LIGHTNING_VERSION already in $venv"
+if [[ -f "$marker" && "$(cat "$marker")" == "$STAMP" ]]; then
+    say "$STAMP already in $venv"
     echo "$venv/bin/python"
     exit 0
 fi
@@ -39,9 +42,16 @@ say "installing lightning==$LIGHTNING_VERSION, torchmetrics and matplotlib into 
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
     "torch==$TORCH_VERSION" "lightning==$LIGHTNING_VERSION" "torchmetrics>=1.4" "matplotlib>=3.8" ||
     die "pip could not install Lightning into $venv"
+# --no-deps: torchvision's dependencies (torch, numpy) come from the torch venv; Pillow is its
+# only other one.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --no-deps \
+    "torchvision==$TORCHVISION_VERSION" "pillow>=10" ||
+    die "pip could not install torchvision into $venv"
+"$venv/bin/python" -W ignore -c 'import torchvision, PIL' ||
+    die "torchvision was installed into $venv but does not import"
 got="$("$venv/bin/python" -W ignore -c 'import torch, lightning; print(torch.__version__.split("+")[0], lightning.__version__)')" ||
     die "Lightning was installed into $venv but does not import"
 [[ "$got" == "$TORCH_VERSION $LIGHTNING_VERSION" ]] || die "expected torch $TORCH_VERSION and Lightning $LIGHTNING_VERSION in $venv, found $got"
-echo "$LIGHTNING_VERSION" >"$marker"
+echo "$STAMP" >"$marker"
 say "ready: torch and Lightning $got"
 echo "$venv/bin/python"

@@ -253,6 +253,17 @@ struct BenchArgs {
     /// Only measure plugin load time and hook dispatch (seconds instead of minutes).
     #[arg(long)]
     plugins_only: bool,
+    /// Only measure image folders: decode throughput of 64×64 JPEGs beside torchvision's
+    /// ImageFolder + DataLoader (bench/decode_baseline.py in the bench venv), and the training
+    /// step on cached image-folder data beside IDX data of the same shape.
+    #[arg(long, conflicts_with = "plugins_only")]
+    image_folder: bool,
+    /// JPEGs the image-folder benchmark writes and decodes.
+    #[arg(long, default_value_t = 4000)]
+    decode_images: usize,
+    /// torchvision's decode baseline script.
+    #[arg(long, value_name = "FILE", default_value = "bench/decode_baseline.py")]
+    decode_script: PathBuf,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -576,11 +587,66 @@ fn study(action: StudyAction) -> anyhow::Result<RunEnd> {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.image_folder {
+        let python = if args.no_lightning {
+            None
+        } else {
+            let found = args
+                .lightning
+                .clone()
+                .or_else(vigil::bench::lightning_python);
+            if found.is_none() {
+                eprintln!("note: no bench venv with torchvision found (run scripts/bench-venv.sh, or give --lightning PATH); skipping torchvision");
+            }
+            found
+        };
+        let report = vigil::bench::run_image_folder(&vigil::bench::ImageFolderOptions {
+            images: args.decode_images,
+            threads: args.threads,
+            repeats: args.repeats,
+            steps: args.steps.min(200),
+            python,
+            script: args.decode_script,
+        })?;
+        print!("{}", vigil::bench::image_folder_table(&report));
+        if let Some(path) = &args.json {
+            let text = serde_json::to_vec_pretty(&serde_json::json!({ "image_folder": report }))?;
+            vigil::fs::write_atomically(path, &text)?;
+        }
+        return Ok(());
+    }
     let dirs = if args.dirs.is_empty() {
         vigil::plugin::default_plugin_dirs()
     } else {
         args.dirs
     };
+    // A monitor asked for by name that no directory holds is an error before anything is
+    // measured.
+    if !args.monitors.is_empty() {
+        let found: Vec<String> = vigil::plugin::catalogue(&dirs, false, false)
+            .into_iter()
+            .filter(|row| row.status == "ok")
+            .filter_map(|row| row.name)
+            .collect();
+        if let Some(missing) = args.monitors.iter().find(|m| !found.contains(m)) {
+            anyhow::bail!(vigil::Error::Config {
+                location: format!("vigil bench --monitor {missing}"),
+                message: format!(
+                    "no plugin of that name in {} (found: {}); build the monitors with \
+                     `cargo build --release --workspace` or give --dir",
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if found.is_empty() {
+                        "none".to_string()
+                    } else {
+                        found.join(", ")
+                    }
+                ),
+            });
+        }
+    }
     // Load and dispatch first: they take seconds, and measure the ABI path on a machine not
     // yet warmed by twenty minutes of training.
     let plugins = vigil::bench::plugin_costs(&dirs, args.calls.max(1), args.repeats.max(1))?;

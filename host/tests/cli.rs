@@ -585,3 +585,49 @@ fn the_lightning_baseline_runs_every_monitor_callback_and_writes_what_they_write
         assert!(header.contains(column), "no {column} in {header}");
     }
 }
+
+/// The image-folder benchmark runs end to end on a few images (its numbers are not judged
+/// here): vigil's decoder and torchvision's on the same files, and the step-time lanes.
+#[test]
+fn bench_image_folder_measures_decode_beside_torchvision_and_the_step_beside_idx() {
+    let python = crate::util::lightning_python();
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/decode_baseline.py");
+    let json_path = dir.path().join("bench.json");
+    let output = vigil(
+        dir.path(),
+        &[
+            "bench",
+            "--image-folder",
+            "--decode-images",
+            "60",
+            "--repeats",
+            "2",
+            "--steps",
+            "2",
+            "--lightning",
+            python.to_str().unwrap(),
+            "--decode-script",
+            script.to_str().unwrap(),
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    for line in [
+        "decode 64×64 JPEG: vigil, 2 threads",
+        "decode 64×64 JPEG: torchvision ImageFolder + DataLoader(num_workers=2)",
+        "decode: vigil ÷ torchvision: target ≥ 1.5× on the low end",
+        "step: image folder ÷ IDX: target ≤ 1.00 on the high end",
+    ] {
+        assert!(printed.contains(line), "no `{line}` in\n{printed}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let measurements = report["image_folder"]["measurements"].as_array().unwrap();
+    assert_eq!(measurements.len(), 8, "{report}");
+    assert!(measurements
+        .iter()
+        .all(|m| m["median"].as_f64().is_some_and(|v| v > 0.0)));
+}

@@ -5,13 +5,16 @@
 //! - [`baseline`]: the loops beside them (plain PyTorch, and Lightning with the monitors as
 //!   callbacks), in their own processes;
 //! - [`table`]: the report as a table;
-//! - [`plugins`]: plugin load time and hook dispatch cost through the ABI.
+//! - [`plugins`]: plugin load time and hook dispatch cost through the ABI;
+//! - [`image_folder`]: image-folder decode throughput beside torchvision, and the step time on
+//!   cached image-folder data beside IDX data of the same shape (`--image-folder`).
 //!
 //! Every number is a median over repeats, with their min and max and a 90 % bootstrap
 //! interval of their mean; a target counts as met only when the end of that interval on the
 //! wrong side of the target meets it. Nothing here is a test with a time limit.
 
 pub mod baseline;
+pub mod image_folder;
 pub mod plugins;
 pub mod table;
 pub mod workload;
@@ -19,6 +22,7 @@ pub mod workload;
 use serde::Serialize;
 
 pub use baseline::{bootstrap_python, lightning_python, PythonBaseline};
+pub use image_folder::{image_folder_table, run_image_folder, ImageFolderOptions};
 pub use plugins::{plugin_costs, DISPATCH_PLUGIN};
 pub use table::workload_table;
 pub use workload::{run_workload, Workload, WorkloadOptions, WorkloadReport, SHIPPED_MONITORS};
