@@ -18,6 +18,7 @@
 //! lr = 0.05
 //! ```
 
+mod data_source;
 mod effective;
 mod raw;
 

@@ -104,6 +104,13 @@ pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
         settings.epochs,
         settings.batch_size,
     );
+    if !dataset.skipped_files.is_empty() {
+        out.push_str(&format!(
+            "  skipped {} files that cannot be decoded (skip_bad_files = true): {}\n",
+            dataset.skipped_files.len(),
+            dataset.skipped_files.join(", ")
+        ));
+    }
     let plan = plugins.plan();
     if plan.is_empty() {
         out.push_str("  monitors: none\n");
@@ -328,6 +335,12 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         dataset.train.width,
         dataset.num_classes()
     );
+    if !dataset.skipped_files.is_empty() {
+        println!(
+            "skipped {} files that cannot be decoded (skip_bad_files = true; run.json lists them)",
+            dataset.skipped_files.len()
+        );
+    }
     let mut trainer = match &plan {
         // A TorchScript model continues from the checkpoint's copy of the module, whose
         // buffers (batch-norm statistics) the variable store does not hold.
