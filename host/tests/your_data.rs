@@ -434,3 +434,111 @@ fn tensor_files_train_and_only_image_inputs_reach_the_image_monitor() {
         stderr(&output)
     );
 }
+
+/// vigil's image-folder decoding against torchvision's `Resize(16)`, `CenterCrop(16)` and
+/// `PILToTensor` on the same files: a tall PNG whose shorter side is already 16 (only the
+/// crop, whose offset rounds half to even as Python's `round` does) gives the same bytes; a
+/// larger landscape JPEG, resampled by different bilinear filters, stays close.
+#[test]
+fn image_folder_decoding_matches_torchvisions_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let tall = dir.path().join("tall.png");
+    image::RgbImage::from_fn(16, 25, |x, y| {
+        image::Rgb([(x * 13 + y * 7) as u8, (y * 10) as u8, (x * 15) as u8])
+    })
+    .save(&tall)
+    .unwrap();
+    let wide = dir.path().join("wide.jpg");
+    image::RgbImage::from_fn(48, 32, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 7) as u8, ((x + y) * 3) as u8])
+    })
+    .save(&wide)
+    .unwrap();
+    let script = dir.path().join("tv.py");
+    std::fs::write(
+        &script,
+        "import json, sys\nfrom PIL import Image\nfrom torchvision import transforms as T\n\
+         t = T.Compose([T.Resize(16), T.CenterCrop(16), T.PILToTensor()])\n\
+         print(json.dumps([t(Image.open(p).convert('RGB')).flatten().tolist() for p in sys.argv[1:]]))\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(crate::util::lightning_python())
+        .arg(&script)
+        .arg(&tall)
+        .arg(&wide)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let theirs: Vec<Vec<u8>> = serde_json::from_slice(&output.stdout).unwrap();
+    let ours = |path: &Path| {
+        let mut out = vec![0u8; 3 * 16 * 16];
+        vigil::data::image_folder::decode_file(path, 3, 16, &mut out).unwrap();
+        out
+    };
+    assert_eq!(
+        ours(&tall),
+        theirs[0],
+        "the crop differs from torchvision's"
+    );
+    let wide_ours = ours(&wide);
+    let mean_gap = wide_ours
+        .iter()
+        .zip(&theirs[1])
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+        .sum::<f64>()
+        / wide_ours.len() as f64;
+    assert!(
+        mean_gap < 6.0,
+        "mean difference {mean_gap} from torchvision's resize"
+    );
+}
+
+/// An image folder too large for `cache_mb` is decoded batch by batch from disk by the
+/// prefetching thread, and the run computes exactly what the cached run computes.
+#[test]
+fn a_streamed_image_folder_trains_exactly_as_a_cached_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write_image_folder(&dir.path().join("images"));
+    let config = format!(
+        "seed = 1\nepochs = 2\nbatch_size = 8\nthreads = 1\ndata = \"image-folder\"\ndata_dir = {:?}\n\
+         augment = true\n[image_folder]\nimage_size = 12\nskip_bad_files = true\nval_fraction = 0.25\n\
+         prefetch_batches = 2\n[model]\nkind = \"cnn\"\n",
+        dir.path().join("images").display().to_string()
+    );
+    std::fs::remove_dir_all(dir.path().join("images/val")).unwrap();
+    std::fs::write(dir.path().join("run.toml"), config).unwrap();
+    let mut runs = Vec::new();
+    for (name, cache) in [("cached", "4096"), ("streamed", "0")] {
+        let output = vigil(
+            dir.path(),
+            &[
+                "train",
+                "run.toml",
+                "--set",
+                &format!("run_dir=\"{name}\""),
+                "--set",
+                &format!("image_folder.cache_mb={cache}"),
+            ],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        let summary = json(&dir.path().join(name).join("run.json"));
+        assert!(
+            summary["dataset"]
+                .as_str()
+                .unwrap()
+                .contains(if cache == "0" {
+                    "streamed from disk"
+                } else {
+                    "decoded in memory"
+                }),
+            "{}",
+            summary["dataset"]
+        );
+        runs.push(records(&dir.path().join(name)));
+    }
+    assert!(runs[0].len() > 10);
+    assert_eq!(
+        runs[0], runs[1],
+        "the streamed run differs from the cached one"
+    );
+}
