@@ -94,17 +94,7 @@ fn json(path: &Path) -> Value {
 
 /// `metrics.jsonl` without wall-clock and timing fields.
 fn records(run_dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let mut record: Value = serde_json::from_str(line).unwrap();
-            let object = record.as_object_mut().unwrap();
-            object.remove("wall_time");
-            object.remove("epoch_time_s");
-            record
-        })
-        .collect()
+    crate::util::records_without_time(&run_dir.join("metrics.jsonl"))
 }
 
 /// Equal, except that the curvature monitor's values may differ by 1e-6 relative.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{plugin_dirs_toml, stderr, stdout, vigil};
+use crate::util::{plugin_dirs_toml, records_without_time, stderr, stdout, vigil};
 
 fn json(path: &Path) -> Value {
     serde_json::from_slice(
@@ -421,21 +421,6 @@ fn slurm_up() {
         "scripts/slurm-local.sh up failed (it needs root or password-less sudo, and apt): {}",
         stderr(&output)
     );
-}
-
-/// Every record of `metrics.jsonl` without its wall-clock fields.
-fn records_without_time(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let mut record: Value = serde_json::from_str(line).unwrap();
-            let object = record.as_object_mut().unwrap();
-            object.remove("wall_time");
-            object.remove("epoch_time_s");
-            record
-        })
-        .collect()
 }
 
 #[test]

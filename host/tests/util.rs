@@ -192,3 +192,19 @@ pub fn trained_to(run_dir: &Path) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// Every record of a `metrics.jsonl` without its wall-clock fields (`wall_time`,
+/// `epoch_time_s`), for comparing two runs record by record.
+pub fn records_without_time(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|line| {
+            let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let object = record.as_object_mut().unwrap();
+            object.remove("wall_time");
+            object.remove("epoch_time_s");
+            record
+        })
+        .collect()
+}

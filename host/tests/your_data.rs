@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::export::{exported_logits, max_gap, validation_inputs, vigil_logits};
-use crate::util::{build_dir, pytorch_python, stderr, stdout, vigil};
+use crate::util::{build_dir, pytorch_python, records_without_time, stderr, stdout, vigil};
 
 const CLASSES: [&str; 3] = ["apple", "banana", "cherry"];
 
@@ -123,24 +123,18 @@ fn json(path: &Path) -> Value {
 
 /// `metrics.jsonl` without wall-clock fields; curvature values rounded to 1e-6 relative.
 fn records(run_dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let mut record: Value = serde_json::from_str(line).unwrap();
-            let object = record.as_object_mut().unwrap();
-            object.remove("wall_time");
-            object.remove("epoch_time_s");
-            if object.get("monitor").is_some_and(|m| m == "curvature") {
-                for (key, value) in object.iter_mut() {
-                    if let (true, Some(x)) = (key.starts_with("curvature/"), value.as_f64()) {
-                        *value = Value::from(format!("{:.5e}", x));
-                    }
+    let mut records = records_without_time(&run_dir.join("metrics.jsonl"));
+    for record in &mut records {
+        let object = record.as_object_mut().unwrap();
+        if object.get("monitor").is_some_and(|m| m == "curvature") {
+            for (key, value) in object.iter_mut() {
+                if let (true, Some(x)) = (key.starts_with("curvature/"), value.as_f64()) {
+                    *value = Value::from(format!("{:.5e}", x));
                 }
             }
-            record
-        })
-        .collect()
+        }
+    }
+    records
 }
 
 #[test]
