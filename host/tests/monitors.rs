@@ -9,8 +9,9 @@ use serde_json::Value;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 use vigil::config::{MonitorSettings, OnError};
-use vigil::plugin::{EventData, GradientEmaSummary, HostServices, PluginHost, RunFacts};
+use vigil::plugin::{EventData, HostServices, PluginHost, RunFacts};
 use vigil::train::batch_hessian_vector_product;
+use vigil_plugin_api::GradientEma;
 use vigil_plugin_api::{EventKind, ParameterInfo, ProbeSpec, StepCounters};
 
 use crate::util::{stderr, vigil};
@@ -583,12 +584,12 @@ impl HostServices for GradientSequence {
         *updates += 1;
         Ok(())
     }
-    fn gradient_ema(&self, _owner: usize) -> vigil::Result<Option<GradientEmaSummary>> {
+    fn gradient_ema(&self, _owner: usize) -> vigil::Result<Option<GradientEma>> {
         Ok(self
             .averages
             .borrow()
             .as_ref()
-            .map(|(beta, mean, square, updates)| GradientEmaSummary {
+            .map(|(beta, mean, square, updates)| GradientEma {
                 updates: *updates,
                 numel: mean.len() as u64,
                 beta: *beta,

@@ -73,16 +73,23 @@
 //! (`lib<name with - as _>.so`) and loads it to learn its identity.
 
 pub mod abi;
+mod context;
 pub mod identity;
+pub mod query;
 pub mod sdk;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use abi::{
     ArtifactKind, EventKind, EventSet, ImageBatch, LogLevel, ParameterInfo, ProbeSpec,
     SamplerDraws, StepCounters, Subscriptions, ValidationBatch, WriteMode,
 };
-pub use sdk::{expect_no_settings, parse_settings, Context, Monitor, MonitorInfo};
+pub use context::{check_artifact_path, Context};
+pub use query::{GradientEma, ParameterCount};
+pub use sdk::{expect_no_settings, parse_settings, Monitor, MonitorInfo};
 pub use state::{SavedState, StateReader, StateWriter};
+pub use vigil_plugin_api_macros::monitor;
 
 /// Re-exported for [`export_monitor!`]; plugins need not depend on abi_stable themselves.
 #[doc(hidden)]
@@ -100,7 +107,23 @@ pub const API_MAJOR_VERSION: u32 = 1;
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Why a monitor could not do what was asked.
+///
+/// A hook returns it; the host records the message and disables the monitor or stops the
+/// run, as the user configured. A message converts with `?` or `.into()`:
+///
+/// ```
+/// use vigil_plugin_api::Error;
+///
+/// fn check(loss: f64) -> Result<(), Error> {
+///     if !loss.is_finite() {
+///         return Err(format!("the loss is {loss}").into());
+///     }
+///     Ok(())
+/// }
+/// assert_eq!(check(f64::NAN).unwrap_err().to_string(), "the loss is NaN");
+/// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The monitor's settings are invalid.
     #[error("invalid settings: {0}")]
@@ -111,6 +134,38 @@ pub enum Error {
     /// The monitor itself failed.
     #[error("{0}")]
     Monitor(String),
+    /// The monitor read data it did not subscribe to (added in 1.3).
+    #[error("`Context::{data}` needs the subscription `Subscriptions::{subscription}` in the monitor's `MonitorInfo::subscriptions`")]
+    NotSubscribed {
+        /// The [`Context`] method called.
+        data: &'static str,
+        /// The [`Subscriptions`] constant it needs.
+        subscription: &'static str,
+    },
+    /// The monitor read data that does not exist at the current event (added in 1.3).
+    #[error("`Context::{data}` has no data at {event}; it is there at {available}")]
+    NotAtThisEvent {
+        /// The [`Context`] method called.
+        data: &'static str,
+        /// Where the monitor is: an event name, or `Monitor::new`.
+        event: &'static str,
+        /// The events where the data exists.
+        available: &'static str,
+    },
+}
+
+impl From<String> for Error {
+    /// [`Error::Monitor`] with this message.
+    fn from(message: String) -> Self {
+        Error::Monitor(message)
+    }
+}
+
+impl From<&str> for Error {
+    /// [`Error::Monitor`] with this message.
+    fn from(message: &str) -> Self {
+        Error::Monitor(message.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RSliceMut, RStr, RString};
+use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
 
 use crate::abi::{
-    Artifact, ArtifactKind, EventKind, EventSet, HostRef, ImageBatch, LogLevel, MonitorBox,
-    MonitorFfi, MonitorFfi_TO, ParameterInfo, PluginInfo, PluginModule, PluginModuleRef, ProbeSpec,
-    SamplerDraws, StepCounters, Subscriptions, ValidationBatch, WriteMode,
+    EventKind, EventSet, HostRef, MonitorBox, MonitorFfi, MonitorFfi_TO, PluginInfo, PluginModule,
+    PluginModuleRef, Subscriptions,
 };
+pub use crate::context::Context;
+use crate::query;
 use crate::Error;
 
 /// What a monitor says about itself; see [`Monitor::info`].
@@ -65,6 +66,13 @@ pub trait Monitor: Sized + 'static {
     /// Build the monitor from its settings: the `[monitors.settings]` table as TOML text
     /// (empty when there is none). [`parse_settings`] does the usual thing.
     fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error>;
+
+    /// The events whose hooks this `impl` overrides, written by
+    /// [`#[monitor]`](crate::monitor); `None` without the attribute. The SDK warns, once when
+    /// the host loads the monitor, about an overridden hook whose event is not in
+    /// [`MonitorInfo::events`]: the host would never call it.
+    #[doc(hidden)]
+    const IMPLEMENTED_HOOKS: Option<EventSet> = None;
 
     fn on_fit_start(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
@@ -139,174 +147,17 @@ pub fn expect_no_settings(settings: &str) -> Result<(), Error> {
     parse_settings::<NoSettings>(settings).map(|_| ())
 }
 
-/// The host, as a monitor sees it during one call.
-pub struct Context<'a> {
-    host: HostRef<'a>,
-}
-
-impl<'a> Context<'a> {
-    /// Wrap a host handle. The SDK does this for you.
-    pub fn new(host: HostRef<'a>) -> Self {
-        Context { host }
-    }
-
-    /// Where training is.
-    pub fn counters(&self) -> StepCounters {
-        self.host.counters()
-    }
-
-    /// A scalar metric of the current event (`train_loss`, `lr`, `val_loss`, …).
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        self.host.metric(RStr::from_str(name)).into_option()
-    }
-
-    /// The model's trainable parameters, in the order of every per-parameter slice.
-    pub fn parameters(&self) -> &[ParameterInfo] {
-        self.host.parameters().as_slice()
-    }
-
-    /// Per-parameter gradient L2 norms (at `TRAIN_BATCH_END`).
-    pub fn grad_norms(&self) -> &[f64] {
-        self.host.grad_norms().as_slice()
-    }
-
-    /// Per-parameter weight L2 norms.
-    pub fn weight_norms(&self) -> &[f64] {
-        self.host.weight_norms().as_slice()
-    }
-
-    /// The flattened gradient (at `TRAIN_BATCH_END`, subscription `GRADIENT`).
-    pub fn gradient(&self) -> &[f32] {
-        self.host.gradient().as_slice()
-    }
-
-    /// `out = H · vector` on the probe subsample; returns the probe loss.
-    pub fn hessian_vector_product(
-        &mut self,
-        probe: ProbeSpec,
-        vector: &[f32],
-        out: &mut [f32],
-    ) -> Result<f64, Error> {
-        self.host
-            .hessian_vector_product(
-                probe,
-                RSlice::from_slice(vector),
-                RSliceMut::from_mut_slice(out),
-            )
-            .into_result()
-            .map_err(|reason| Error::Host(reason.into_string()))
-    }
-
-    /// Mean loss on the probe subsample.
-    pub fn probe_loss(&mut self, probe: ProbeSpec) -> Result<f64, Error> {
-        self.host
-            .probe_loss(probe)
-            .into_result()
-            .map_err(|reason| Error::Host(reason.into_string()))
-    }
-
-    /// The current validation batch (subscription `VALIDATION_OUTPUTS`).
-    pub fn validation_batch(&self) -> ValidationBatch<'_> {
-        self.host.validation_batch()
-    }
-
-    /// Sample validation images (subscription `SAMPLE_IMAGES`).
-    pub fn sample_images(&self) -> ImageBatch<'_> {
-        self.host.sample_images()
-    }
-
-    /// Class names, indexed by label.
-    pub fn class_names(&self) -> Vec<&str> {
-        self.host
-            .class_names()
-            .as_slice()
-            .iter()
-            .map(RString::as_str)
-            .collect()
-    }
-
-    /// The sampler's draws for this epoch (subscription `SAMPLER`).
-    pub fn sampler_draws(&self) -> SamplerDraws<'_> {
-        self.host.sampler_draws()
-    }
-
-    /// Record a scalar metric at the current step.
-    pub fn log(&mut self, name: &str, value: f64) {
-        self.host.log_scalar(RStr::from_str(name), value);
-    }
-
-    /// Write (replace) a file under the run's artifact directory.
-    pub fn write_file(
-        &mut self,
-        path: &str,
-        kind: ArtifactKind,
-        bytes: &[u8],
-    ) -> Result<(), Error> {
-        self.write_artifact(path, kind, WriteMode::REPLACE, bytes)
-    }
-
-    /// Append to a file under the run's artifact directory.
-    pub fn append_file(
-        &mut self,
-        path: &str,
-        kind: ArtifactKind,
-        bytes: &[u8],
-    ) -> Result<(), Error> {
-        self.write_artifact(path, kind, WriteMode::APPEND, bytes)
-    }
-
-    fn write_artifact(
-        &mut self,
-        path: &str,
-        kind: ArtifactKind,
-        mode: WriteMode,
-        bytes: &[u8],
-    ) -> Result<(), Error> {
-        self.host
-            .write_artifact(Artifact {
-                path: RStr::from_str(path),
-                bytes: RSlice::from_slice(bytes),
-                kind,
-                mode,
-            })
-            .into_result()
-            .map_err(|reason| Error::Host(reason.into_string()))
-    }
-
-    /// Log a message under the monitor's name.
-    pub fn info(&mut self, message: &str) {
-        self.host
-            .log_message(LogLevel::INFO, RStr::from_str(message));
-    }
-
-    /// Log a warning under the monitor's name (also listed in `run.json`).
-    pub fn warn(&mut self, message: &str) {
-        self.host
-            .log_message(LogLevel::WARN, RStr::from_str(message));
-    }
-
-    /// Ask the host to stop training after the current step.
-    pub fn request_stop(&mut self, reason: &str) {
-        self.host.request_stop(RStr::from_str(reason));
-    }
-
-    /// A capability by name (see the host's documentation for the names it knows).
-    pub fn query(&mut self, name: &str, input: &[u8]) -> Result<Vec<u8>, Error> {
-        self.host
-            .query(RStr::from_str(name), RSlice::from_slice(input))
-            .into_result()
-            .map(|bytes| bytes.into_vec())
-            .map_err(|reason| Error::Host(reason.into_string()))
-    }
-}
-
 /// Adapts a [`Monitor`] to the FFI trait.
-struct Adapter<M>(M);
+struct Adapter<M> {
+    monitor: M,
+    /// What the monitor subscribed to, for [`Context`]'s checks.
+    subscriptions: Subscriptions,
+}
 
 impl<M: Monitor> MonitorFfi for Adapter<M> {
     fn on_event(&mut self, event: EventKind, host: HostRef<'_>) -> RResult<(), RString> {
-        let mut ctx = Context::new(host);
-        let monitor = &mut self.0;
+        let mut ctx = Context::new(host, Some(event), self.subscriptions);
+        let monitor = &mut self.monitor;
         guarded(AssertUnwindSafe(|| match event {
             EventKind::FIT_START => monitor.on_fit_start(&mut ctx),
             EventKind::TRAIN_EPOCH_START => monitor.on_train_epoch_start(&mut ctx),
@@ -316,11 +167,11 @@ impl<M: Monitor> MonitorFfi for Adapter<M> {
             EventKind::TRAIN_EPOCH_END => monitor.on_train_epoch_end(&mut ctx),
             EventKind::FIT_END => monitor.on_fit_end(&mut ctx),
             EventKind::SAVE_STATE => match monitor.save_state(&mut ctx)? {
-                Some(bytes) => ctx.query(crate::state::SAVE_QUERY, &bytes).map(drop),
+                Some(bytes) => ctx.query(query::SAVE_STATE, &bytes).map(drop),
                 None => Ok(()),
             },
             EventKind::RESTORE_STATE => {
-                let answer = ctx.query(crate::state::SAVED_QUERY, &[])?;
+                let answer = ctx.query(query::SAVED_STATE, &[])?;
                 let saved = crate::SavedState::decode(&answer)?;
                 monitor.restore_state(saved, &mut ctx)
             }
@@ -329,18 +180,70 @@ impl<M: Monitor> MonitorFfi for Adapter<M> {
     }
 }
 
+/// Each hook of [`Monitor`], with its event and the event's constant.
+const HOOKS: [(EventKind, &str, &str); 7] = [
+    (EventKind::FIT_START, "on_fit_start", "FIT_START"),
+    (
+        EventKind::TRAIN_EPOCH_START,
+        "on_train_epoch_start",
+        "TRAIN_EPOCH_START",
+    ),
+    (
+        EventKind::TRAIN_BATCH_END,
+        "on_train_batch_end",
+        "TRAIN_BATCH_END",
+    ),
+    (
+        EventKind::VALIDATION_BATCH_END,
+        "on_validation_batch_end",
+        "VALIDATION_BATCH_END",
+    ),
+    (
+        EventKind::VALIDATION_END,
+        "on_validation_end",
+        "VALIDATION_END",
+    ),
+    (
+        EventKind::TRAIN_EPOCH_END,
+        "on_train_epoch_end",
+        "TRAIN_EPOCH_END",
+    ),
+    (EventKind::FIT_END, "on_fit_end", "FIT_END"),
+];
+
+/// One warning per hook `implemented` overrides whose event `events` leaves out.
+pub(crate) fn unlisted_hooks(implemented: EventSet, events: EventSet) -> Vec<String> {
+    HOOKS
+        .iter()
+        .filter(|(kind, _, _)| implemented.contains(*kind) && !events.contains(*kind))
+        .map(|(_, hook, constant)| {
+            format!(
+                "`{hook}` is implemented but `EventKind::{constant}` is not in `MonitorInfo::events`, \
+                 so the host never calls it: add the event, or remove the hook"
+            )
+        })
+        .collect()
+}
+
 thread_local! {
     /// Where the last panic on this thread happened, recorded by the plugin's panic hook.
     static PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Whether this thread is inside [`guarded`] (a call from the host into the monitor).
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Replace this plugin's panic hook (the plugin has its own copy of std) with one that
-/// records the location instead of printing a backtrace over the host's output: the host
-/// reports the panic as the monitor's failure, with that location.
+/// Wrap this plugin's panic hook (the plugin has its own copy of std) so that a panic inside a
+/// call from the host records its location instead of printing a backtrace over the host's
+/// output: the host reports the panic as the monitor's failure, with that location. Other
+/// panics (a failing assertion in a unit test beside the monitor) go to the previous hook.
 fn install_quiet_panic_hook() {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(std::cell::Cell::get) {
+                return previous(info);
+            }
             let location = info
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
@@ -354,7 +257,10 @@ fn guarded<T>(
     body: impl FnOnce() -> Result<T, Error> + std::panic::UnwindSafe,
 ) -> RResult<T, RString> {
     install_quiet_panic_hook();
-    match catch_unwind(body) {
+    let outer = GUARDED.with(|flag| flag.replace(true));
+    let result = catch_unwind(body);
+    GUARDED.with(|flag| flag.set(outer));
+    match result {
         Ok(Ok(value)) => ROk(value),
         Ok(Err(err)) => RErr(RString::from(err.to_string())),
         Err(payload) => {
@@ -398,15 +304,27 @@ pub extern "C" fn info_entry<M: Monitor>() -> PluginInfo {
     }
 }
 
-/// The `new_monitor` entry point for monitor type `M`.
+/// The `new_monitor` entry point for monitor type `M`. After building the monitor it warns
+/// (through the host, once) about hooks the monitor implements but did not list in its
+/// events.
 pub extern "C" fn new_monitor_entry<M: Monitor>(
     settings: RStr<'_>,
     host: HostRef<'_>,
 ) -> RResult<MonitorBox, RString> {
-    let mut ctx = Context::new(host);
     guarded(AssertUnwindSafe(|| {
+        let info = M::info();
+        let mut ctx = Context::new(host, None, info.subscriptions);
         let monitor = M::new(settings.as_str(), &mut ctx)?;
-        Ok(MonitorFfi_TO::from_value(Adapter(monitor), TD_Opaque))
+        if let Some(implemented) = M::IMPLEMENTED_HOOKS {
+            for warning in unlisted_hooks(implemented, info.events) {
+                ctx.warn(&warning);
+            }
+        }
+        let adapter = Adapter {
+            monitor,
+            subscriptions: info.subscriptions,
+        };
+        Ok(MonitorFfi_TO::from_value(adapter, TD_Opaque))
     }))
 }
 

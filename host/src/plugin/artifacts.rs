@@ -2,7 +2,7 @@
 //! with the appended files' lengths kept for checkpoints.
 
 use std::cell::RefCell;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use vigil_plugin_api::abi::Artifact;
 use vigil_plugin_api::WriteMode;
@@ -99,21 +99,9 @@ impl ArtifactWriter {
     }
 }
 
-/// A relative path with plain components only.
+/// A relative path with plain components only (the rule the API crate states).
 fn checked_relative_path(path: &str) -> Result<&Path, String> {
-    let candidate = Path::new(path);
-    let plain = !path.is_empty()
-        && path.len() <= 512
-        && candidate
-            .components()
-            .all(|component| matches!(component, Component::Normal(_)));
-    if plain {
-        Ok(candidate)
-    } else {
-        Err(format!(
-            "artifact path `{path}` must be relative, without `..`, and at most 512 bytes"
-        ))
-    }
+    vigil_plugin_api::check_artifact_path(path).map(|()| Path::new(path))
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
 use vigil_plugin_api::abi::{Artifact, HostFfi};
+use vigil_plugin_api::query::{self, ParameterCount};
 use vigil_plugin_api::state;
+use vigil_plugin_api::GradientEma;
 use vigil_plugin_api::{
     ArtifactKind, EventKind, ImageBatch, LogLevel, ParameterInfo, ProbeSpec, SamplerDraws,
     StepCounters, ValidationBatch,
@@ -47,34 +49,8 @@ pub trait HostServices {
         ))
     }
     /// Monitor `owner`'s gradient averages, if it has updated them.
-    fn gradient_ema(&self, _owner: usize) -> crate::Result<Option<GradientEmaSummary>> {
+    fn gradient_ema(&self, _owner: usize) -> crate::Result<Option<GradientEma>> {
         Ok(None)
-    }
-}
-
-/// What `vigil.gradient_ema` answers: a monitor's exponential moving averages of the
-/// gradient `g` (not bias-corrected; the correction is `1 − beta^updates`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GradientEmaSummary {
-    pub updates: u64,
-    /// Trainable scalars.
-    pub numel: u64,
-    pub beta: f64,
-    /// EMA of `Σ g² / numel`.
-    pub mean_square: f64,
-    /// `Σ m² / numel` for `m` the EMA of `g`.
-    pub squared_mean: f64,
-}
-
-impl GradientEmaSummary {
-    /// 40 bytes: `updates` and `numel` as little-endian u64, then `beta`, `mean_square` and
-    /// `squared_mean` as little-endian f64.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        [self.updates.to_le_bytes(), self.numel.to_le_bytes()]
-            .into_iter()
-            .chain([self.beta, self.mean_square, self.squared_mean].map(f64::to_le_bytes))
-            .flatten()
-            .collect()
     }
 }
 
@@ -240,18 +216,6 @@ const EMPTY_SAMPLER: SamplerDraws<'static> = SamplerDraws {
     labels: RSlice::from_slice(&[]),
 };
 
-/// Names [`HostFfi::query`] answers.
-const QUERIES: &str = "vigil.version, vigil.artifact_dir, vigil.labels.train, vigil.labels.val, vigil.parameter_count, vigil.gradient_ema.update, vigil.gradient_ema, vigil.state.save, vigil.state.saved";
-
-/// Labels as little-endian i64 bytes.
-fn label_bytes(labels: &[i64]) -> RVec<u8> {
-    labels
-        .iter()
-        .flat_map(|label| label.to_le_bytes())
-        .collect::<Vec<u8>>()
-        .into()
-}
-
 impl HostFfi for HostView<'_> {
     fn counters(&self) -> StepCounters {
         self.event.counters
@@ -387,21 +351,21 @@ impl HostFfi for HostView<'_> {
 
     fn query(&mut self, name: RStr<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, RString> {
         match name.as_str() {
-            "vigil.gradient_ema.update" => {
-                let Ok(beta) = <[u8; 8]>::try_from(input.as_slice()).map(f64::from_le_bytes)
-                else {
-                    return RErr(format!("vigil.gradient_ema.update takes the decay as 8 little-endian bytes of an f64; got {} bytes", input.len()).into());
+            query::GRADIENT_EMA_UPDATE => {
+                let beta = match query::decode_decay(input.as_slice()) {
+                    Ok(beta) => beta,
+                    Err(err) => return RErr(err.to_string().into()),
                 };
                 if self.event.kind != EventKind::TRAIN_BATCH_END {
-                    return RErr(format!("vigil.gradient_ema.update works at train_batch_end, not at {}", self.event.kind.name()).into());
+                    return RErr(format!("{} works at train_batch_end, not at {}", query::GRADIENT_EMA_UPDATE, self.event.kind.name()).into());
                 }
                 match self.services.update_gradient_ema(self.monitor, beta, self.event.counters.global_step) {
                     Ok(()) => ROk(RVec::new()),
                     Err(err) => RErr(err.to_string().into()),
                 }
             }
-            "vigil.gradient_ema" => match self.services.gradient_ema(self.monitor) {
-                Ok(Some(summary)) => ROk(summary.to_bytes().into()),
+            query::GRADIENT_EMA => match self.services.gradient_ema(self.monitor) {
+                Ok(Some(summary)) => ROk(summary.encode().into()),
                 Ok(None) => RErr("no gradient averages yet: call vigil.gradient_ema.update at train_batch_end first".into()),
                 Err(err) => RErr(err.to_string().into()),
             },
@@ -420,25 +384,26 @@ impl HostFfi for HostView<'_> {
                 }
                 _ => RErr(format!("{} works at restore_state, for a monitor that saved state; this is {}", state::SAVED_QUERY, self.event.kind.name()).into()),
             },
-            "vigil.version" => ROk(env!("CARGO_PKG_VERSION").as_bytes().to_vec().into()),
-            "vigil.labels.train" => ROk(label_bytes(&self.facts.train_labels)),
-            "vigil.labels.val" => ROk(label_bytes(&self.facts.val_labels)),
-            "vigil.parameter_count" => {
+            query::VERSION => ROk(env!("CARGO_PKG_VERSION").as_bytes().to_vec().into()),
+            query::TRAIN_LABELS => ROk(query::encode_labels(&self.facts.train_labels).into()),
+            query::VAL_LABELS => ROk(query::encode_labels(&self.facts.val_labels).into()),
+            query::PARAMETER_COUNT => {
                 let trainable: u64 = self.facts.parameters.iter().map(|p| p.numel).sum();
-                let json = format!(
-                    "{{\"total\":{},\"trainable\":{trainable}}}",
-                    self.facts.total_parameters.max(trainable)
-                );
-                ROk(json.into_bytes().into())
+                let count = ParameterCount {
+                    total: self.facts.total_parameters.max(trainable),
+                    trainable,
+                };
+                ROk(count.encode().into())
             }
-            "vigil.artifact_dir" => match &self.artifacts.root {
+            query::ARTIFACT_DIR => match &self.artifacts.root {
                 Some(root) => ROk(root.to_string_lossy().as_bytes().to_vec().into()),
                 None => RErr("no artifact directory yet (before training starts)".into()),
             },
             other => RErr(
                 format!(
-                    "monitor `{}` asked for unknown capability `{other}`; this host knows: {QUERIES}",
-                    self.monitor_name()
+                    "monitor `{}` asked for unknown capability `{other}`; this host knows: {}",
+                    self.monitor_name(),
+                    query::ALL.join(", ")
                 )
                 .into(),
             ),
@@ -478,8 +443,8 @@ mod tests {
             self.0.set(self.0.get() + 1);
             Ok(())
         }
-        fn gradient_ema(&self, _: usize) -> crate::Result<Option<GradientEmaSummary>> {
-            Ok((self.0.get() > 0).then_some(GradientEmaSummary {
+        fn gradient_ema(&self, _: usize) -> crate::Result<Option<GradientEma>> {
+            Ok((self.0.get() > 0).then_some(GradientEma {
                 updates: self.0.get(),
                 numel: 3,
                 beta: 0.5,

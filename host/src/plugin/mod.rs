@@ -30,7 +30,7 @@ use vigil_plugin_api::{EventKind, EventSet, LogLevel, StepCounters, Subscription
 pub use artifacts::ArtifactWriter;
 pub use dirs::{default_plugin_dirs, user_plugin_dir};
 pub use elf::Inspection;
-pub use host_view::{EventData, GradientEmaSummary, HostServices, Outputs, RunFacts};
+pub use host_view::{EventData, HostServices, Outputs, RunFacts};
 pub use library::{LibraryInfo, LoadFailure, PluginLibrary};
 pub use resolve::{catalogue, listing, resolve, Listed, PluginSearch};
 pub use state::MonitorSnapshot;

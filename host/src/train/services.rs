@@ -11,8 +11,9 @@ use vigil_plugin_api::{ParameterInfo, ProbeSpec};
 
 use super::TensorSplit;
 use crate::error::{Error, Result};
-use crate::plugin::{GradientEmaSummary, HostServices};
+use crate::plugin::HostServices;
 use crate::rng::SplitMix64;
+use vigil_plugin_api::GradientEma as EmaAnswer;
 
 /// The probe subsamples drawn so far, by spec, and what Hessian-vector products cost.
 #[derive(Default)]
@@ -479,14 +480,14 @@ impl HostServices for TrainerServices<'_> {
         Ok(())
     }
 
-    fn gradient_ema(&self, owner: usize) -> Result<Option<GradientEmaSummary>> {
+    fn gradient_ema(&self, owner: usize) -> Result<Option<EmaAnswer>> {
         let _no_grad = tch::no_grad_guard();
         let averages = self.averages.0.borrow();
         let Some(ema) = averages.get(&owner) else {
             return Ok(None);
         };
         let numel = ema.mean.numel();
-        Ok(Some(GradientEmaSummary {
+        Ok(Some(EmaAnswer {
             updates: ema.updates,
             numel: numel as u64,
             beta: ema.beta,

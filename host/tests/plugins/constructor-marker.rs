@@ -28,6 +28,7 @@ static CONSTRUCTOR: extern "C" fn() = on_load;
 
 pub struct ConstructorMarker;
 
+#[vigil_plugin_api::monitor]
 impl Monitor for ConstructorMarker {
     const INFO: MonitorInfo = MonitorInfo {
         name: "constructor-marker",

@@ -74,6 +74,7 @@ impl FaultInjector {
     }
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for FaultInjector {
     const INFO: MonitorInfo = MonitorInfo {
         name: "fault-injector",

@@ -271,6 +271,7 @@ pub struct ConfusionMatrixMonitor {
     skipped: usize,
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for ConfusionMatrixMonitor {
     const INFO: MonitorInfo = MonitorInfo {
         name: "confusion-matrix",
@@ -311,7 +312,7 @@ impl Monitor for ConfusionMatrixMonitor {
         if ctx.counters().batch_index == 0 {
             self.matrix = ConfusionMatrix::new(self.names.len());
         }
-        let batch = ctx.validation_batch();
+        let batch = ctx.validation_batch()?;
         self.skipped += self
             .matrix
             .add(batch.labels.as_slice(), batch.predictions.as_slice());
@@ -461,5 +462,44 @@ mod tests {
             (0xf7, 0xfb, 0xff),
             "an empty cell is the lightest"
         );
+    }
+
+    #[test]
+    fn through_the_fake_host_each_pass_counts_its_batches_from_the_logits() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let mut host = FakeHost::new();
+        host.class_names(&["a", "b", "c"]);
+        host.counters_mut().epoch = 2;
+        let mut harness = Harness::<ConfusionMatrixMonitor>::new("", host).unwrap();
+        // Pass 1, two batches: (true a → a), (true b → c), then (true c → c), (true a → b).
+        let batches: [(&[f32], &[i64]); 2] = [
+            (&[5.0, 1.0, 0.0, 0.0, 1.0, 2.0], &[0, 1]),
+            (&[0.0, 0.0, 9.0, 1.0, 3.0, 2.0], &[2, 0]),
+        ];
+        for pass in 0..2 {
+            for (index, (logits, labels)) in batches.iter().enumerate() {
+                harness.host_mut().counters_mut().batch_index = index as u32;
+                harness.host_mut().validation_batch(logits, labels);
+                harness.fire(EventKind::VALIDATION_BATCH_END).unwrap();
+            }
+            harness.fire(EventKind::VALIDATION_END).unwrap();
+            // The second pass repeats the first: the matrix restarts at batch 0.
+            let csv = &harness
+                .host()
+                .file("epoch_002/confusion_matrix.csv")
+                .unwrap();
+            assert_eq!(csv.writes, pass + 1);
+            assert_eq!(
+                String::from_utf8(csv.bytes.clone()).unwrap(),
+                "\"true \\ predicted\",\"a\",\"b\",\"c\"\n\"a\",1,1,0\n\"b\",0,0,1\n\"c\",0,0,1\n"
+            );
+        }
+        let png = harness
+            .host()
+            .file("epoch_002/confusion_matrix.png")
+            .unwrap();
+        assert_eq!(png.kind, ArtifactKind::PNG);
+        assert!(decode_png(&png.bytes).unwrap().0 > 100);
+        assert!(harness.host().warnings().is_empty());
     }
 }

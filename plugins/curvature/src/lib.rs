@@ -93,6 +93,7 @@ pub struct CurvatureMonitor {
     eigenvector: Option<Vec<f32>>,
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for CurvatureMonitor {
     const INFO: MonitorInfo = MonitorInfo {
         name: "curvature",
@@ -229,3 +230,82 @@ impl Monitor for CurvatureMonitor {
 }
 
 export_monitor!(CurvatureMonitor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_plugin_api::testing::{FakeHost, Harness};
+
+    /// The 6 × 6 matrix with 2 on the diagonal and −1 beside it: eigenvalues
+    /// `2 − 2 cos(kπ/7)`, the largest `2 + 2 cos(π/7)`; trace 12.
+    fn second_difference() -> Vec<f64> {
+        let n = 6usize;
+        (0..n * n)
+            .map(|i| match (i / n).abs_diff(i % n) {
+                0 => 2.0,
+                1 => -1.0,
+                _ => 0.0,
+            })
+            .collect()
+    }
+
+    fn host() -> FakeHost {
+        let mut host = FakeHost::new();
+        host.parameters(&[("w", &[2, 3])])
+            .weights(&[1.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+            .hessian(&second_difference());
+        host
+    }
+
+    #[test]
+    fn finds_the_largest_eigenvalue_and_the_trace_of_a_known_hessian() {
+        let settings =
+            "compute_every_n_steps = 2\ntol = 1e-7\ndeflation_vectors = 6\nnum_samples = 3";
+        let mut harness = Harness::<CurvatureMonitor>::new(settings, host()).unwrap();
+        harness.host_mut().at_step(1);
+        harness.fire(EventKind::TRAIN_BATCH_END).unwrap();
+        assert!(
+            harness.host().products().is_empty(),
+            "not a step it computes at"
+        );
+        harness.host_mut().at_step(2);
+        harness.fire(EventKind::TRAIN_BATCH_END).unwrap();
+        let host = harness.host();
+        let lambda = host.logged("curvature/lambda_max")[0].1;
+        let expected = 2.0 + 2.0 * (std::f64::consts::PI / 7.0).cos();
+        assert!((lambda - expected).abs() < 1e-5, "{lambda} vs {expected}");
+        // A basis of all six directions makes the trace exact.
+        let trace = host.logged("curvature/hutch_trace")[0].1;
+        assert!((trace - 12.0).abs() < 1e-4, "{trace}");
+        // ½ wᵀHw for w = e₁ + e₆: ½ (2 + 2).
+        assert_eq!(host.logged("curvature/probe_loss"), [(2, 2.0)]);
+        let products = host.products();
+        assert_eq!(host.logged("curvature/hvps"), [(2, products.len() as f64)]);
+        assert!(products.iter().all(|call| call.probe.samples == 32));
+    }
+
+    #[test]
+    fn a_restored_monitor_continues_from_the_saved_eigenvector() {
+        let settings = "compute_every_n_steps = 1\nmax_iter = 3\ndeflate = false\nnum_samples = 2";
+        let mut straight = Harness::<CurvatureMonitor>::new(settings, host()).unwrap();
+        straight.fire(EventKind::TRAIN_BATCH_END).unwrap();
+        let saved = straight.save_state().unwrap().unwrap();
+        let before = straight.host().products().len();
+        straight.host_mut().at_step(1);
+        straight.fire(EventKind::TRAIN_BATCH_END).unwrap();
+
+        let mut resumed =
+            Harness::<CurvatureMonitor>::restored(settings, host(), "1.1.0", saved).unwrap();
+        resumed.host_mut().at_step(1);
+        resumed.fire(EventKind::TRAIN_BATCH_END).unwrap();
+        assert_eq!(
+            straight.host().products()[before..],
+            *resumed.host().products(),
+            "the same products, from the same start vector and random state"
+        );
+        assert_eq!(
+            straight.host().logged("curvature/lambda_max")[1],
+            resumed.host().logged("curvature/lambda_max")[0]
+        );
+    }
+}

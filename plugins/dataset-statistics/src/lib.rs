@@ -26,14 +26,6 @@ pub fn class_counts(labels: &[i64], classes: usize) -> (Vec<u64>, u64) {
     (counts, outside)
 }
 
-/// Labels from the host's `vigil.labels.*` answer (little-endian i64s).
-pub fn decode_labels(bytes: &[u8]) -> Vec<i64> {
-    bytes
-        .chunks_exact(8)
-        .map(|chunk| i64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])))
-        .collect()
-}
-
 /// CSV rows `split,index,class,count,percent` for one split.
 pub fn csv_rows(split: &str, names: &[&str], counts: &[u64]) -> String {
     let total: u64 = counts.iter().sum();
@@ -54,6 +46,7 @@ pub fn csv_rows(split: &str, names: &[&str], counts: &[u64]) -> String {
 
 pub struct DatasetStatistics;
 
+#[vigil_plugin_api::monitor]
 impl Monitor for DatasetStatistics {
     const INFO: MonitorInfo = MonitorInfo {
         name: "dataset-statistics",
@@ -73,8 +66,12 @@ impl Monitor for DatasetStatistics {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut csv = String::from("split,index,class,count,percent\n");
         let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
-        for (split, query) in [("train", "vigil.labels.train"), ("val", "vigil.labels.val")] {
-            let labels = decode_labels(&ctx.query(query, &[])?);
+        for split in ["train", "val"] {
+            let labels = if split == "train" {
+                ctx.train_labels()?
+            } else {
+                ctx.val_labels()?
+            };
             let (counts, outside) = class_counts(&labels, names.len());
             if outside > 0 {
                 ctx.warn(&format!(
@@ -126,8 +123,21 @@ mod tests {
     }
 
     #[test]
-    fn labels_decode_from_little_endian_bytes() {
-        let bytes: Vec<u8> = [3i64, -1, 9].iter().flat_map(|l| l.to_le_bytes()).collect();
-        assert_eq!(decode_labels(&bytes), vec![3, -1, 9]);
+    fn through_the_fake_host_counts_both_splits_from_the_hosts_labels() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let mut host = FakeHost::new();
+        host.class_names(&["a", "b"])
+            .labels(&[0, 1, 1, 1], &[1, 0, 5]);
+        let mut harness = Harness::<DatasetStatistics>::new("", host).unwrap();
+        harness.fire(EventKind::FIT_START).unwrap();
+        let host = harness.host();
+        assert_eq!(
+            String::from_utf8(host.file("dataset_statistics.csv").unwrap().bytes.clone()).unwrap(),
+            "split,index,class,count,percent\n\
+             train,0,\"a\",1,25.0000\ntrain,1,\"b\",3,75.0000\n\
+             val,0,\"a\",1,50.0000\nval,1,\"b\",1,50.0000\n"
+        );
+        assert_eq!(host.warnings(), ["1 val labels are outside the 2 classes"]);
+        assert_eq!(host.queries(), ["vigil.labels.train", "vigil.labels.val"]);
     }
 }

@@ -63,6 +63,7 @@ pub struct LossEma {
     every: u64,
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for LossEma {
     const INFO: MonitorInfo = MonitorInfo {
         name: "example-loss-ema",
@@ -142,5 +143,33 @@ mod tests {
         ema.update(0.0);
         // Weights after two samples: 0.5·0.5 for the first, 0.5 for the second, over 0.75.
         assert!((ema.update(3.0) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn through_the_fake_host_it_logs_every_n_steps_and_resumes_the_average() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let settings = "alpha = 0.5\nlog_every_n_steps = 2";
+        let run = |harness: &mut Harness<LossEma>, steps: std::ops::Range<u64>| {
+            for step in steps {
+                let loss = if step == 0 { 0.0 } else { 3.0 };
+                harness.host_mut().at_step(step).metric("train_loss", loss);
+                harness.fire(EventKind::TRAIN_BATCH_END).unwrap();
+            }
+        };
+        let mut straight = Harness::<LossEma>::new(settings, FakeHost::new()).unwrap();
+        run(&mut straight, 0..4);
+        // Steps 0 and 2; after 0, 3, 3 the weights are ¼·0 + ¼·3 + ½·3 over ⅞.
+        assert_eq!(
+            straight.host().logged("loss_ema"),
+            [(0, 0.0), (2, 2.25 / 0.875)]
+        );
+
+        let mut first = Harness::<LossEma>::new(settings, FakeHost::new()).unwrap();
+        run(&mut first, 0..2);
+        let saved = first.save_state().unwrap().unwrap();
+        let mut resumed = Harness::<LossEma>::restored(settings, FakeHost::new(), "1.0.0", saved);
+        let resumed = resumed.as_mut().unwrap();
+        run(resumed, 2..4);
+        assert_eq!(resumed.host().logged("loss_ema"), [(2, 2.25 / 0.875)]);
     }
 }

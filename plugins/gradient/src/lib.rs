@@ -55,6 +55,7 @@ pub struct GradientMonitor {
     names: Vec<String>,
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for GradientMonitor {
     const INFO: MonitorInfo = MonitorInfo {
         name: "gradient",
@@ -89,7 +90,7 @@ impl Monitor for GradientMonitor {
     fn on_train_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
         let counters = ctx.counters();
         if counters.global_step % self.settings.log_every_n_steps == 0 {
-            let norms = ctx.grad_norms().to_vec();
+            let norms = ctx.grad_norms()?.to_vec();
             if norms.len() != self.names.len() {
                 return Err(Error::Host(format!(
                     "the host gave {} gradient norms for {} parameters",
@@ -107,7 +108,7 @@ impl Monitor for GradientMonitor {
             counters.batches_per_epoch,
             self.settings.weight_norm_per_epoch,
         ) {
-            let total = combined_norm(ctx.weight_norms());
+            let total = combined_norm(ctx.weight_norms()?);
             ctx.log("weight_norm", total);
         }
         Ok(())
@@ -134,5 +135,34 @@ mod tests {
         let points: Vec<u32> = (0..16).filter(|&b| ends_a_part(b, 16, 4)).collect();
         assert_eq!(points, vec![3, 7, 11, 15]);
         assert!(!ends_a_part(0, 10, 0));
+    }
+
+    #[test]
+    fn logs_norms_from_the_hosts_gradient_and_weights() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let mut host = FakeHost::new();
+        host.parameters(&[("fc.weight", &[2, 2]), ("fc.bias", &[2])])
+            .gradient(&[3.0, 0.0, 0.0, 4.0, 1.0, 0.0])
+            .weights(&[1.0, 1.0, 1.0, 1.0, 0.0, 2.0]);
+        host.counters_mut().batches_per_epoch = 4;
+        let settings = "log_every_n_steps = 2\nweight_norm_per_epoch = 2";
+        let mut harness = Harness::<GradientMonitor>::new(settings, host).unwrap();
+        for step in 0..4 {
+            harness.host_mut().at_step(step);
+            harness.fire(EventKind::TRAIN_BATCH_END).unwrap();
+        }
+        let host = harness.host();
+        assert_eq!(host.logged("grad_norm/fc.weight"), [(0, 5.0), (2, 5.0)]);
+        assert_eq!(host.logged("grad_norm/fc.bias"), [(0, 1.0), (2, 1.0)]);
+        assert_eq!(
+            host.logged("grad_norm/total"),
+            [(0, 26f64.sqrt()), (2, 26f64.sqrt())]
+        );
+        // Halves of a 4-batch epoch end after batches 1 and 3: |w| = √(4 + 4).
+        assert_eq!(
+            host.logged("weight_norm"),
+            [(1, 8f64.sqrt()), (3, 8f64.sqrt())]
+        );
+        assert!(host.warnings().is_empty(), "{:?}", host.warnings());
     }
 }

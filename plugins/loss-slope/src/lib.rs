@@ -77,6 +77,7 @@ pub struct LossSlopeMonitor {
     window_metric: String,
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for LossSlopeMonitor {
     const INFO: MonitorInfo = MonitorInfo {
         name: "loss-slope",
@@ -219,5 +220,49 @@ mod tests {
         let full = losses.slope_between(3, 4).unwrap();
         let expected = reference_slope(&[(3f64.ln(), 0.0), (4f64.ln(), 0.8f64.ln())]);
         assert!((full - expected).abs() < 1e-12);
+    }
+
+    /// Epochs `epochs` of a power-law loss `3 · epoch^−0.7`, delivered through `harness`.
+    fn epochs(
+        harness: &mut vigil_plugin_api::testing::Harness<LossSlopeMonitor>,
+        epochs: std::ops::RangeInclusive<u32>,
+    ) {
+        for epoch in epochs {
+            let host = harness.host_mut();
+            host.counters_mut().batches_per_epoch = 10;
+            host.at_step(u64::from(epoch) * 10 - 1)
+                .metric("train_loss", 3.0 * f64::from(epoch).powf(-0.7));
+            assert_eq!(host.counters_mut().epoch, epoch);
+            harness.fire(EventKind::TRAIN_EPOCH_END).unwrap();
+        }
+    }
+
+    #[test]
+    fn through_the_fake_host_slopes_are_exact_and_survive_a_resume() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let settings = "window = [2, 4]\nburn_in_loss = 1.0";
+        let mut straight = Harness::<LossSlopeMonitor>::new(settings, FakeHost::new()).unwrap();
+        epochs(&mut straight, 1..=6);
+        let window = straight.host().logged("loss_slope_2_4");
+        // From epoch 3 (two points in the window) on; the window ends at 4.
+        assert_eq!(
+            window.iter().map(|w| w.0).collect::<Vec<_>>(),
+            [29, 39, 49, 59]
+        );
+        assert!(window.iter().all(|&(_, slope)| (slope + 0.7).abs() < 1e-12));
+        // 3 · e^−0.7 ≤ 1 from epoch 5: the full slope needs epochs 5 and 6.
+        let full = straight.host().logged("loss_slope_full");
+        assert_eq!(full.len(), 1);
+        assert!((full[0].1 + 0.7).abs() < 1e-12 && full[0].0 == 59);
+
+        let mut first = Harness::<LossSlopeMonitor>::new(settings, FakeHost::new()).unwrap();
+        epochs(&mut first, 1..=3);
+        let saved = first.save_state().unwrap().unwrap();
+        let mut resumed =
+            Harness::<LossSlopeMonitor>::restored(settings, FakeHost::new(), "1.0.0", saved)
+                .unwrap();
+        epochs(&mut resumed, 4..=6);
+        let joined: Vec<_> = [first.host().all_logged(), resumed.host().all_logged()].concat();
+        assert_eq!(joined, straight.host().all_logged());
     }
 }

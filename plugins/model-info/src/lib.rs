@@ -73,6 +73,7 @@ impl ModelInfo {
 
 pub struct ModelInfoMonitor;
 
+#[vigil_plugin_api::monitor]
 impl Monitor for ModelInfoMonitor {
     const INFO: MonitorInfo = MonitorInfo {
         name: "model-info",
@@ -97,10 +98,7 @@ impl Monitor for ModelInfoMonitor {
                 parameters: p.numel,
             })
             .collect();
-        let counts: serde_json::Value =
-            serde_json::from_slice(&ctx.query("vigil.parameter_count", &[])?)
-                .map_err(|e| Error::Host(format!("vigil.parameter_count: {e}")))?;
-        let total = counts["total"].as_u64().unwrap_or(0);
+        let total = ctx.parameter_count()?.total;
         let info = ModelInfo::new(layers, total);
         for line in info.table().lines() {
             ctx.info(line);
@@ -158,5 +156,32 @@ mod tests {
             table.ends_with("total 7870 parameters (7850 trainable), 0.03 MB"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn through_the_fake_host_writes_the_models_counts_and_the_class_names() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let mut host = FakeHost::new();
+        host.parameters(&[("conv.weight", &[4, 1, 3, 3]), ("conv.bias", &[4])])
+            .total_parameters(48)
+            .class_names(&["t-shirt", "trouser"]);
+        let mut harness = Harness::<ModelInfoMonitor>::new("", host).unwrap();
+        harness.fire(EventKind::FIT_START).unwrap();
+        let host = harness.host();
+        let json = |path: &str| -> serde_json::Value {
+            serde_json::from_slice(&host.file(path).unwrap().bytes).unwrap()
+        };
+        let info = json("model_info.json");
+        assert_eq!(info["trainable_parameters"], 40);
+        assert_eq!(info["total_parameters"], 48);
+        assert_eq!(info["layers"][0]["name"], "conv.weight");
+        assert_eq!(info["layers"][0]["shape"], serde_json::json!([4, 1, 3, 3]));
+        assert_eq!(
+            json("labels_mapping.json"),
+            serde_json::json!({"0": "t-shirt", "1": "trouser"})
+        );
+        assert!(host.queries().iter().any(|q| q == "vigil.parameter_count"));
+        let refused = Harness::<ModelInfoMonitor>::new("verbose = true", FakeHost::new());
+        assert!(refused.err().unwrap().contains("unknown field `verbose`"));
     }
 }

@@ -248,26 +248,6 @@ pub fn ema_variance(updates: u64, beta: f64, mean_square: f64, squared_mean: f64
     Some((mean_square / correction - squared_mean / (correction * correction)).max(0.0) / spread)
 }
 
-/// What the host's `vigil.gradient_ema` answers (40 bytes: two little-endian u64, three f64):
-/// `(updates, beta, mean_square, squared_mean)`.
-fn parse_host_averages(bytes: &[u8]) -> Result<(u64, f64, f64, f64), Error> {
-    if bytes.len() != 40 {
-        return Err(Error::Host(format!(
-            "vigil.gradient_ema answered {} bytes, not 40",
-            bytes.len()
-        )));
-    }
-    let word = |index: usize| {
-        <[u8; 8]>::try_from(&bytes[index * 8..index * 8 + 8]).expect("eight of the 40 bytes")
-    };
-    Ok((
-        u64::from_le_bytes(word(0)),
-        f64::from_le_bytes(word(2)),
-        f64::from_le_bytes(word(3)),
-        f64::from_le_bytes(word(4)),
-    ))
-}
-
 /// The same averages, kept by the monitor itself from the flattened gradient: for a host
 /// without `vigil.gradient_ema.update`, which keeps them on the training device (there one
 /// fused, parallel pass; here one single-threaded pass that must first have the gradient on
@@ -390,6 +370,7 @@ impl NoiseMonitor {
     }
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for NoiseMonitor {
     const INFO: MonitorInfo = MonitorInfo {
         name: "noise",
@@ -449,7 +430,7 @@ impl Monitor for NoiseMonitor {
         let beta = self.settings.grad_ema_beta;
         let log = step % self.settings.log_every_n_steps == 0;
         if matches!(self.averages, Averages::Undecided | Averages::Host) {
-            match ctx.query("vigil.gradient_ema.update", &beta.to_le_bytes()) {
+            match ctx.update_gradient_ema(beta) {
                 Ok(_) => self.averages = Averages::Host,
                 Err(err) if matches!(self.averages, Averages::Undecided) => {
                     ctx.info(&format!(
@@ -462,12 +443,16 @@ impl Monitor for NoiseMonitor {
         }
         let variance = match &mut self.averages {
             Averages::Host if log => {
-                let (updates, beta, mean_square, squared_mean) =
-                    parse_host_averages(&ctx.query("vigil.gradient_ema", &[])?)?;
-                ema_variance(updates, beta, mean_square, squared_mean)
+                let averages = ctx.gradient_ema()?;
+                ema_variance(
+                    averages.updates,
+                    averages.beta,
+                    averages.mean_square,
+                    averages.squared_mean,
+                )
             }
             Averages::Monitor(moments) => {
-                moments.update(ctx.gradient(), beta);
+                moments.update(ctx.gradient()?, beta);
                 if log {
                     moments.variance(beta)
                 } else {
@@ -708,5 +693,67 @@ mod tests {
         }
         let variance = moments.variance(0.99).unwrap();
         assert!((variance - 1.0 / 3.0).abs() < 0.01, "{variance}");
+    }
+
+    /// Steps 0..100 with a pure power-law loss and a gradient whose sign flips every step,
+    /// through the fake host; `host_averages` false makes the host refuse
+    /// `vigil.gradient_ema.update`, so that the monitor averages the gradient itself.
+    fn run_through_fake_host(host_averages: bool) -> vigil_plugin_api::testing::FakeHost {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let mut host = FakeHost::new();
+        host.parameters(&[("w", &[3])]);
+        host.counters_mut().batches_per_epoch = 100;
+        if !host_averages {
+            host.answer(
+                vigil_plugin_api::query::GRADIENT_EMA_UPDATE,
+                Err("unknown capability".into()),
+            );
+        }
+        let settings = "min_points = 8\nbuffer_size = 64\nhistory_bins_per_decade = 8\n\
+                        compute_every_epochs = 1\ngrad_ema_beta = 0.5\nlog_every_n_steps = 10";
+        let mut harness = Harness::<NoiseMonitor>::new(settings, host).unwrap();
+        for step in 0..100u64 {
+            let sign = if step % 2 == 0 { 1.0 } else { -1.0 };
+            let host = harness.host_mut();
+            host.at_step(step)
+                .metric("train_loss", 2.0 / ((step + 1) as f64).sqrt())
+                .gradient(&[sign, 2.0 * sign, 0.5]);
+            harness.fire(EventKind::TRAIN_BATCH_END).unwrap();
+        }
+        harness.host_mut().at_step(99).clear_metrics();
+        harness.fire(EventKind::TRAIN_EPOCH_END).unwrap();
+        harness.into_host()
+    }
+
+    #[test]
+    fn through_the_fake_host_the_power_law_is_exact_and_both_gradient_averages_agree() {
+        let on_host = run_through_fake_host(true);
+        let here = run_through_fake_host(false);
+        let slope = on_host.logged("noise/power_law_slope");
+        assert_eq!(slope.len(), 1);
+        assert!((slope[0].1 + 0.5).abs() < 1e-9, "{slope:?}");
+        assert!((on_host.logged("noise/power_law_r2")[0].1 - 1.0).abs() < 1e-9);
+
+        let (host_var, own_var) = (
+            on_host.logged("noise/grad_var"),
+            here.logged("noise/grad_var"),
+        );
+        assert_eq!(host_var.len(), 9, "steps 10, 20, …, 90: {host_var:?}");
+        assert_eq!(
+            host_var.iter().map(|v| v.0).collect::<Vec<_>>(),
+            own_var.iter().map(|v| v.0).collect::<Vec<_>>()
+        );
+        for ((_, a), (_, b)) in host_var.iter().zip(&own_var) {
+            assert!((a - b).abs() <= 1e-6 * a.abs(), "{a} vs {b}");
+        }
+        // Late in the run: E[g²] averages (1 + 4 + ¼)/3; the averages of the flipping
+        // coordinates settle at ±(1 − β)/(1 + β) = ±⅓ of their size, so mean m² is
+        // (1/9 + 4/9 + ¼)/3; the estimate divides by the spread 2β/(1 + β) = ⅔.
+        let expected = (1.75 - (5.0 / 9.0 + 0.25) / 3.0) * 1.5;
+        let last = host_var.last().unwrap().1;
+        assert!((last - expected).abs() < 1e-9, "{last} vs {expected}");
+        assert!(on_host.queries().iter().any(|q| q == "vigil.gradient_ema"));
+        assert!(here.messages_at(vigil_plugin_api::LogLevel::INFO)[0]
+            .contains("averaging the flattened gradient here"));
     }
 }

@@ -131,6 +131,7 @@ pub struct SampleVisualization {
     names: Vec<String>,
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for SampleVisualization {
     const INFO: MonitorInfo = MonitorInfo {
         name: "sample-visualization",
@@ -161,7 +162,10 @@ impl Monitor for SampleVisualization {
     }
 
     fn on_validation_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        let batch = ctx.sample_images();
+        // None: the run's inputs are not images (the host says so once).
+        let Some(batch) = ctx.sample_images()? else {
+            return Ok(());
+        };
         let count = self
             .num_samples
             .min(batch.count as usize)
@@ -267,5 +271,33 @@ mod tests {
         assert_eq!(columns(16), 4);
         assert_eq!(columns(10), 4);
         assert_eq!(columns(1), 1);
+    }
+
+    #[test]
+    fn through_the_fake_host_draws_the_offered_images_and_skips_runs_without_images() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let mut host = FakeHost::new();
+        host.class_names(&["zero", "one"]);
+        host.counters_mut().epoch = 3;
+        let mut harness = Harness::<SampleVisualization>::new("num_samples = 2", host).unwrap();
+        // A run whose inputs are not images: nothing to draw, no error.
+        harness.fire(EventKind::VALIDATION_END).unwrap();
+        assert!(harness.host().files().is_empty());
+
+        // Three 2×2 RGB images offered; two are drawn, one grid of 2 × 1 tiles.
+        let pixels = vec![0.5f32; 3 * 3 * 2 * 2];
+        harness
+            .host_mut()
+            .sample_images(&pixels, [3, 3, 2, 2], &[0, 1, 1], &[0, 0, 1]);
+        harness.fire(EventKind::VALIDATION_END).unwrap();
+        let file = harness
+            .host()
+            .file("epoch_003/sample_predictions.png")
+            .unwrap();
+        assert_eq!(file.kind, ArtifactKind::PNG);
+        let (width, height, _) = decode_png(&file.bytes).unwrap();
+        assert_eq!((width, height), (2 * TILE_WIDTH as u32, TILE_HEIGHT as u32));
+        let refused = Harness::<SampleVisualization>::new("num_samples = 65", FakeHost::new());
+        assert!(refused.err().unwrap().contains("between 1 and 64"));
     }
 }

@@ -77,6 +77,7 @@ pub struct SamplerDistribution {
     wrote_header: bool,
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for SamplerDistribution {
     const INFO: MonitorInfo = MonitorInfo {
         name: "sampler-distribution",
@@ -96,14 +97,13 @@ impl Monitor for SamplerDistribution {
     }
 
     fn on_train_epoch_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        let draws = ctx.sampler_draws();
-        if draws.indices.is_empty() {
+        let Some(draws) = ctx.sampler_draws()? else {
             if !self.said_idle {
                 self.said_idle = true;
                 ctx.info("the run uses no tracking sampler (set sampler = \"weighted\"); nothing to report");
             }
             return Ok(());
-        }
+        };
         let stats = ClassDraws::new(
             draws.indices.as_slice(),
             draws.weights.as_slice(),
@@ -217,5 +217,43 @@ mod tests {
         let stats = ClassDraws::new(&[0, 0], &[1.0, 0.0], &[0, 1], 2);
         assert_eq!(stats.counts, vec![2, 0]);
         assert_eq!(stats.ratios(), vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn through_the_fake_host_counts_draws_per_class_against_the_weights() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let mut host = FakeHost::new();
+        host.class_names(&["cat", "a/b"]);
+        let mut harness = Harness::<SamplerDistribution>::new("", host).unwrap();
+        // Epoch 1 of a run without a tracking sampler: a note, nothing logged.
+        harness.fire(EventKind::TRAIN_EPOCH_START).unwrap();
+        assert!(harness.host().all_logged().is_empty());
+        // Weights 1, 1, 2, 2 for labels 0, 0, 1, 1: class 1 is expected in 4 of 6 draws.
+        for epoch in [2, 3] {
+            let host = harness.host_mut();
+            host.counters_mut().epoch = epoch;
+            host.sampler_draws(&[2, 2, 3, 3, 2, 0], &[1.0, 1.0, 2.0, 2.0], &[0, 0, 1, 1]);
+            harness.fire(EventKind::TRAIN_EPOCH_START).unwrap();
+        }
+        let host = harness.host();
+        assert_eq!(host.logged("sampler/count/cat"), [(0, 1.0), (0, 1.0)]);
+        assert_eq!(host.logged("sampler/ratio/cat"), [(0, 0.5), (0, 0.5)]);
+        assert_eq!(host.logged("sampler/count/a-b"), [(0, 5.0), (0, 5.0)]);
+        assert_eq!(host.logged("sampler/ratio/a-b"), [(0, 1.25), (0, 1.25)]);
+        let csv = String::from_utf8(host.file("sampler_distribution.csv").unwrap().bytes.clone());
+        assert_eq!(
+            csv.unwrap(),
+            "epoch,class_index,class,count,expected,ratio\n\
+             2,0,\"cat\",1,2.000,0.50000\n2,1,\"a/b\",5,4.000,1.25000\n\
+             3,0,\"cat\",1,2.000,0.50000\n3,1,\"a/b\",5,4.000,1.25000\n"
+        );
+        let notes = host.messages_at(vigil_plugin_api::LogLevel::INFO);
+        assert_eq!(
+            notes
+                .iter()
+                .filter(|n| n.contains("no tracking sampler"))
+                .count(),
+            1
+        );
     }
 }

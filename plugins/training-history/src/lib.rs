@@ -98,6 +98,7 @@ pub struct TrainingHistory {
     history: History,
 }
 
+#[vigil_plugin_api::monitor]
 impl Monitor for TrainingHistory {
     const INFO: MonitorInfo = MonitorInfo {
         name: "training-history",
@@ -278,5 +279,52 @@ mod tests {
         writer.f64s(&[1.0, 0.95]);
         let new = read_history(&writer.finish(), true).unwrap();
         assert_eq!((new.top_k, new.val_top), (Some(3), vec![(1.0, 0.95)]));
+    }
+
+    /// End epochs `epochs` through `harness`, with metrics that depend on the epoch.
+    fn end_epochs(
+        harness: &mut vigil_plugin_api::testing::Harness<TrainingHistory>,
+        epochs: std::ops::RangeInclusive<u32>,
+    ) {
+        for epoch in epochs {
+            let e = f64::from(epoch);
+            let host = harness.host_mut();
+            host.counters_mut().epoch = epoch;
+            host.metric("train_loss", 2.0 / e)
+                .metric("val_loss", 2.2 / e)
+                .metric("train_acc", 1.0 - 0.5 / e)
+                .metric("val_acc", 1.0 - 0.6 / e)
+                .metric("val_top_k", 5.0)
+                .metric("val_acc_top5", 1.0 - 0.1 / e);
+            harness.fire(EventKind::TRAIN_EPOCH_END).unwrap();
+        }
+    }
+
+    #[test]
+    fn through_the_fake_host_a_restored_history_draws_what_the_straight_one_does() {
+        use vigil_plugin_api::testing::{FakeHost, Harness};
+        let mut straight = Harness::<TrainingHistory>::new("", FakeHost::new()).unwrap();
+        end_epochs(&mut straight, 1..=3);
+        let mut first = Harness::<TrainingHistory>::new("", FakeHost::new()).unwrap();
+        end_epochs(&mut first, 1..=2);
+        let saved = first.save_state().unwrap().unwrap();
+        let mut resumed =
+            Harness::<TrainingHistory>::restored("", FakeHost::new(), "1.0.0", saved).unwrap();
+        end_epochs(&mut resumed, 3..=3);
+        let mut fresh = Harness::<TrainingHistory>::new("", FakeHost::new()).unwrap();
+        end_epochs(&mut fresh, 3..=3);
+        for chart in ["training_history/loss.png", "training_history/accuracy.png"] {
+            let bytes = |h: &Harness<TrainingHistory>| h.host().file(chart).unwrap().bytes.clone();
+            assert_eq!(straight.host().file(chart).unwrap().writes, 3);
+            assert_eq!(straight.host().file(chart).unwrap().kind, ArtifactKind::PNG);
+            assert!(
+                bytes(&straight) == bytes(&resumed),
+                "{chart}: resumed differs"
+            );
+            assert!(
+                bytes(&straight) != bytes(&fresh),
+                "{chart}: the history shows"
+            );
+        }
     }
 }
