@@ -34,6 +34,7 @@ pub mod memory;
 pub mod model;
 pub mod plugin;
 pub mod rng;
+pub mod scaffold;
 pub mod sink;
 pub mod study;
 pub mod train;

@@ -69,6 +69,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Write a new monitor crate to start from: Cargo.toml, src/lib.rs with settings, one
+    /// hook, state for resume and a unit test on the API's fake host. `cargo test` tests it
+    /// (no libtorch needed); `cargo build --release` builds the plugin.
+    NewMonitor {
+        /// The monitor's name (lowercase letters, digits and `-`), also the crate's.
+        name: String,
+        /// Where to write the crate (default: ./NAME); must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Depend on vigil-plugin-api in this directory (a vigil checkout or its plugin-api/).
+        /// Default: the source this vigil was built from, when it is still there.
+        #[arg(long, value_name = "PATH", conflicts_with = "api_version")]
+        api_path: Option<PathBuf>,
+        /// Depend on this version of vigil-plugin-api from the registry instead (e.g. 1.3).
+        #[arg(long, value_name = "VERSION")]
+        api_version: Option<String>,
+    },
     /// Plan and run a study: a grid of runs from one study file.
     Study {
         #[command(subcommand)]
@@ -394,6 +411,21 @@ fn run(cli: Cli) -> anyhow::Result<RunEnd> {
                 exported.checkpoint.display(),
                 exported.inputs_file.display()
             );
+            Ok(RunEnd::Done)
+        }
+        Command::NewMonitor {
+            name,
+            dir,
+            api_path,
+            api_version,
+        } => {
+            let api = match (api_path, api_version) {
+                (Some(path), _) => vigil::scaffold::ApiSource::Path(path),
+                (None, Some(version)) => vigil::scaffold::ApiSource::Version(version),
+                (None, None) => vigil::scaffold::ApiSource::default_for_this_build(),
+            };
+            let made = vigil::scaffold::new_monitor(&name, dir.as_deref(), api)?;
+            print!("{}", made.instructions());
             Ok(RunEnd::Done)
         }
         Command::Study { action } => study(action),

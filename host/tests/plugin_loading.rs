@@ -383,7 +383,7 @@ fn no_plugin_links_libtorch() {
 
 // ---- crates built outside the workspace ----
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()

@@ -7,6 +7,7 @@ mod export;
 mod fuzz;
 mod idx_files;
 mod init;
+mod monitor_kit;
 mod monitors;
 mod plugin_loading;
 mod reliability;
