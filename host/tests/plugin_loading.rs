@@ -568,7 +568,22 @@ fn the_readme_monitor_builds_outside_the_workspace_and_runs() {
     std::fs::create_dir_all(crate_dir.join("src")).unwrap();
     std::fs::write(crate_dir.join("Cargo.toml"), manifest).unwrap();
     std::fs::write(crate_dir.join("src/lib.rs"), source).unwrap();
+    // Its unit test on the fake host (`build_external` puts the workspace's Cargo.lock beside
+    // it, so that Cargo resolves offline).
     let library = build_external(&crate_dir, "loss_spikes");
+    let tested = std::process::Command::new(cargo())
+        .args(["test", "--offline", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target/external-plugins"),
+        )
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(tested.status.success(), "{}", stderr(&tested));
+    let summary = String::from_utf8_lossy(&tested.stdout);
+    assert!(summary.contains("test result: ok. 1 passed"), "{summary}");
 
     let dir = tempfile::tempdir().unwrap();
     let monitors = format!(
@@ -603,23 +618,38 @@ pub fn api_copy(
     edit: impl Fn(String) -> String,
 ) -> PathBuf {
     let dir = root.join(format!("api-{version}"));
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    for entry in std::fs::read_dir(sources).unwrap() {
-        let path = entry.unwrap().path();
-        let file = path.file_name().unwrap().to_owned();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let text = if file == "abi.rs" { edit(text) } else { text };
-        std::fs::write(dir.join("src").join(file), text).unwrap();
-    }
+    copy_sources(sources, &dir.join("src"), &edit);
+    // Since 1.3 the API re-exports `#[monitor]` from its macro crate; older sources ignore it.
+    let macros = workspace_root()
+        .join("plugin-api/macros")
+        .display()
+        .to_string();
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
             "[package]\nname = \"vigil-plugin-api\"\nversion = \"{version}\"\nedition = \"2021\"\n\n[dependencies]\n\
-             abi_stable = \"=0.11.3\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\nthiserror = \"2\"\ntoml = \"1\"\n"
+             abi_stable = \"=0.11.3\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\nthiserror = \"2\"\ntoml = \"1\"\n\
+             vigil-plugin-api-macros = {{ path = {macros:?} }}\n\n[features]\ntesting = []\n"
         ),
     )
     .unwrap();
     dir
+}
+
+/// Copy the `.rs` files under `from` to `to`, folders included, with `edit` applied to `abi.rs`.
+fn copy_sources(from: &Path, to: &Path, edit: &impl Fn(String) -> String) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_owned();
+        if path.is_dir() {
+            copy_sources(&path, &to.join(&file), edit);
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = if file == "abi.rs" { edit(text) } else { text };
+        std::fs::write(to.join(file), text).unwrap();
+    }
 }
 
 #[test]

@@ -20,6 +20,12 @@ use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
 
 /// A point in training at which the host calls a monitor. New kinds may be added in later
 /// 1.x releases; a monitor ignores kinds it does not know.
+///
+/// ```
+/// use vigil_plugin_api::EventKind;
+/// assert_eq!(EventKind::TRAIN_BATCH_END.name(), "train_batch_end");
+/// assert_eq!(EventKind(99).name(), "unknown"); // from a newer host: ignore it
+/// ```
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventKind(pub u32);
@@ -80,13 +86,22 @@ impl EventKind {
 }
 
 /// A set of [`EventKind`]s, one bit per kind.
+///
+/// ```
+/// use vigil_plugin_api::{EventKind, EventSet};
+/// let events = EventSet::of(&[EventKind::TRAIN_BATCH_END, EventKind::VALIDATION_END]);
+/// assert!(events.contains(EventKind::VALIDATION_END));
+/// assert!(!events.contains(EventKind::FIT_START));
+/// ```
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct EventSet(pub u64);
 
 impl EventSet {
+    /// No events.
     pub const EMPTY: EventSet = EventSet(0);
 
+    /// The set of `kinds`: `EventSet::of(&[EventKind::FIT_START, EventKind::FIT_END])`.
     pub const fn of(kinds: &[EventKind]) -> EventSet {
         let mut bits = 0u64;
         let mut index = 0;
@@ -97,6 +112,7 @@ impl EventSet {
         EventSet(bits)
     }
 
+    /// Whether `kind` is in the set.
     pub const fn contains(self, kind: EventKind) -> bool {
         kind.0 < 64 && self.0 & (1 << kind.0) != 0
     }
@@ -105,11 +121,19 @@ impl EventSet {
 /// Data a monitor asks the host to prepare for it. The host copies these to the CPU only
 /// when at least one enabled monitor subscribed. Norms and the Hessian-vector product are
 /// computed on demand and need no subscription.
+///
+/// ```
+/// use vigil_plugin_api::Subscriptions;
+/// let wanted = Subscriptions::GRADIENT.union(Subscriptions::SAMPLER);
+/// assert!(wanted.contains(Subscriptions::SAMPLER));
+/// assert!(!wanted.contains(Subscriptions::SAMPLE_IMAGES));
+/// ```
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Subscriptions(pub u64);
 
 impl Subscriptions {
+    /// No data.
     pub const NONE: Subscriptions = Subscriptions(0);
     /// The flattened gradient of all trainable parameters, at `TRAIN_BATCH_END`.
     pub const GRADIENT: Subscriptions = Subscriptions(1 << 0);
@@ -120,16 +144,26 @@ impl Subscriptions {
     /// The indices the training sampler drew for the epoch.
     pub const SAMPLER: Subscriptions = Subscriptions(1 << 3);
 
+    /// Both: `Subscriptions::GRADIENT.union(Subscriptions::SAMPLER)`.
     pub const fn union(self, other: Subscriptions) -> Subscriptions {
         Subscriptions(self.0 | other.0)
     }
 
+    /// Whether every bit of `other` is set.
     pub const fn contains(self, other: Subscriptions) -> bool {
         self.0 & other.0 == other.0
     }
 }
 
 /// What an artifact is, so that the host can route it (PNG images also go to TensorBoard).
+///
+/// ```
+/// # fn hook(ctx: &mut vigil_plugin_api::Context<'_>, png: &[u8]) -> Result<(), vigil_plugin_api::Error> {
+/// use vigil_plugin_api::ArtifactKind;
+/// ctx.write_file("plots/loss.png", ArtifactKind::PNG, png)?; // also shown in TensorBoard
+/// ctx.write_file("plots/loss.csv", ArtifactKind::TEXT, b"step,loss\n")?;
+/// # Ok(()) }
+/// ```
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ArtifactKind(pub u32);
@@ -144,6 +178,13 @@ impl ArtifactKind {
 }
 
 /// How an artifact is written.
+///
+/// ```
+/// # fn hook(ctx: &mut vigil_plugin_api::Context<'_>) -> Result<(), vigil_plugin_api::Error> {
+/// // Context::write_file replaces (WriteMode::REPLACE); Context::append_file appends.
+/// ctx.append_file("log.txt", vigil_plugin_api::ArtifactKind::TEXT, b"one more line\n")?;
+/// # Ok(()) }
+/// ```
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WriteMode(pub u32);
@@ -156,17 +197,34 @@ impl WriteMode {
 }
 
 /// Severity of a message a monitor logs through the host.
+///
+/// ```
+/// use vigil_plugin_api::LogLevel;
+/// assert!(LogLevel::WARN > LogLevel::INFO);
+/// ```
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LogLevel(pub u32);
 
 impl LogLevel {
+    /// Details; not shown.
     pub const DEBUG: LogLevel = LogLevel(0);
+    /// Shown on the console under the monitor's name.
     pub const INFO: LogLevel = LogLevel(1);
+    /// Shown, and listed in `run.json`'s warnings.
     pub const WARN: LogLevel = LogLevel(2);
 }
 
 /// Where training is when an event fires.
+///
+/// ```
+/// # fn hook(ctx: &mut vigil_plugin_api::Context<'_>) {
+/// let counters = ctx.counters();
+/// if counters.batch_index + 1 == counters.batches_per_epoch {
+///     ctx.info(&format!("epoch {} of {} done", counters.epoch, counters.total_epochs));
+/// }
+/// # }
+/// ```
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Default)]
 pub struct StepCounters {
@@ -189,17 +247,38 @@ pub struct StepCounters {
 }
 
 /// One trainable parameter tensor of the model.
+///
+/// ```
+/// # fn hook(ctx: &mut vigil_plugin_api::Context<'_>) {
+/// let lines: Vec<String> = ctx
+///     .parameters()
+///     .iter()
+///     .map(|p| format!("{} {:?}: {} scalars", p.name, p.shape, p.numel))
+///     .collect();
+/// for line in &lines {
+///     ctx.info(line);
+/// }
+/// # }
+/// ```
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
 pub struct ParameterInfo {
     /// Dotted name, e.g. `conv1.weight`.
     pub name: RString,
+    /// Its shape, e.g. `[32, 1, 3, 3]`.
     pub shape: RVec<u64>,
+    /// Its number of scalars (the product of `shape`).
     pub numel: u64,
 }
 
 /// Which fixed subsample of the training set a Hessian-vector product or probe loss uses.
 /// The host draws it once per distinct spec (from `seed`) and caches it.
+///
+/// ```
+/// use vigil_plugin_api::ProbeSpec;
+/// // 256 training samples drawn once from seed 7, at most 64 per forward pass.
+/// let probe = ProbeSpec { samples: 256, max_batch_size: 64, seed: 7 };
+/// ```
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProbeSpec {
@@ -207,6 +286,7 @@ pub struct ProbeSpec {
     pub samples: u32,
     /// The most samples the host puts through the model at once.
     pub max_batch_size: u32,
+    /// Seeds the draw of the samples.
     pub seed: u64,
 }
 
@@ -217,8 +297,11 @@ pub struct ProbeSpec {
 pub struct ValidationBatch<'a> {
     /// `batch_size × num_classes`, row-major.
     pub logits: RSlice<'a, f32>,
+    /// The predicted class of each sample (the arg-max of its logits).
     pub predictions: RSlice<'a, i64>,
+    /// The true class of each sample.
     pub labels: RSlice<'a, i64>,
+    /// Columns of `logits`.
     pub num_classes: u32,
 }
 
@@ -228,11 +311,17 @@ pub struct ValidationBatch<'a> {
 pub struct ImageBatch<'a> {
     /// `count × channels × height × width`, de-normalised to [0, 1].
     pub pixels: RSlice<'a, f32>,
+    /// Images in `pixels`.
     pub count: u32,
+    /// Channels of each image (1 or 3).
     pub channels: u32,
+    /// Rows of each image.
     pub height: u32,
+    /// Columns of each image.
     pub width: u32,
+    /// The true class of each image.
     pub labels: RSlice<'a, i64>,
+    /// The predicted class of each image.
     pub predictions: RSlice<'a, i64>,
 }
 
@@ -256,8 +345,11 @@ pub struct Artifact<'a> {
     /// Relative path with `/` separators, e.g. `epoch_001/confusion_matrix.png`. Must not
     /// be absolute or contain `..`.
     pub path: RStr<'a>,
+    /// The file's contents (or what to append).
     pub bytes: RSlice<'a, u8>,
+    /// What the file is.
     pub kind: ArtifactKind,
+    /// Replace or append.
     pub mode: WriteMode,
 }
 

@@ -35,7 +35,7 @@ use crate::Error;
 /// ```
 pub struct Context<'a> {
     host: HostRef<'a>,
-    /// The event being handled; `None` in [`Monitor::new`].
+    /// The event being handled; `None` in [`Monitor::new`](crate::Monitor::new).
     event: Option<EventKind>,
     /// What the monitor subscribed to.
     subscriptions: Subscriptions,
@@ -56,7 +56,7 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// The event being handled; `None` inside [`Monitor::new`].
+    /// The event being handled; `None` inside [`Monitor::new`](crate::Monitor::new).
     ///
     /// ```
     /// # fn hook(ctx: &vigil_plugin_api::Context<'_>) {
@@ -128,7 +128,7 @@ impl<'a> Context<'a> {
     }
 
     /// The model's trainable parameters, in the order of every per-parameter slice and of the
-    /// flattened gradient. Available everywhere, [`Monitor::new`] included.
+    /// flattened gradient. Available everywhere, [`Monitor::new`](crate::Monitor::new) included.
     ///
     /// ```
     /// # fn hook(ctx: &vigil_plugin_api::Context<'_>) {

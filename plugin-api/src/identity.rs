@@ -47,10 +47,15 @@ pub struct Identity {
     pub api_major: u16,
     /// The full `vigil-plugin-api` version it was built against.
     pub api_version: String,
+    /// The monitor's name.
     pub name: String,
+    /// The plugin's own version.
     pub version: String,
+    /// One line for `vigil plugins`.
     pub description: String,
+    /// The events it handles.
     pub events: EventSet,
+    /// The data it asks for.
     pub subscriptions: Subscriptions,
 }
 
@@ -58,12 +63,16 @@ pub struct Identity {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("identity record is {0} bytes, too short")]
+    /// Fewer bytes than a record needs.
     Truncated(usize),
     #[error("identity record does not start with the vigil magic")]
+    /// Not a vigil identity record.
     Magic,
     #[error("identity record format {0} is newer than this host reads ({FORMAT})")]
+    /// A record format this crate does not know.
     Format(u16),
     #[error("identity record {0} is not UTF-8")]
+    /// A string field that is not UTF-8.
     Utf8(&'static str),
 }
 

@@ -6,7 +6,7 @@
 //! artifacts, all through [`Context`].
 //!
 //! ```no_run
-//! use vigil_plugin_api::{export_monitor, Context, Error, EventKind, EventSet, Monitor,
+//! use vigil_plugin_api::{export_monitor, monitor, Context, Error, EventKind, EventSet, Monitor,
 //!     MonitorInfo, Subscriptions};
 //!
 //! /// Logs the training loss in bits every `every` steps.
@@ -26,6 +26,7 @@
 //!     }
 //! }
 //!
+//! #[monitor] // lets the SDK report a hook left out of `events`
 //! impl Monitor for LossInBits {
 //!     const INFO: MonitorInfo = MonitorInfo {
 //!         name: "loss-in-bits",
@@ -53,13 +54,20 @@
 //! export_monitor!(LossInBits);
 //! ```
 //!
+//! # Testing
+//!
+//! With the feature `testing`, [`testing`] has a fake host: build the monitor, script counters,
+//! metrics, gradients, a Hessian, validation batches and the rest, fire events, and read back
+//! what it logged, wrote and warned. No trainer, no libtorch.
+//!
 //! # Compatibility
 //!
 //! The types in [`abi`] are frozen for 1.x; the host checks their layout when it loads a
 //! plugin and refuses, with a one-line reason, a plugin whose layout does not match. New
 //! capabilities arrive as data (new [`EventKind`] values, metric names, [`Subscriptions`]
-//! bits, [`Context::query`] names), so a plugin built against 1.0 keeps loading in later 1.x
-//! hosts.
+//! bits, [`query`] names), so a plugin built against any 1.x keeps loading and running in
+//! later 1.x hosts, with the behaviour it was built for. The host's tests build plugins against
+//! the 1.0.0 and 1.2.0 sources and run them.
 //!
 //! Added in 1.1: monitor state across `--resume` ([`Monitor::save_state`],
 //! [`Monitor::restore_state`], the [`state`] module, event kinds `SAVE_STATE` and
@@ -71,6 +79,16 @@
 //! the library; `fn info()` now defaults to it. A plugin that overrides `info()` instead, or
 //! one built before 1.2, has no record: the host finds it by its file name
 //! (`lib<name with - as _>.so`) and loads it to learn its identity.
+//!
+//! Added in 1.3: the monitor-author kit. [`Context`]'s data accessors return an error naming
+//! the subscription or the event when the data is not there (an `Option` inside where "none"
+//! is a right answer) instead of an empty slice; typed methods and the [`query`] module for
+//! every query answer; [`monitor`] and the warning about hooks left out of `events`;
+//! [`testing`]; `From<String>` and `From<&str>` for [`Error`], which is now
+//! `#[non_exhaustive]`. This changed the accessors' signatures (a `?` where they are called),
+//! not the ABI: a plugin built against 1.2 runs unchanged.
+
+#![warn(missing_docs)]
 
 pub mod abi;
 mod context;
@@ -89,6 +107,33 @@ pub use context::{check_artifact_path, Context};
 pub use query::{GradientEma, ParameterCount};
 pub use sdk::{expect_no_settings, parse_settings, Monitor, MonitorInfo};
 pub use state::{SavedState, StateReader, StateWriter};
+/// Put on `impl Monitor for YourMonitor { … }`: it records which hooks the block overrides,
+/// so that the SDK can report, once when the host loads the monitor, a hook whose event is not
+/// in [`MonitorInfo::events`] (the host would never call it). Nothing else changes.
+///
+/// ```
+/// use vigil_plugin_api::{monitor, Context, Error, EventKind, EventSet, Monitor, MonitorInfo,
+///     Subscriptions};
+///
+/// struct Quiet;
+///
+/// #[monitor]
+/// impl Monitor for Quiet {
+///     const INFO: MonitorInfo = MonitorInfo {
+///         name: "quiet",
+///         version: "0.1.0",
+///         description: "says nothing",
+///         events: EventSet::of(&[EventKind::FIT_END]),
+///         subscriptions: Subscriptions::NONE,
+///     };
+///     fn new(_settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+///         Ok(Quiet)
+///     }
+///     fn on_fit_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
+///         Ok(())
+///     }
+/// }
+/// ```
 pub use vigil_plugin_api_macros::monitor;
 
 /// Re-exported for [`export_monitor!`]; plugins need not depend on abi_stable themselves.

@@ -20,6 +20,17 @@ use crate::query;
 use crate::Error;
 
 /// What a monitor says about itself; see [`Monitor::info`].
+///
+/// ```
+/// use vigil_plugin_api::{EventKind, EventSet, MonitorInfo, Subscriptions};
+/// const INFO: MonitorInfo = MonitorInfo {
+///     name: "grad-watch",
+///     version: "0.2.0",
+///     description: "largest gradient entry per step",
+///     events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
+///     subscriptions: Subscriptions::GRADIENT,
+/// };
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct MonitorInfo {
     /// The name users write in `[[monitors]] name = "…"`.
@@ -50,6 +61,35 @@ impl MonitorInfo {
 /// A monitor. Override the hooks you listed in [`MonitorInfo::events`]; the rest default to
 /// doing nothing. Return an error (or panic) and the host disables the monitor or aborts the
 /// run, as the user configured.
+///
+/// ```
+/// use vigil_plugin_api::{export_monitor, monitor, Context, Error, EventKind, EventSet, Monitor,
+///     MonitorInfo, Subscriptions};
+///
+/// pub struct Epochs(u32);
+///
+/// #[monitor]
+/// impl Monitor for Epochs {
+///     const INFO: MonitorInfo = MonitorInfo {
+///         name: "epochs",
+///         version: "0.1.0",
+///         description: "counts epochs",
+///         events: EventSet::of(&[EventKind::TRAIN_EPOCH_END]),
+///         subscriptions: Subscriptions::NONE,
+///     };
+///     fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+///         vigil_plugin_api::expect_no_settings(settings)?;
+///         Ok(Epochs(0))
+///     }
+///     fn on_train_epoch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
+///         self.0 += 1;
+///         ctx.log("epochs_seen", f64::from(self.0));
+///         Ok(())
+///     }
+/// }
+///
+/// export_monitor!(Epochs);
+/// ```
 pub trait Monitor: Sized + 'static {
     /// Describe the monitor. [`export_monitor!`](crate::export_monitor) writes this into the
     /// library file as its [identity record](crate::identity), which the host reads without
@@ -74,9 +114,11 @@ pub trait Monitor: Sized + 'static {
     #[doc(hidden)]
     const IMPLEMENTED_HOOKS: Option<EventSet> = None;
 
+    /// Once, before the first training step (on resume: [`Monitor::restore_state`] instead, for a monitor that saved state).
     fn on_fit_start(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
+    /// At the start of each epoch, after the sampler drew its indices ([`Context::sampler_draws`]).
     fn on_train_epoch_start(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
@@ -85,15 +127,19 @@ pub trait Monitor: Sized + 'static {
     fn on_train_batch_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
+    /// After each validation batch ([`Context::validation_batch`]).
     fn on_validation_batch_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
+    /// After each validation pass: `val_loss`, `val_acc` and [`Context::sample_images`].
     fn on_validation_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
+    /// At the end of each training epoch.
     fn on_train_epoch_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
+    /// Once, after training (also after a failed or stopped run; not after an interrupted one).
     fn on_fit_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
@@ -131,6 +177,20 @@ pub trait Monitor: Sized + 'static {
 
 /// Parse settings TOML into `T`, with `T::default()` for an empty table. Use
 /// `#[serde(default, deny_unknown_fields)]` on `T` so that typos are errors.
+///
+/// ```
+/// #[derive(serde::Deserialize, Debug, PartialEq)]
+/// #[serde(default, deny_unknown_fields)]
+/// struct Settings { every: u64 }
+/// impl Default for Settings {
+///     fn default() -> Self { Settings { every: 10 } }
+/// }
+/// use vigil_plugin_api::parse_settings;
+/// assert_eq!(parse_settings::<Settings>("")?, Settings { every: 10 });
+/// assert_eq!(parse_settings::<Settings>("every = 3")?, Settings { every: 3 });
+/// assert!(parse_settings::<Settings>("evry = 3").is_err());
+/// # Ok::<(), vigil_plugin_api::Error>(())
+/// ```
 pub fn parse_settings<T>(settings: &str) -> Result<T, Error>
 where
     T: serde::de::DeserializeOwned,
@@ -140,6 +200,12 @@ where
 
 /// For a monitor without settings: accept an empty `[monitors.settings]` table and refuse any
 /// key, so that a misplaced setting is an error rather than silently ignored.
+///
+/// ```
+/// use vigil_plugin_api::expect_no_settings;
+/// assert!(expect_no_settings("").is_ok());
+/// assert!(expect_no_settings("every = 3").is_err());
+/// ```
 pub fn expect_no_settings(settings: &str) -> Result<(), Error> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -85,19 +85,23 @@ pub struct StateWriter {
 }
 
 impl StateWriter {
+    /// An empty blob.
     pub fn new() -> Self {
         StateWriter::default()
     }
 
+    /// A `u64`, 8 bytes.
     pub fn u64(&mut self, value: u64) -> &mut Self {
         self.bytes.extend_from_slice(&value.to_le_bytes());
         self
     }
 
+    /// An `f64`, bit for bit (NaN payloads too).
     pub fn f64(&mut self, value: f64) -> &mut Self {
         self.u64(value.to_bits())
     }
 
+    /// A `bool`, one byte.
     pub fn bool(&mut self, value: bool) -> &mut Self {
         self.bytes.push(u8::from(value));
         self
@@ -112,6 +116,7 @@ impl StateWriter {
         self
     }
 
+    /// A length, then the values.
     pub fn f64s(&mut self, values: &[f64]) -> &mut Self {
         self.u64(values.len() as u64);
         for &value in values {
@@ -120,6 +125,7 @@ impl StateWriter {
         self
     }
 
+    /// A length, then the values, 4 bytes each.
     pub fn f32s(&mut self, values: &[f32]) -> &mut Self {
         self.u64(values.len() as u64);
         for value in values {
@@ -128,6 +134,7 @@ impl StateWriter {
         self
     }
 
+    /// A length, then the values.
     pub fn u64s(&mut self, values: &[u64]) -> &mut Self {
         self.u64(values.len() as u64);
         for &value in values {
@@ -136,16 +143,19 @@ impl StateWriter {
         self
     }
 
+    /// A length, then the bytes.
     pub fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
         self.u64(bytes.len() as u64);
         self.bytes.extend_from_slice(bytes);
         self
     }
 
+    /// A string: its UTF-8 bytes, length first.
     pub fn str(&mut self, text: &str) -> &mut Self {
         self.bytes(text.as_bytes())
     }
 
+    /// The blob; the writer is empty again.
     pub fn finish(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.bytes)
     }
@@ -159,6 +169,7 @@ pub struct StateReader<'a> {
 }
 
 impl<'a> StateReader<'a> {
+    /// A reader at the start of `bytes`.
     pub fn new(bytes: &'a [u8]) -> Self {
         StateReader { bytes, at: 0 }
     }
@@ -198,14 +209,17 @@ impl<'a> StateReader<'a> {
             })
     }
 
+    /// What [`StateWriter::u64`] wrote.
     pub fn u64(&mut self) -> Result<u64, Error> {
         Ok(u64::from_le_bytes(self.word()?))
     }
 
+    /// What [`StateWriter::f64`] wrote.
     pub fn f64(&mut self) -> Result<f64, Error> {
         Ok(f64::from_bits(self.u64()?))
     }
 
+    /// What [`StateWriter::bool`] wrote.
     pub fn bool(&mut self) -> Result<bool, Error> {
         match self.take(1)?[0] {
             0 => Ok(false),
@@ -228,11 +242,13 @@ impl<'a> StateReader<'a> {
         }
     }
 
+    /// What [`StateWriter::f64s`] wrote.
     pub fn f64s(&mut self) -> Result<Vec<f64>, Error> {
         let length = self.length(8)?;
         (0..length).map(|_| self.f64()).collect()
     }
 
+    /// What [`StateWriter::f32s`] wrote.
     pub fn f32s(&mut self) -> Result<Vec<f32>, Error> {
         let length = self.length(4)?;
         let bytes = self.take(length * 4)?;
@@ -242,16 +258,19 @@ impl<'a> StateReader<'a> {
             .collect())
     }
 
+    /// What [`StateWriter::u64s`] wrote.
     pub fn u64s(&mut self) -> Result<Vec<u64>, Error> {
         let length = self.length(8)?;
         (0..length).map(|_| self.u64()).collect()
     }
 
+    /// What [`StateWriter::bytes`] wrote.
     pub fn bytes(&mut self) -> Result<&'a [u8], Error> {
         let length = self.length(1)?;
         self.take(length)
     }
 
+    /// What [`StateWriter::str`] wrote.
     pub fn str(&mut self) -> Result<&'a str, Error> {
         std::str::from_utf8(self.bytes()?)
             .map_err(|_| Error::Monitor("saved state has a string that is not UTF-8".into()))

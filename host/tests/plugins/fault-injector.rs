@@ -113,7 +113,7 @@ impl Monitor for FaultInjector {
         }
         ctx.write_file("fault_injector/hello.txt", ArtifactKind::TEXT, b"hello\n")
             .err()
-            .map_or(Ok(()), |err| {
+            .map_or(Ok::<(), Error>(()), |err| {
                 // Before the run directory exists this is refused; that is expected here.
                 ctx.info(&format!("artifact at fit start: {err}"));
                 Ok(())
@@ -137,7 +137,7 @@ impl Monitor for FaultInjector {
                 );
             }
         }
-        let norms: f64 = ctx.grad_norms().iter().sum();
+        let norms: f64 = ctx.grad_norms()?.iter().sum();
         ctx.log("fault_injector/grad_norm_sum", norms);
         self.maybe_fail("train_batch_end", ctx)
     }

@@ -9,7 +9,9 @@ use crate::{ArtifactKind, EventKind, LogLevel, ParameterInfo, ProbeSpec, StepCou
 /// A file a monitor wrote: its kind and its bytes (appends included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenFile {
+    /// The kind of the last write.
     pub kind: ArtifactKind,
+    /// The file's contents now.
     pub bytes: Vec<u8>,
     /// How many writes made it (1 for a file written once).
     pub writes: usize,
@@ -18,7 +20,9 @@ pub struct WrittenFile {
 /// A call to [`FakeHost`]'s Hessian-vector product.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductCall {
+    /// The probe asked for.
     pub probe: ProbeSpec,
+    /// The vector multiplied.
     pub vector: Vec<f32>,
 }
 
@@ -32,11 +36,21 @@ pub(super) struct Averages {
     pub(super) last_step: Option<u64>,
 }
 
-/// The host side of the ABI, scripted by a test; see the [module documentation](self).
+/// The host side of the ABI, scripted by a test; see the [module documentation](crate::testing).
 ///
 /// Data is returned only at the event where the real host has it (the gradient and its norms
 /// at `train_batch_end`, validation outputs at `validation_batch_end`, images at
 /// `validation_end`, sampler draws at `train_epoch_start`).
+///
+/// ```
+/// use vigil_plugin_api::testing::FakeHost;
+/// let mut host = FakeHost::new();
+/// host.parameters(&[("fc.weight", &[2, 2]), ("fc.bias", &[2])])
+///     .gradient(&[1.0, 0.0, 0.0, 1.0, 0.5, 0.5])
+///     .class_names(&["cat", "dog"])
+///     .at_step(10)
+///     .metric("train_loss", 0.7);
+/// ```
 #[derive(Debug, Clone)]
 pub struct FakeHost {
     pub(super) event: Option<EventKind>,

@@ -64,6 +64,39 @@ pub use fake_host::{FakeHost, ProductCall, WrittenFile};
 
 /// A monitor built by the SDK's own entry points on a [`FakeHost`], with events delivered as
 /// the real host delivers them.
+///
+/// ```
+/// use vigil_plugin_api::testing::{FakeHost, Harness};
+/// use vigil_plugin_api::{Context, Error, EventKind, EventSet, Monitor, MonitorInfo, Subscriptions};
+///
+/// struct Steps(u64);
+///
+/// impl Monitor for Steps {
+///     const INFO: MonitorInfo = MonitorInfo {
+///         name: "steps",
+///         version: "0.1.0",
+///         description: "counts steps",
+///         events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
+///         subscriptions: Subscriptions::NONE,
+///     };
+///     fn new(_settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+///         Ok(Steps(0))
+///     }
+///     fn on_train_batch_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
+///         self.0 += 1;
+///         Ok(())
+///     }
+///     fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+///         Ok(Some(self.0.to_le_bytes().to_vec()))
+///     }
+/// }
+///
+/// let mut harness = Harness::<Steps>::new("", FakeHost::new())?;
+/// harness.fire(EventKind::TRAIN_BATCH_END)?;
+/// harness.fire(EventKind::TRAIN_BATCH_END)?;
+/// assert_eq!(harness.save_state()?, Some(2u64.to_le_bytes().to_vec()));
+/// # Ok::<(), String>(())
+/// ```
 pub struct Harness<M> {
     host: FakeHost,
     monitor: MonitorBox,
