@@ -156,12 +156,15 @@ impl ConfusionMatrix {
         let cell = (560 / n.max(1)).clamp(12, 70) as i32;
         let grid = cell * n as i32;
         let (left, top, bar_gap, bar_width) = (150, 60, 30, 24);
-        let width = (left + grid + bar_gap + bar_width + 90) as u32;
+        // Wide enough for the title too (about 11 px a character at size 20), which starts at
+        // the left edge: with few classes the grid alone would cut it off.
+        let title_width = 20 + 11 * title.chars().count() as i32;
+        let width = (left + grid + bar_gap + bar_width + 90).max(title_width) as u32;
         let height = (top + grid + 140) as u32;
         let names: Vec<String> = names.iter().map(|s| truncate(s, 16)).collect();
         render_png(width, height, |root| {
             let text = |size: i32| TextStyle::from((FONT, size).into_font()).color(&BLACK);
-            drawing(root.draw(&Text::new(title.to_string(), (left, 20), text(20))))?;
+            drawing(root.draw(&Text::new(title.to_string(), (10, 20), text(20))))?;
             for row in 0..n {
                 for column in 0..n {
                     let value = values[row * n + column];
@@ -230,8 +233,11 @@ impl ConfusionMatrix {
                 BLACK.stroke_width(1),
             )))?;
             let format = |v: f64| {
-                if normalize == Normalize::None {
+                // Counts are whole numbers; half of an odd maximum is not.
+                if normalize == Normalize::None && v.fract() == 0.0 {
                     format!("{v:.0}")
+                } else if normalize == Normalize::None {
+                    format!("{v:.1}")
                 } else {
                     format!("{v:.2}")
                 }
@@ -499,7 +505,15 @@ mod tests {
             .file("epoch_002/confusion_matrix.png")
             .unwrap();
         assert_eq!(png.kind, ArtifactKind::PNG);
-        assert!(decode_png(&png.bytes).unwrap().0 > 100);
+        // The whole title fits: with 3 classes the grid alone made the image too narrow for it.
+        let (width, _, rgb) = decode_png(&png.bytes).unwrap();
+        let inked = (0..45).any(|y| {
+            (width - 12..width).any(|x| {
+                let i = ((y * width + x) * 3) as usize;
+                rgb[i..i + 3].iter().any(|&c| c < 200)
+            })
+        });
+        assert!(!inked, "the title reaches the right edge");
         assert!(harness.host().warnings().is_empty());
     }
 }
