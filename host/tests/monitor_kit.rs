@@ -3,11 +3,12 @@
 //! against API 1.2.0, before the kit, still loads, runs and resumes in this host.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::plugin_loading::{api_copy, build_external, workspace_root};
+use crate::plugin_loading::{
+    api_copy, build_external, external_crate, test_external, workspace_root,
+};
 use crate::util::{stderr, stdout, vigil, TINY_SYNTHETIC};
 
 /// A config training `TINY_SYNTHETIC` into `r` with the one monitor `name` from `library`.
@@ -65,34 +66,10 @@ fn a_new_monitor_tests_builds_and_trains_as_generated() {
         })
         .collect();
 
-    // Its unit test, on the fake host. (The workspace's Cargo.lock goes beside it so that
-    // Cargo resolves the same crate versions offline; the generated files stay as they are.)
-    std::fs::copy(
-        workspace_root().join("Cargo.lock"),
-        crate_dir.join("Cargo.lock"),
-    )
-    .unwrap();
-    let tested = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--offline", "--manifest-path"])
-        .arg(crate_dir.join("Cargo.toml"))
-        .env(
-            "CARGO_TARGET_DIR",
-            workspace_root().join("target/external-plugins"),
-        )
-        .env_remove("RUSTFLAGS")
-        .output()
-        .unwrap();
-    assert!(
-        tested.status.success(),
-        "{}{}",
-        stdout(&tested),
-        stderr(&tested)
-    );
-    assert!(
-        stdout(&tested).contains("test result: ok. 2 passed"),
-        "{}",
-        stdout(&tested)
-    );
+    // Its unit test, on the fake host (with the workspace's Cargo.lock beside it, so that
+    // Cargo resolves the same versions offline; the generated files stay as they are).
+    let tested = test_external(&crate_dir);
+    assert!(tested.contains("test result: ok. 2 passed"), "{tested}");
 
     // The plugin, in a real training run.
     let library = build_external(&crate_dir, "demo");
@@ -185,18 +162,8 @@ export_monitor!(Forgetful);
 #[test]
 fn a_hook_left_out_of_events_is_reported_once_when_the_monitor_loads() {
     let root = tempfile::tempdir().unwrap();
-    let crate_dir = root.path().join("forgetful");
-    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
-    std::fs::write(
-        crate_dir.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"forgetful\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
-             [dependencies]\nvigil-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
-            workspace_root().join("plugin-api").display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(crate_dir.join("src/lib.rs"), FORGETFUL).unwrap();
+    let api = workspace_root().join("plugin-api");
+    let crate_dir = external_crate(root.path(), "forgetful", &api, FORGETFUL);
     let library = build_external(&crate_dir, "forgetful");
 
     let dir = tempfile::tempdir().unwrap();
@@ -235,22 +202,8 @@ fn a_hook_left_out_of_events_is_reported_once_when_the_monitor_loads() {
 fn build_api_1_2_0_probe(root: &Path) -> PathBuf {
     let fixtures = workspace_root().join("host/tests/fixtures");
     let api = api_copy(root, &fixtures.join("plugin-api-1.2.0"), "1.2.0", |abi| abi);
-    let probe = root.join("compat-probe");
-    std::fs::create_dir_all(probe.join("src")).unwrap();
-    std::fs::copy(
-        fixtures.join("compat-probe-1.2.0.rs"),
-        probe.join("src/lib.rs"),
-    )
-    .unwrap();
-    std::fs::write(
-        probe.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"compat-probe\"\nversion = \"1.2.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
-             [dependencies]\nvigil-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
-            api.display().to_string()
-        ),
-    )
-    .unwrap();
+    let source = std::fs::read_to_string(fixtures.join("compat-probe-1.2.0.rs")).unwrap();
+    let probe = external_crate(root, "compat-probe", &api, &source);
     build_external(&probe, "compat_probe")
 }
 

@@ -469,23 +469,48 @@ export_monitor!(Marker);
 
 /// Write a monitor crate named `name` that depends on the API crate at `api`.
 fn write_external_crate(root: &Path, name: &str, api: &Path) -> PathBuf {
+    external_crate(root, name, api, &EXTERNAL_MONITOR.replace("NAME", name))
+}
+
+/// Write a standalone monitor crate `name` (a workspace of its own) with `source` as its
+/// `lib.rs`, depending on serde and on the API crate at `api`. Returns its directory.
+pub fn external_crate(root: &Path, name: &str, api: &Path, source: &str) -> PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
             "[package]\nname = \"{name}\"\nversion = \"0.3.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
-             [dependencies]\nvigil-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
+             [dependencies]\nserde = {{ version = \"1\", features = [\"derive\"] }}\nvigil-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
             api.display().to_string()
         ),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("src/lib.rs"),
-        EXTERNAL_MONITOR.replace("NAME", name),
+    std::fs::write(dir.join("src/lib.rs"), source).unwrap();
+    dir
+}
+
+/// `cargo test` in the crate at `crate_dir`, offline with the workspace's Cargo.lock beside it
+/// and the external plugins' target directory; asserts that it passed and returns its stdout.
+pub fn test_external(crate_dir: &Path) -> String {
+    std::fs::copy(
+        workspace_root().join("Cargo.lock"),
+        crate_dir.join("Cargo.lock"),
     )
     .unwrap();
-    dir
+    let tested = std::process::Command::new(cargo())
+        .args(["test", "--offline", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target/external-plugins"),
+        )
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&tested.stdout).into_owned();
+    assert!(tested.status.success(), "{out}{}", stderr(&tested));
+    out
 }
 
 #[test]
@@ -568,21 +593,9 @@ fn the_readme_monitor_builds_outside_the_workspace_and_runs() {
     std::fs::create_dir_all(crate_dir.join("src")).unwrap();
     std::fs::write(crate_dir.join("Cargo.toml"), manifest).unwrap();
     std::fs::write(crate_dir.join("src/lib.rs"), source).unwrap();
-    // Its unit test on the fake host (`build_external` puts the workspace's Cargo.lock beside
-    // it, so that Cargo resolves offline).
     let library = build_external(&crate_dir, "loss_spikes");
-    let tested = std::process::Command::new(cargo())
-        .args(["test", "--offline", "--manifest-path"])
-        .arg(crate_dir.join("Cargo.toml"))
-        .env(
-            "CARGO_TARGET_DIR",
-            workspace_root().join("target/external-plugins"),
-        )
-        .env_remove("RUSTFLAGS")
-        .output()
-        .unwrap();
-    assert!(tested.status.success(), "{}", stderr(&tested));
-    let summary = String::from_utf8_lossy(&tested.stdout);
+    // Its unit test, on the fake host.
+    let summary = test_external(&crate_dir);
     assert!(summary.contains("test result: ok. 1 passed"), "{summary}");
 
     let dir = tempfile::tempdir().unwrap();

@@ -585,22 +585,8 @@ pub fn build_api_1_0_0_plugin(root: &Path) -> PathBuf {
         crate::plugin_loading::api_copy(root, &fixtures.join("plugin-api-1.0.0"), "1.0.0", |abi| {
             abi
         });
-    let plugin = root.join("old-loss-ema");
-    std::fs::create_dir_all(plugin.join("src")).unwrap();
-    std::fs::copy(
-        fixtures.join("example-loss-ema-1.0.0.rs"),
-        plugin.join("src/lib.rs"),
-    )
-    .unwrap();
-    std::fs::write(
-        plugin.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"old-loss-ema\"\nversion = \"1.0.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
-             [dependencies]\nserde = {{ version = \"1\", features = [\"derive\"] }}\nvigil-plugin-api = {{ path = {:?} }}\n\n[workspace]\n",
-            api.display().to_string()
-        ),
-    )
-    .unwrap();
+    let source = std::fs::read_to_string(fixtures.join("example-loss-ema-1.0.0.rs")).unwrap();
+    let plugin = crate::plugin_loading::external_crate(root, "old-loss-ema", &api, &source);
     crate::plugin_loading::build_external(&plugin, "old_loss_ema")
 }
 
