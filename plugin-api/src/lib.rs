@@ -96,7 +96,7 @@ pub mod identity;
 pub mod query;
 pub mod sdk;
 pub mod state;
-#[cfg(feature = "testing")]
+#[cfg(any(feature = "testing", doc))]
 pub mod testing;
 
 pub use abi::{
