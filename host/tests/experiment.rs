@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use vigil::sink::tensorboard::read_events;
 
-use crate::util::{stderr, stdout, vigil, write_cifar};
+use crate::util::{json, records, stderr, stdout, vigil, write_cifar};
 
 /// A small CNN run with augmentation, cosine schedule and warm-up: 2 epochs of 16 steps.
 const SMALL: &str = r#"
@@ -51,14 +51,6 @@ fn train(dir: &Path, config: &str, extra: &[&str]) -> std::process::Output {
     vigil(dir, &args)
 }
 
-fn records(run_dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("every line parses"))
-        .collect()
-}
-
 /// Records without the fields that differ between runs (times) and without monitor records.
 fn comparable(records: &[Value]) -> Vec<Value> {
     records
@@ -72,13 +64,6 @@ fn comparable(records: &[Value]) -> Vec<Value> {
             r
         })
         .collect()
-}
-
-fn json(path: PathBuf) -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
 }
 
 #[test]

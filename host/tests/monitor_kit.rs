@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::plugin_loading::{
     api_copy, build_external, external_crate, test_external, workspace_root,
 };
-use crate::util::{stderr, stdout, vigil, TINY_SYNTHETIC};
+use crate::util::{json, records, stderr, stdout, vigil, TINY_SYNTHETIC};
 
 /// A config training `TINY_SYNTHETIC` into `r` with the one monitor `name` from `library`.
 fn config_with(name: &str, library: &Path, epochs: u32) -> String {
@@ -18,14 +18,6 @@ fn config_with(name: &str, library: &Path, epochs: u32) -> String {
         TINY_SYNTHETIC.replace("epochs = 2", &format!("epochs = {epochs}")),
         library.display().to_string()
     )
-}
-
-fn records(run_dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 /// `(global step, value)` of `metric` logged by `monitor`.
@@ -40,10 +32,6 @@ fn logged(records: &[Value], monitor: &str, metric: &str) -> Vec<(u64, f64)> {
             )
         })
         .collect()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -98,7 +86,7 @@ fn a_new_monitor_tests_builds_and_trains_as_generated() {
             "step {step}: {mean} vs {expected}"
         );
     }
-    let summary = json(&dir.path().join("r/run.json"));
+    let summary = json(dir.path().join("r/run.json"));
     assert_eq!(summary["monitors"][0]["status"], "ok");
     assert_eq!(summary["monitors"][0]["saves_state"], true);
     assert!(
@@ -184,7 +172,7 @@ fn a_hook_left_out_of_events_is_reported_once_when_the_monitor_loads() {
 
     let trained = vigil(dir.path(), &["train", "t.toml"]);
     assert!(trained.status.success(), "{}", stderr(&trained));
-    let summary = json(&dir.path().join("r/run.json"));
+    let summary = json(dir.path().join("r/run.json"));
     let warnings: Vec<&str> = summary["warnings"]
         .as_array()
         .unwrap()
@@ -219,12 +207,12 @@ fn a_plugin_built_against_api_1_2_0_loads_runs_and_resumes_as_it_did() {
     .unwrap();
     let first = vigil(dir.path(), &["train", "t.toml"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let report = &json(&dir.path().join("r/run.json"))["monitors"][0];
+    let report = &json(dir.path().join("r/run.json"))["monitors"][0];
     assert_eq!(report["api_version"], "1.2.0");
     assert_eq!(report["status"], "ok", "{report}");
     let resumed = vigil(dir.path(), &["train", "--resume", "r", "--set", "epochs=2"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
-    let summary = json(&dir.path().join("r/run.json"));
+    let summary = json(dir.path().join("r/run.json"));
     assert_eq!(summary["status"], "completed");
     assert_eq!(summary["monitors"][0]["status"], "ok");
 

@@ -42,7 +42,7 @@ fn only_run_dir(dir: &Path) -> PathBuf {
 }
 
 fn run_json(run_dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap()
+    crate::util::json(run_dir.join("run.json"))
 }
 
 fn monitor_records(run_dir: &Path, monitor: &str) -> Vec<Value> {

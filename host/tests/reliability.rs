@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{build_dir, stderr, stdout, vigil};
+use crate::util::{build_dir, json, stderr, stdout, vigil};
 
 fn plugin(name: &str) -> PathBuf {
     build_dir().join(format!("lib{}.so", name.replace('-', "_")))
@@ -28,13 +28,6 @@ fn run(dir: &Path, config: &str, args: &[&str]) -> std::process::Output {
     vigil(dir, &all)
 }
 
-fn json(path: &Path) -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
-}
-
 #[test]
 fn a_monitor_over_its_time_budget_is_warned_then_disabled() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,7 +38,7 @@ fn a_monitor_over_its_time_budget_is_warned_then_disabled() {
         &[],
     );
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary = json(&dir.path().join("o/run.json"));
+    let summary = json(dir.path().join("o/run.json"));
     let report = &summary["monitors"][0];
     assert_eq!(report["status"], "disabled");
     // The sleeping hook is train_batch_end; the first strikes can also come from a slow first
@@ -198,7 +191,7 @@ fn a_failing_checkpoint_write_keeps_the_previous_one_and_is_reported() {
         &[],
     );
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary = json(&dir.path().join("o/run.json"));
+    let summary = json(dir.path().join("o/run.json"));
     let warnings: Vec<&str> = summary["warnings"]
         .as_array()
         .unwrap()
@@ -332,7 +325,7 @@ fn kill_9_at_random_moments_loses_nothing_that_was_written() {
             }
         };
         if checkpoint.is_ok() {
-            let summary = json(&path.join("run.json"));
+            let summary = json(path.join("run.json"));
             assert_eq!(summary["status"], "completed", "trial {trial}");
             let steps: Vec<u64> = std::fs::read_to_string(path.join("metrics.jsonl"))
                 .unwrap()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{build_dir, stderr, stdout, trained_to, vigil, TINY_SYNTHETIC};
+use crate::util::{build_dir, json, stderr, stdout, trained_to, vigil, TINY_SYNTHETIC};
 
 /// All ten shipped monitors at cadences that fire in a short run, the weighted sampler, 128
 /// steps an epoch, validation (and a checkpoint) every 32 steps.
@@ -84,13 +84,6 @@ const STEPS_PER_EPOCH: u64 = 128;
 const TOTAL_STEPS: u64 = 3 * STEPS_PER_EPOCH;
 /// The overrides both runs use: a resumed run must keep them without being told again.
 const OVERRIDES: [&str; 4] = ["--set", "optim.lr=0.03", "--set", "seed=3"];
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
-}
 
 /// `metrics.jsonl` without wall-clock and timing fields.
 fn records(run_dir: &Path) -> Vec<Value> {
@@ -291,7 +284,7 @@ fn interrupted_run(dir: &Path, run_dir: &str, seed: u64) -> Option<Vec<String>> 
         let output = child.wait_with_output().unwrap();
         use std::os::unix::process::ExitStatusExt;
         let summary = if path.join("run.json").is_file() {
-            json(&path.join("run.json"))
+            json(path.join("run.json"))
         } else {
             Value::Null
         };
@@ -366,7 +359,7 @@ fn a_run_interrupted_and_resumed_ends_as_the_run_left_alone() {
     assert!(landed.len() >= 5, "{landed:?}");
     let (a, b) = (dir.path().join("A"), dir.path().join(&run_dir));
 
-    let summary = json(&b.join("run.json"));
+    let summary = json(b.join("run.json"));
     assert_eq!(summary["status"], "completed");
     for monitor in summary["monitors"].as_array().unwrap() {
         assert_eq!(monitor["resumed"], "restored", "{monitor}");
@@ -508,7 +501,7 @@ fn resume_refuses_what_changes_the_run_and_trains_longer_on_request() {
     assert!(std::fs::read_to_string(run.join("config.toml"))
         .unwrap()
         .contains("epochs = 3"));
-    assert_eq!(json(&run.join("run.json"))["global_step"], 48);
+    assert_eq!(json(run.join("run.json"))["global_step"], 48);
 
     // config.toml edited behind the run's back: the checkpoint's config disagrees.
     let edited = std::fs::read_to_string(run.join("config.toml"))
@@ -604,13 +597,13 @@ fn a_plugin_built_against_api_1_0_0_runs_and_starts_fresh_on_resume() {
     std::fs::write(dir.path().join("t.toml"), config).unwrap();
     let first = vigil(dir.path(), &["train", "t.toml"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let report = &json(&dir.path().join("r/run.json"))["monitors"][0];
+    let report = &json(dir.path().join("r/run.json"))["monitors"][0];
     assert_eq!(report["api_version"], "1.0.0");
     assert_eq!(report["saves_state"], false);
 
     let resumed = vigil(dir.path(), &["train", "--resume", "r", "--set", "epochs=2"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
-    let summary = json(&dir.path().join("r/run.json"));
+    let summary = json(dir.path().join("r/run.json"));
     assert_eq!(summary["status"], "completed");
     let note = summary["monitors"][0]["resumed"].as_str().unwrap();
     assert!(

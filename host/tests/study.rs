@@ -6,14 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{plugin_dirs_toml, records_without_time, stderr, stdout, vigil};
-
-fn json(path: &Path) -> Value {
-    serde_json::from_slice(
-        &std::fs::read(path).unwrap_or_else(|err| panic!("{}: {err}", path.display())),
-    )
-    .unwrap()
-}
+use crate::util::{json, plugin_dirs_toml, records_without_time, stderr, stdout, vigil};
 
 /// A small MLP study: 2 variants × 2 learning rates × 2 seeds, each run `epochs` epochs of
 /// 16 steps on synthetic data, with the gradient monitor.
@@ -157,7 +150,7 @@ fn the_local_executor_runs_every_run_and_a_second_run_repeats_none() {
     assert_eq!(run_dirs(dir.path()), NAMES);
     let study_dir = dir.path().join("studies/small");
     for name in NAMES {
-        let run = json(&study_dir.join(name).join("run.json"));
+        let run = json(study_dir.join(name).join("run.json"));
         assert_eq!(run["status"], "completed", "{name}");
         // The grid point is the run's config.
         let config: toml::Table = toml::from_str(
@@ -182,7 +175,7 @@ fn the_local_executor_runs_every_run_and_a_second_run_repeats_none() {
     first_two.sort();
     assert_eq!(first_two, ["narrow-lr0.05-s1", "narrow-lr0.1-s1"], "{log}");
     assert_eq!(
-        json(&study_dir.join("study.json"))["study"]["runs"]
+        json(study_dir.join("study.json"))["study"]["runs"]
             .as_array()
             .unwrap()
             .len(),
@@ -216,7 +209,7 @@ fn the_local_executor_runs_every_run_and_a_second_run_repeats_none() {
             "{name} was touched"
         );
         assert_eq!(
-            json(&study_dir.join(name).join("run.json"))["attempts"]
+            json(study_dir.join(name).join("run.json"))["attempts"]
                 .as_array()
                 .unwrap()
                 .len(),
@@ -294,7 +287,7 @@ fn killing_the_executor_mid_way_and_starting_it_again_completes_the_study_once()
         std::thread::sleep(Duration::from_millis(50));
     }
     for name in &training {
-        let run = json(&study_dir.join(name).join("run.json"));
+        let run = json(study_dir.join(name).join("run.json"));
         assert_eq!(run["status"], "interrupted", "{name}: {run}");
         assert_eq!(run["interrupted_by"], "SIGTERM", "{name}");
     }
@@ -321,7 +314,7 @@ fn killing_the_executor_mid_way_and_starting_it_again_completes_the_study_once()
         );
     }
     for name in &training {
-        let run = json(&study_dir.join(name).join("run.json"));
+        let run = json(study_dir.join(name).join("run.json"));
         assert_eq!(run["status"], "completed");
         let attempts = run["attempts"].as_array().unwrap();
         assert_eq!(attempts.len(), 2, "{name}: resumed, not restarted: {run}");
@@ -329,7 +322,7 @@ fn killing_the_executor_mid_way_and_starting_it_again_completes_the_study_once()
     }
     // Every run trained its 6 epochs of 32 steps exactly once.
     for name in NAMES {
-        let run = json(&study_dir.join(name).join("run.json"));
+        let run = json(study_dir.join(name).join("run.json"));
         assert_eq!(run["global_step"], 192, "{name}");
     }
 }
@@ -517,7 +510,7 @@ fn a_study_on_slurm_survives_a_requeue_and_equals_the_local_executors() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let run = json(&study_dir.join(&signalled).join("run.json"));
+    let run = json(study_dir.join(&signalled).join("run.json"));
     let attempts = run["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{signalled} was not requeued: {run}");
     assert_eq!(attempts[0]["signal"], "SIGUSR1", "{run}");
@@ -658,7 +651,7 @@ print(json.dumps(out))
             (alpha - reference).abs() <= 1e-9,
             "{name}: {alpha} vs {reference}"
         );
-        let best = json(&study_dir.join(name).join("run.json"))["best_val_loss"]
+        let best = json(study_dir.join(name).join("run.json"))["best_val_loss"]
             .as_f64()
             .unwrap();
         assert_eq!(row["best_val_ce"].as_f64().unwrap(), best, "{name}");
@@ -733,7 +726,7 @@ fn retry_runs_the_failed_runs_again_with_other_settings_and_keeps_the_failed_att
         "{status}"
     );
     let diverged = "wide-lr1e30-s0";
-    let failed_with = json(&study_dir.join(diverged).join("run.json"))["error"]
+    let failed_with = json(study_dir.join(diverged).join("run.json"))["error"]
         .as_str()
         .unwrap()
         .to_string();
@@ -767,7 +760,7 @@ fn retry_runs_the_failed_runs_again_with_other_settings_and_keeps_the_failed_att
         .join(format!("{diverged}.1"))
         .join("run.json")
         .exists());
-    let retries = json(&study_dir.join("retries.json"));
+    let retries = json(study_dir.join("retries.json"));
     let retry = retries
         .as_array()
         .unwrap()

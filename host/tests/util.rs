@@ -193,6 +193,25 @@ pub fn trained_to(run_dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A JSON file (`run.json`, `study.json`, …), parsed; a missing or broken file panics naming it.
+pub fn json(path: impl AsRef<Path>) -> serde_json::Value {
+    let path = path.as_ref();
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every record of a run's `metrics.jsonl`, as written.
+pub fn records(run_dir: &Path) -> Vec<serde_json::Value> {
+    let path = run_dir.join("metrics.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line parses"))
+        .collect()
+}
+
 /// Every record of a `metrics.jsonl` without its wall-clock fields (`wall_time`,
 /// `epoch_time_s`), for comparing two runs record by record.
 pub fn records_without_time(path: &Path) -> Vec<serde_json::Value> {

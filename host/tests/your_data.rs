@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::export::{exported_logits, max_gap, validation_inputs, vigil_logits};
-use crate::util::{build_dir, pytorch_python, records_without_time, stderr, stdout, vigil};
+use crate::util::{build_dir, json, pytorch_python, records_without_time, stderr, stdout, vigil};
 
 const CLASSES: [&str; 3] = ["apple", "banana", "cherry"];
 
@@ -117,10 +117,6 @@ name = "dataset-statistics"
     )
 }
 
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// `metrics.jsonl` without wall-clock fields; curvature values rounded to 1e-6 relative.
 fn records(run_dir: &Path) -> Vec<Value> {
     let mut records = records_without_time(&run_dir.join("metrics.jsonl"));
@@ -151,7 +147,7 @@ fn a_scripted_model_trains_on_an_image_folder_with_every_monitor_resumes_and_exp
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let full = dir.path().join("full");
-    let summary = json(&full.join("run.json"));
+    let summary = json(full.join("run.json"));
     assert_eq!(summary["status"], "completed");
     assert_eq!(summary["model"], "torchscript");
     assert_eq!(
@@ -213,7 +209,7 @@ fn a_scripted_model_trains_on_an_image_folder_with_every_monitor_resumes_and_exp
             .ends_with(r#""apple","banana","cherry""#),
         "{csv}"
     );
-    let labels = json(&artifacts.join("labels_mapping.json"));
+    let labels = json(artifacts.join("labels_mapping.json"));
     assert_eq!(
         (labels["0"].as_str(), labels["2"].as_str()),
         (Some("apple"), Some("cherry"))
@@ -267,7 +263,7 @@ fn a_scripted_model_trains_on_an_image_folder_with_every_monitor_resumes_and_exp
         "{}",
         stdout(&output)
     );
-    let index = json(&full.join("checkpoints/index.json"));
+    let index = json(full.join("checkpoints/index.json"));
     let best = full
         .join("checkpoints")
         .join(index["best"][0]["dir"].as_str().unwrap());
@@ -372,7 +368,7 @@ fn tensor_files_train_and_only_image_inputs_reach_the_image_monitor() {
         "{}",
         stderr(&output)
     );
-    let summary = json(&dir.path().join("f/run.json"));
+    let summary = json(dir.path().join("f/run.json"));
     assert!(
         summary["final"]["val_acc"].as_f64().unwrap() > 0.9,
         "{}",
@@ -387,7 +383,7 @@ fn tensor_files_train_and_only_image_inputs_reach_the_image_monitor() {
         .path()
         .join("f/artifacts/epoch_001/sample_predictions.png")
         .exists());
-    let inputs = json(&dir.path().join("f/inputs.json"));
+    let inputs = json(dir.path().join("f/inputs.json"));
     assert_eq!(
         inputs["mean"].as_array().unwrap().len(),
         0,
@@ -515,7 +511,7 @@ fn a_streamed_image_folder_trains_exactly_as_a_cached_one() {
             ],
         );
         assert!(output.status.success(), "{}", stderr(&output));
-        let summary = json(&dir.path().join(name).join("run.json"));
+        let summary = json(dir.path().join(name).join("run.json"));
         assert!(
             summary["dataset"]
                 .as_str()
