@@ -43,7 +43,8 @@ pub struct Context<'a> {
 
 impl<'a> Context<'a> {
     /// A context for `event` (`None`: while the monitor is built) of a monitor that
-    /// subscribed to `subscriptions`. The SDK makes these; so does [`crate::testing`].
+    /// subscribed to `subscriptions`. Only the SDK's entry points make these (the fake host
+    /// goes through them too).
     pub(crate) fn new(
         host: HostRef<'a>,
         event: Option<EventKind>,

@@ -114,11 +114,13 @@ pub trait Monitor: Sized + 'static {
     #[doc(hidden)]
     const IMPLEMENTED_HOOKS: Option<EventSet> = None;
 
-    /// Once, before the first training step (on resume: [`Monitor::restore_state`] instead, for a monitor that saved state).
+    /// Once, before the first training step (on resume: [`Monitor::restore_state`] instead,
+    /// for a monitor that saved state).
     fn on_fit_start(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
-    /// At the start of each epoch, after the sampler drew its indices ([`Context::sampler_draws`]).
+    /// At the start of each epoch, after the sampler drew its indices
+    /// ([`Context::sampler_draws`]).
     fn on_train_epoch_start(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
@@ -139,7 +141,8 @@ pub trait Monitor: Sized + 'static {
     fn on_train_epoch_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }
-    /// Once, after training (also after a failed or stopped run; not after an interrupted one).
+    /// Once, after training (also after a failed or stopped run; not after an interrupted
+    /// one).
     fn on_fit_end(&mut self, _ctx: &mut Context<'_>) -> Result<(), Error> {
         Ok(())
     }

@@ -108,12 +108,11 @@ impl<M: Monitor> Harness<M> {
     /// Build the monitor from `settings` (TOML text, as in `[monitors.settings]`), as the
     /// host does when it loads the plugin. An error carries the message the host would
     /// report.
-    pub fn new(settings: &str, host: FakeHost) -> Result<Self, String> {
+    pub fn new(settings: &str, mut host: FakeHost) -> Result<Self, String> {
         let info = crate::sdk::info_entry::<M>();
         if info.name.is_empty() {
             return Err("the monitor has no name: set `Monitor::INFO`".into());
         }
-        let mut host = host;
         host.event = None;
         let built = crate::sdk::new_monitor_entry::<M>(
             RStr::from_str(settings),
