@@ -410,19 +410,36 @@ fn system_library() -> PathBuf {
         .expect("libc is mapped")
 }
 
-/// Build the cdylib crate in `crate_dir` (its own workspace) and return its library.
-pub fn build_external(crate_dir: &Path, library: &str) -> PathBuf {
-    let target = workspace_root().join("target/external-plugins");
+/// Where the crates built outside the workspace put their output.
+fn external_target() -> PathBuf {
+    workspace_root().join("target/external-plugins")
+}
+
+/// `cargo SUBCOMMAND` for the crate at `crate_dir` (its own workspace): offline, with the
+/// workspace's Cargo.lock copied beside it, into the shared external target directory, built
+/// as the workspace's own dev profile builds (line tables only, nothing incremental), so that
+/// the tests' builds stay small on disk.
+fn external_cargo(crate_dir: &Path, subcommand: &[&str]) -> std::process::Command {
     std::fs::copy(
         workspace_root().join("Cargo.lock"),
         crate_dir.join("Cargo.lock"),
     )
     .unwrap();
-    let output = std::process::Command::new(cargo())
-        .args(["build", "--offline", "--quiet", "--manifest-path"])
+    let mut command = std::process::Command::new(cargo());
+    command
+        .args(subcommand)
+        .args(["--offline", "--manifest-path"])
         .arg(crate_dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
+        .env("CARGO_TARGET_DIR", external_target())
+        .env("CARGO_INCREMENTAL", "0")
+        .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
+        .env_remove("RUSTFLAGS");
+    command
+}
+
+/// Build the cdylib crate in `crate_dir` (its own workspace) and return its library.
+pub fn build_external(crate_dir: &Path, library: &str) -> PathBuf {
+    let output = external_cargo(crate_dir, &["build", "--quiet"])
         .output()
         .unwrap();
     assert!(
@@ -431,7 +448,9 @@ pub fn build_external(crate_dir: &Path, library: &str) -> PathBuf {
         crate_dir.display(),
         stderr(&output)
     );
-    let path = target.join("debug").join(format!("lib{library}.so"));
+    let path = external_target()
+        .join("debug")
+        .join(format!("lib{library}.so"));
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }
@@ -493,21 +512,7 @@ pub fn external_crate(root: &Path, name: &str, api: &Path, source: &str) -> Path
 /// `cargo test` in the crate at `crate_dir`, offline with the workspace's Cargo.lock beside it
 /// and the external plugins' target directory; asserts that it passed and returns its stdout.
 pub fn test_external(crate_dir: &Path) -> String {
-    std::fs::copy(
-        workspace_root().join("Cargo.lock"),
-        crate_dir.join("Cargo.lock"),
-    )
-    .unwrap();
-    let tested = std::process::Command::new(cargo())
-        .args(["test", "--offline", "--manifest-path"])
-        .arg(crate_dir.join("Cargo.toml"))
-        .env(
-            "CARGO_TARGET_DIR",
-            workspace_root().join("target/external-plugins"),
-        )
-        .env_remove("RUSTFLAGS")
-        .output()
-        .unwrap();
+    let tested = external_cargo(crate_dir, &["test"]).output().unwrap();
     let out = String::from_utf8_lossy(&tested.stdout).into_owned();
     assert!(tested.status.success(), "{out}{}", stderr(&tested));
     out

@@ -20,14 +20,16 @@ fn sha256_of(path: &Path) -> String {
 
 /// A vigil installed outside the build directory: `<root>/bin/vigil` (a hard link to the
 /// built binary, or a copy), so that its defaults are `<root>/bin/plugins` and the per-user
-/// directory, with no Cargo build directory among them.
+/// directory, with no Cargo build directory among them. The root lies in Cargo's scratch
+/// directory for integration tests, on the build's own file system, so that the hard link
+/// works and no test copies the binary.
 struct Installed {
     root: tempfile::TempDir,
 }
 
 impl Installed {
     fn new() -> Installed {
-        let root = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let bin = root.path().join("bin");
         std::fs::create_dir_all(bin.join("plugins")).unwrap();
         let exe = bin.join("vigil");
