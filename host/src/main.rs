@@ -240,6 +240,10 @@ struct BenchArgs {
     /// Intra-op threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Images per training step, for the host and both baselines alike. The workloads are
+    /// defined at 128, and their targets stated for it; another batch is for a quick look.
+    #[arg(long, default_value_t = vigil::bench::WORKLOAD_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
+    batch_size: usize,
     /// The Python with PyTorch for bench/python_baseline.py. Default: the one
     /// scripts/bootstrap.sh installs, when present.
     #[arg(long, value_name = "PATH")]
@@ -761,7 +765,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 chunk_steps: args.chunk_steps,
                 warmup_steps: args.warmup_steps,
                 repeats: args.repeats,
-                batch_size: 128,
+                batch_size: args.batch_size,
                 threads: args.threads,
                 python: python.clone(),
                 lightning: lightning.clone(),

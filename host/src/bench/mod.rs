@@ -25,7 +25,9 @@ pub use baseline::{bootstrap_python, lightning_python, PythonBaseline};
 pub use image_folder::{image_folder_table, run_image_folder, ImageFolderOptions};
 pub use plugins::{plugin_costs, DISPATCH_PLUGIN};
 pub use table::workload_table;
-pub use workload::{run_workload, Workload, WorkloadOptions, WorkloadReport, SHIPPED_MONITORS};
+pub use workload::{
+    run_workload, Workload, WorkloadOptions, WorkloadReport, SHIPPED_MONITORS, WORKLOAD_BATCH,
+};
 
 /// One measured quantity.
 #[derive(Debug, Clone, Serialize)]

@@ -124,6 +124,9 @@ impl std::str::FromStr for Workload {
     }
 }
 
+/// The batch both workloads are defined at, and their targets stated for.
+pub const WORKLOAD_BATCH: usize = 128;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct WorkloadOptions {
@@ -141,6 +144,7 @@ pub struct WorkloadOptions {
     /// Steps every configuration trains before the first timed segment.
     pub warmup_steps: u64,
     pub repeats: usize,
+    /// Images per step: [`WORKLOAD_BATCH`] for the workloads as defined.
     pub batch_size: usize,
     pub threads: usize,
     /// The Python loop to run beside the host, if any.
@@ -791,6 +795,12 @@ fn summarize(
         } else {
             python.push(result);
         }
+    }
+    if options.batch_size != WORKLOAD_BATCH {
+        notes.push(format!(
+            "batch {} is not the workload's batch {WORKLOAD_BATCH}, for which the targets are stated: these verdicts are for a quick look, not for the targets",
+            options.batch_size
+        ));
     }
     // The faster Python loop first: the target is judged against it.
     python.sort_by(|a, b| a.ms_per_step.median.total_cmp(&b.ms_per_step.median));
