@@ -1,8 +1,10 @@
 //! The curvature monitor's estimators against an exact Hessian: an MLP 784 → 16 → 10
 //! (12,730 parameters) on 64 Fashion-MNIST images (synthetic 28 × 28 images where the
-//! dataset is not installed). The products come from libtorch's double backward, as the
-//! host's do; the exact answers from the full Hessian that PyTorch builds another way
-//! (`tests/fixtures/exact_hessian.py`).
+//! dataset is not installed). The products come from libtorch's double backward in float32,
+//! as the host's do; the exact answers are computed another way, in float64
+//! (`tests/fixtures/exact_hessian.py`): the trace from the Hessian's diagonal in closed form,
+//! the extreme eigenvalues by a fully reorthogonalised Lanczos on forward-over-reverse
+//! products.
 
 use std::path::Path;
 
