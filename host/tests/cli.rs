@@ -453,12 +453,7 @@ fn bench_w2_trains_the_resnet_bare_and_with_all_monitors_and_leaves_unjudged_wha
     assert_eq!(all["target_pct"], 3.0);
     assert!(all["meets_target"].is_null(), "{all}");
     assert!(table.contains("not judged"), "{table}");
-    let notes: Vec<&str> = workload["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap())
-        .collect();
+    let notes: Vec<&str> = crate::util::strs(&workload["notes"]);
     assert!(
         notes.iter().any(|n| n.contains("holds no validation")),
         "{notes:?}"
@@ -526,24 +521,9 @@ fn bench_runs_lightning_with_the_monitors_as_callbacks_against_the_host_with_all
         .iter()
         .find(|c| c["name"] == "all monitors")
         .unwrap();
-    let host: Vec<f64> = all["ms_per_step"]["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let theirs: Vec<f64> = l["ms_per_step"]["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let speedups: Vec<f64> = l["host_speedup"]["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let host: Vec<f64> = crate::util::f64s(&all["ms_per_step"]["samples"]);
+    let theirs: Vec<f64> = crate::util::f64s(&l["ms_per_step"]["samples"]);
+    let speedups: Vec<f64> = crate::util::f64s(&l["host_speedup"]["samples"]);
     for ((s, h), t) in speedups.iter().zip(&host).zip(&theirs) {
         assert!((s - t / h).abs() < 1e-9 * s.abs(), "{s} vs {t}/{h}");
     }
@@ -562,11 +542,9 @@ fn bench_runs_lightning_with_the_monitors_as_callbacks_against_the_host_with_all
         .unwrap();
     assert!(curvature["meets_target"].is_null(), "{curvature}");
     assert!(
-        workload["notes"]
-            .as_array()
-            .unwrap()
+        crate::util::strs(&workload["notes"])
             .iter()
-            .any(|n| n.as_str().unwrap().starts_with(
+            .any(|n| n.starts_with(
                 "`curvature` is not judged: its timed segments hold no curvature estimate"
             )),
         "{workload}"

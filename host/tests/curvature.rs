@@ -158,12 +158,7 @@ impl Problem {
 
     fn lambda_max(&self) -> f64 {
         let [low, high] = ["lowest", "highest"].map(|end| {
-            let pair: Vec<f64> = self.exact[end]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
+            let pair: Vec<f64> = crate::util::f64s(&self.exact[end]);
             assert!(
                 (pair[0] - pair[1]).abs() <= 1e-9 * pair[0].abs().max(1e-12),
                 "the reference's two Lanczos runs disagree: {pair:?}"

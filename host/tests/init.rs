@@ -172,12 +172,7 @@ fn every_parameter_starts_with_pytorchs_mean_and_spread() {
 #[test]
 fn the_untrained_loss_matches_pytorchs_on_a_fixed_batch() {
     for case in cases() {
-        let theirs: Vec<f64> = pytorch()[case.name]["losses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let theirs: Vec<f64> = crate::util::f64s(&pytorch()[case.name]["losses"]);
         let ours: Vec<f64> = (0..SEEDS as i64)
             .map(|seed| vigil_model(&case, seed).1)
             .collect();

@@ -173,12 +173,7 @@ fn a_hook_left_out_of_events_is_reported_once_when_the_monitor_loads() {
     let trained = vigil(dir.path(), &["train", "t.toml"]);
     assert!(trained.status.success(), "{}", stderr(&trained));
     let summary = json(dir.path().join("r/run.json"));
-    let warnings: Vec<&str> = summary["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_str().unwrap())
-        .collect();
+    let warnings: Vec<&str> = crate::util::strs(&summary["warnings"]);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].starts_with("[forgetful] ") && warnings[0].contains(warning));
     let records = records(&dir.path().join("r"));

@@ -416,9 +416,9 @@ fn external_target() -> PathBuf {
 }
 
 /// `cargo SUBCOMMAND` for the crate at `crate_dir` (its own workspace): offline, with the
-/// workspace's Cargo.lock copied beside it, into the shared external target directory, built
-/// as the workspace's own dev profile builds (line tables only, nothing incremental), so that
-/// the tests' builds stay small on disk.
+/// workspace's Cargo.lock copied beside it, into the shared external target directory, with
+/// line tables only and nothing incremental (as the workspace's own test build), so that the
+/// tests' builds stay small on disk.
 fn external_cargo(crate_dir: &Path, subcommand: &[&str]) -> std::process::Command {
     std::fs::copy(
         workspace_root().join("Cargo.lock"),

@@ -53,12 +53,7 @@ fn a_monitor_over_its_time_budget_is_warned_then_disabled() {
         reason.starts_with("over its time budget 3 times; last took "),
         "{reason}"
     );
-    let warnings: Vec<&str> = summary["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_str().unwrap())
-        .collect();
+    let warnings: Vec<&str> = crate::util::strs(&summary["warnings"]);
     assert!(
         warnings[0].contains("strike 1 of 3") && warnings[1].contains("strike 2 of 3"),
         "{warnings:?}"
@@ -192,12 +187,7 @@ fn a_failing_checkpoint_write_keeps_the_previous_one_and_is_reported() {
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let summary = json(dir.path().join("o/run.json"));
-    let warnings: Vec<&str> = summary["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_str().unwrap())
-        .collect();
+    let warnings: Vec<&str> = crate::util::strs(&summary["warnings"]);
     // Checkpoints at steps 16 (written), 32, 48, 64 (blocked).
     assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert!(

@@ -202,6 +202,35 @@ pub fn json(path: impl AsRef<Path>) -> serde_json::Value {
     .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A JSON array of strings (a run's warnings, a report's notes), as `&str`s; anything else
+/// panics.
+pub fn strs(value: &serde_json::Value) -> Vec<&str> {
+    let items = value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"));
+    items
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .unwrap_or_else(|| panic!("not a string: {item}"))
+        })
+        .collect()
+}
+
+/// A JSON array of numbers, as `f64`s; anything else panics.
+pub fn f64s(value: &serde_json::Value) -> Vec<f64> {
+    let items = value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"));
+    items
+        .iter()
+        .map(|item| {
+            item.as_f64()
+                .unwrap_or_else(|| panic!("not a number: {item}"))
+        })
+        .collect()
+}
+
 /// Every record of a run's `metrics.jsonl`, as written.
 pub fn records(run_dir: &Path) -> Vec<serde_json::Value> {
     let path = run_dir.join("metrics.jsonl");
