@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn atomic_write_replaces_the_whole_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run.json");
+        let path = dir.path().join("summary.json");
         write_atomically(&path, b"first").unwrap();
         write_atomically(&path, b"second").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn cut_back_drops_the_tail_and_refuses_a_shorter_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metrics.jsonl");
+        let path = dir.path().join("records.jsonl");
         std::fs::write(&path, b"one\ntwo\nthree\n").unwrap();
         cut_back(&path, 8).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\n");

@@ -741,7 +741,7 @@ fn noise_state_restored_into_a_new_host_continues_the_same_values() {
         .iter()
         .any(|(s, m, _)| *s > 20 && m == "noise/grad_var"));
     assert_eq!(logged, expected);
-    let report = second.report(1.0);
+    let report = serde_json::to_value(second.report(1.0)).unwrap();
     let note = report[0]["resumed"].as_str().unwrap();
     assert_eq!(
         note,

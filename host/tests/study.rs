@@ -238,18 +238,18 @@ fn killing_the_executor_mid_way_and_starting_it_again_completes_the_study_once()
     let deadline = Instant::now() + Duration::from_secs(300);
     let (completed_early, training) = loop {
         assert!(Instant::now() < deadline, "the study made no progress");
-        let states: Vec<(String, vigil::study::state::RunState)> = NAMES
+        let states: Vec<(String, vigil::run_dir::RunState)> = NAMES
             .iter()
             .map(|n| {
                 (
                     n.to_string(),
-                    vigil::study::state::read_run(&study_dir.join(n)).state,
+                    vigil::run_dir::read_run(&study_dir.join(n)).state,
                 )
             })
             .collect();
         let completed: Vec<String> = states
             .iter()
-            .filter(|(_, s)| *s == vigil::study::state::RunState::Completed)
+            .filter(|(_, s)| *s == vigil::run_dir::RunState::Completed)
             .map(|(n, _)| n.clone())
             .collect();
         let training: Vec<String> = states
@@ -257,11 +257,11 @@ fn killing_the_executor_mid_way_and_starting_it_again_completes_the_study_once()
             .filter(|(n, s)| {
                 // Past its first checkpoint and far from its end, so that the kill lands
                 // mid-training.
-                let step = vigil::study::state::read_run(&study_dir.join(n))
+                let step = vigil::run_dir::read_run(&study_dir.join(n))
                     .last_record
                     .and_then(|r| r["global_step"].as_u64())
                     .unwrap_or(0);
-                *s == vigil::study::state::RunState::Running
+                *s == vigil::run_dir::RunState::Running
                     && study_dir.join(n).join("checkpoints").exists()
                     && step < 96
             })
@@ -277,8 +277,7 @@ fn killing_the_executor_mid_way_and_starting_it_again_completes_the_study_once()
     // The runs it was training got SIGTERM as it died, checkpointed and stopped.
     let deadline = Instant::now() + Duration::from_secs(60);
     while training.iter().any(|n| {
-        vigil::study::state::read_run(&study_dir.join(n)).state
-            == vigil::study::state::RunState::Running
+        vigil::run_dir::read_run(&study_dir.join(n)).state == vigil::run_dir::RunState::Running
     }) {
         assert!(
             Instant::now() < deadline,
@@ -375,7 +374,7 @@ fn status_flags_each_problem_with_its_run() {
             + &line("train", 8, old, ",\"train_loss\":1.4"),
     )
     .unwrap();
-    let lock = std::fs::File::create(stuck.join(vigil::train::LOCK_FILE)).unwrap();
+    let lock = std::fs::File::create(stuck.join(vigil::run_dir::LOCK_FILE)).unwrap();
     // SAFETY: flock on our own descriptor.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
 
@@ -453,15 +452,15 @@ fn a_study_on_slurm_survives_a_requeue_and_equals_the_local_executors() {
         assert!(script.contains(line), "no `{line}` in\n{script}");
     }
     let study_dir = dir.path().join("on-slurm/small");
-    let state = |name: &str| vigil::study::state::read_run(&study_dir.join(name)).state;
-    use vigil::study::state::RunState;
+    let state = |name: &str| vigil::run_dir::read_run(&study_dir.join(name)).state;
+    use vigil::run_dir::RunState;
     // Signal a task whose run is training past its first checkpoint, as SLURM does before the
     // time limit: it writes a checkpoint and requeues itself.
     let deadline = Instant::now() + Duration::from_secs(300);
     let (signalled, index) = loop {
         assert!(Instant::now() < deadline, "no task started training");
         if let Some((index, name)) = NAMES.iter().enumerate().find(|(_, n)| {
-            let step = vigil::study::state::read_run(&study_dir.join(n))
+            let step = vigil::run_dir::read_run(&study_dir.join(n))
                 .last_record
                 .and_then(|r| r["global_step"].as_u64())
                 .unwrap_or(0);

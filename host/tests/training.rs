@@ -4,6 +4,7 @@ use std::path::Path;
 
 use vigil::config::Settings;
 use vigil::data;
+use vigil::hub::RunHub;
 use vigil::train::Trainer;
 
 use crate::util::TINY_SYNTHETIC;
@@ -14,7 +15,7 @@ fn two_epoch_mlp_on_synthetic_data_learns() {
     let dataset = data::load(&settings.data.source).unwrap();
     let mut trainer = Trainer::new(&settings, &dataset).unwrap();
     let untrained = trainer.evaluate().unwrap();
-    let summary = trainer.fit(&mut []).unwrap();
+    let summary = trainer.fit(&mut RunHub::empty()).unwrap();
     let [first, second] = summary.epochs[..] else {
         panic!("expected two epochs, got {:?}", summary.epochs);
     };
@@ -37,7 +38,7 @@ fn same_seed_gives_the_same_run() {
     let run = || {
         Trainer::new(&settings, &dataset)
             .unwrap()
-            .fit(&mut [])
+            .fit(&mut RunHub::empty())
             .unwrap()
             .epochs
     };
@@ -59,7 +60,7 @@ fn the_small_cnn_trains_on_color_images() {
     let dataset = data::load(&settings.data.source).unwrap();
     let summary = Trainer::new(&settings, &dataset)
         .unwrap()
-        .fit(&mut [])
+        .fit(&mut RunHub::empty())
         .unwrap();
     assert!(summary.epochs[0].train.loss.is_finite());
 }

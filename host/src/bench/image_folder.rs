@@ -20,7 +20,7 @@ use super::Measurement;
 use crate::config::Settings;
 use crate::data::{self, FileImages};
 use crate::error::{Error, Result};
-use crate::plugin::PluginHost;
+use crate::hub::RunHub;
 use crate::train::Trainer;
 
 /// Side of the benchmark's images.
@@ -272,21 +272,19 @@ fn step_times(root: &Path, options: &ImageFolderOptions) -> Result<(Vec<Measurem
         ("IDX", Trainer::new(&idx_settings, &idx_data)?),
         ("IDX (control)", Trainer::new(&idx_settings, &idx_data)?),
     ];
-    let mut plugins = PluginHost::empty();
+    let mut hub = RunHub::empty();
     for (_, trainer) in &mut lanes {
-        trainer.begin(&mut plugins, &mut [])?;
+        trainer.start(&mut hub)?;
         let until = trainer.global_step() + options.steps.min(20);
-        trainer.advance(&mut [], &mut plugins, until)?;
+        trainer.train_until(&mut hub, Some(until))?;
     }
     let mut times = vec![Vec::new(); lanes.len()];
     for _ in 0..options.repeats.max(1) {
         for ((_, trainer), samples) in lanes.iter_mut().zip(&mut times) {
-            let validation = trainer.validation_seconds();
             let started = Instant::now();
             let until = trainer.global_step() + options.steps;
-            trainer.advance(&mut [], &mut plugins, until)?;
-            let seconds =
-                started.elapsed().as_secs_f64() - (trainer.validation_seconds() - validation);
+            let part = trainer.train_until(&mut hub, Some(until))?;
+            let seconds = started.elapsed().as_secs_f64() - part.validation_seconds;
             samples.push(seconds * 1000.0 / options.steps as f64);
         }
     }

@@ -39,9 +39,10 @@ use super::{peak_rss_mib, Measurement};
 use crate::config::Settings;
 use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
-use crate::plugin::{PluginHost, PluginSearch};
+use crate::hub::RunHub;
 use crate::rng::SplitMix64;
-use crate::sink::{Background, JsonlSink, Record, Sink, TensorBoardSink};
+use crate::run_dir::RunLayout;
+use crate::sink::{Record, Sink};
 use crate::train::Trainer;
 
 /// The monitors vigil ships; `vigil bench` measures each of those it finds.
@@ -284,24 +285,23 @@ struct Lane {
     /// Trains with the weighted sampler (the configurations with `sampler-distribution`).
     weighted: bool,
     trainer: Trainer,
-    plugins: PluginHost,
-    sinks: Vec<Box<dyn Sink>>,
+    hub: RunHub,
     curvature: Rc<CurvatureLog>,
     segments: Vec<Segment>,
     hooks_before: f64,
-    hvps_before: (u64, f64),
+    /// Hessian-vector products and their seconds since [`Lane::mark`].
+    hvps: (u64, f64),
     curvature_before: (u64, f64),
 }
 
 impl Lane {
     fn run_segment(&mut self, steps: u64) -> Result<Segment> {
         let until = self.trainer.global_step() + steps;
-        let validation = self.trainer.validation_seconds();
         let started = Instant::now();
-        let summary = self
-            .trainer
-            .advance(&mut self.sinks, &mut self.plugins, until)?;
+        let summary = self.trainer.train_until(&mut self.hub, Some(until))?;
         let wall = started.elapsed().as_secs_f64();
+        self.hvps.0 += summary.hessian_vector_products;
+        self.hvps.1 += summary.hessian_vector_seconds;
         if summary.steps != steps {
             return Err(Error::Bench(format!(
                 "configuration `{}` trained {} steps instead of {steps}{}",
@@ -315,7 +315,7 @@ impl Lane {
         }
         Ok(Segment {
             wall,
-            validation: self.trainer.validation_seconds() - validation,
+            validation: summary.validation_seconds,
             validations: summary.validations.len(),
             steps,
         })
@@ -323,8 +323,8 @@ impl Lane {
 
     /// Start counting hook time and HVPs from here (after the warm-up).
     fn mark(&mut self) {
-        self.hooks_before = self.plugins.hook_seconds();
-        self.hvps_before = self.trainer.hvp_stats();
+        self.hooks_before = self.hub.hook_seconds();
+        self.hvps = (0, 0.0);
         self.curvature_before = (self.curvature.estimates.get(), self.curvature.hvps.get());
     }
 }
@@ -445,46 +445,24 @@ pub fn run_workload(
             Some(first) => Trainer::sharing_data(&settings, &dataset, &first.trainer)?,
             None => Trainer::new(&settings, &dataset)?,
         };
-        let dirs = settings.plugin_search_dirs();
-        let mut plugins = PluginHost::load(
-            &settings.monitors,
-            &PluginSearch {
-                dirs: &dirs,
-                allow_insecure: false,
-                report_dir: None,
-            },
-            trainer.run_facts(),
-            &trainer.services(),
-            trainer.counters(0, 0),
-        )?;
+        let mut hub = RunHub::load(&settings, trainer.monitor_target(&trainer.services()), None)?;
         let dir = options
             .scratch
             .join(format!("{index:02}-{}", name.replace(' ', "-")));
         std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
-        plugins.set_artifact_dir(dir.join("artifacts"));
+        hub.open_run_dir(RunLayout::new(&dir), None, None)?;
         let curvature = Rc::new(CurvatureLog::default());
-        let sinks: Vec<Box<dyn Sink>> = vec![
-            Box::new(Background::spawn(
-                "metrics.jsonl",
-                Box::new(JsonlSink::create(&dir.join("metrics.jsonl"))?),
-            )),
-            Box::new(Background::spawn(
-                "tensorboard",
-                Box::new(TensorBoardSink::create(&dir.join("tensorboard"))?),
-            )),
-            Box::new(CurvatureCapture(Rc::clone(&curvature))),
-        ];
+        hub.add_sink(Box::new(CurvatureCapture(Rc::clone(&curvature))));
         lanes.push(Lane {
             name: name.clone(),
             monitors: monitors.clone(),
             weighted: *weighted,
             trainer,
-            plugins,
-            sinks,
+            hub,
             curvature,
             segments: Vec::new(),
             hooks_before: 0.0,
-            hvps_before: (0, 0.0),
+            hvps: (0, 0.0),
             curvature_before: (0, 0.0),
         });
     }
@@ -546,7 +524,7 @@ pub fn run_workload(
         lanes.len()
     ));
     for lane in &mut lanes {
-        lane.trainer.begin(&mut lane.plugins, &mut lane.sinks)?;
+        lane.trainer.start(&mut lane.hub)?;
         if options.warmup_steps > 0 {
             lane.run_segment(options.warmup_steps)?;
         }
@@ -597,10 +575,8 @@ pub fn run_workload(
         ));
     }
     for lane in &mut lanes {
-        lane.trainer.end(&mut lane.plugins, &mut lane.sinks)?;
-        for sink in &mut lane.sinks {
-            sink.flush()?;
-        }
+        lane.trainer.finish(&mut lane.hub)?;
+        lane.hub.flush()?;
     }
 
     let mut report = summarize(options, &dataset, &lanes, &pythons);
@@ -696,7 +672,7 @@ fn summarize(
                 }
             });
             let in_hooks_pct =
-                100.0 * (lane.plugins.hook_seconds() - lane.hooks_before) / bare_train_total;
+                100.0 * (lane.hub.hook_seconds() - lane.hooks_before) / bare_train_total;
             let upper_pct = overhead_pct.as_ref().map(|o| o.high.max(in_hooks_pct));
             // Segments without a curvature estimate, or without a validation, leave out what
             // the monitors cost at those events: such an overhead is no upper bound, and is
@@ -820,8 +796,7 @@ fn summarize(
         .and_then(|lane| {
             let estimates = lane.curvature.estimates.get() - lane.curvature_before.0;
             let hvps = lane.curvature.hvps.get() - lane.curvature_before.1;
-            let (calls, seconds) = lane.trainer.hvp_stats();
-            let (calls, seconds) = (calls - lane.hvps_before.0, seconds - lane.hvps_before.1);
+            let (calls, seconds) = lane.hvps;
             (estimates > 0 && calls > 0).then(|| CurvatureCost {
                 estimates,
                 hvps_per_estimate: hvps / estimates as f64,

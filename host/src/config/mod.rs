@@ -63,7 +63,7 @@ pub struct Settings {
     pub checkpoint: CheckpointSettings,
     /// Directories searched for plugin libraries, in order, made absolute against the config
     /// file's directory; `None` when the config names none (the defaults of the vigil that
-    /// runs it: [`crate::plugin::default_plugin_dirs`]).
+    /// runs it, which the plugin host resolves).
     pub plugin_dirs: Option<Vec<PathBuf>>,
     /// Load plugin files even when others could write to them or their directory.
     pub allow_insecure_plugins: bool,
@@ -223,13 +223,6 @@ pub struct MonitorSettings {
 }
 
 impl Settings {
-    /// The directories to search for plugins: the config's, else the defaults.
-    pub fn plugin_search_dirs(&self) -> Vec<PathBuf> {
-        self.plugin_dirs
-            .clone()
-            .unwrap_or_else(crate::plugin::default_plugin_dirs)
-    }
-
     /// Read and validate a config file.
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::load(path, &[])

@@ -17,8 +17,9 @@ use crate::config::{ModelKind, Settings};
 use crate::error::{Error, Result};
 use crate::fs::write_atomically;
 use crate::model::{self, InputShape};
-use crate::train::checkpoint::{self, CheckpointIndex, CHECKPOINT_DIR, MODULE};
-use crate::train::{InputSpec, INPUTS_FILE};
+use crate::run_dir::{CheckpointIndex, CHECKPOINT_DIR, INPUTS_FILE};
+use crate::train::checkpoint::{self, MODULE};
+use crate::train::InputSpec;
 
 /// Which checkpoint of a run to export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,11 @@ pub fn is_cargo_build_dir(dir: &Path) -> bool {
     dir.join(".fingerprint").is_dir() && dir.join("deps").is_dir()
 }
 
+/// The directories to search for plugins: those a config names, else the defaults.
+pub fn search_dirs(configured: Option<&[PathBuf]>) -> Vec<PathBuf> {
+    configured.map_or_else(default_plugin_dirs, <[PathBuf]>::to_vec)
+}
+
 /// The directories searched when a config names none, in order (the first library that
 /// provides a monitor wins): `<exe dir>/plugins` (the shipped monitors of an installed
 /// vigil); `<exe dir>` itself only when it is a Cargo build directory (the workspace's

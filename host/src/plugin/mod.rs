@@ -23,12 +23,11 @@ use std::time::Duration;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, RStr};
-use serde_json::json;
 use vigil_plugin_api::abi::{HostFfi_TO, MonitorBox};
 use vigil_plugin_api::{EventKind, EventSet, LogLevel, StepCounters, Subscriptions};
 
 pub use artifacts::ArtifactWriter;
-pub use dirs::{default_plugin_dirs, user_plugin_dir};
+pub use dirs::{default_plugin_dirs, search_dirs, user_plugin_dir};
 pub use elf::Inspection;
 pub use host_view::{EventData, HostServices, Outputs, RunFacts};
 pub use library::{LibraryInfo, LoadFailure, PluginLibrary};
@@ -37,6 +36,7 @@ pub use state::MonitorSnapshot;
 
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
+use crate::run_dir::{HookReport, MonitorDisabled, MonitorReport};
 use clock::HookClock;
 use host_view::HostView;
 
@@ -429,11 +429,6 @@ impl PluginHost {
         abort.map_or(Ok(()), Err)
     }
 
-    /// Whether a monitor has asked to stop the run.
-    pub fn stop_requested(&self) -> bool {
-        self.outputs.stop_request.is_some()
-    }
-
     /// A monitor asked to stop the run: (monitor, reason).
     pub fn take_stop_request(&mut self) -> Option<(String, String)> {
         self.outputs
@@ -485,15 +480,14 @@ impl PluginHost {
 
     /// Per-monitor load facts and timings for `run.json`; `loop_seconds` is the wall time of
     /// the training loop the shares are relative to.
-    pub fn report(&self, loop_seconds: f64) -> serde_json::Value {
-        let monitors: Vec<serde_json::Value> = self
-            .monitors
+    pub fn report(&self, loop_seconds: f64) -> Vec<MonitorReport> {
+        self.monitors
             .iter()
             .map(|monitor| {
                 let total = self
                     .clock
                     .duration(monitor.timings.iter().map(|t| t.ticks).sum());
-                let hooks: serde_json::Map<String, serde_json::Value> = EventKind::ALL
+                let hooks = EventKind::ALL
                     .iter()
                     .zip(&monitor.timings)
                     .filter(|(_, timing)| timing.calls > 0)
@@ -502,38 +496,42 @@ impl PluginHost {
                         let max = self.clock.duration(timing.max_ticks);
                         (
                             kind.name().to_string(),
-                            json!({
-                                "calls": timing.calls,
-                                "total_ms": total.as_secs_f64() * 1e3,
-                                "mean_us": total.as_secs_f64() * 1e6 / timing.calls as f64,
-                                "max_us": max.as_secs_f64() * 1e6,
-                                "share_of_step_time": share(total, loop_seconds),
-                            }),
+                            HookReport {
+                                calls: timing.calls,
+                                total_ms: total.as_secs_f64() * 1e3,
+                                mean_us: total.as_secs_f64() * 1e6 / timing.calls as f64,
+                                max_us: max.as_secs_f64() * 1e6,
+                                share_of_step_time: share(total, loop_seconds),
+                            },
                         )
                     })
                     .collect();
-                json!({
-                    "name": monitor.name,
-                    "path": monitor.library.path.display().to_string(),
-                    "sha256": monitor.library.sha256,
-                    "version": monitor.library.info.version,
-                    "api_version": monitor.library.info.api_version,
-                    "status": if monitor.disabled.is_some() { "disabled" } else { "ok" },
-                    "saves_state": monitor.saves_state(),
-                    "resumed": monitor.resumed,
-                    "disabled": monitor.disabled.as_ref().map(|d| json!({
-                        "event": d.event,
-                        "global_step": d.global_step,
-                        "reason": d.reason,
-                    })),
-                    "dropped_non_finite_metrics": monitor.dropped_non_finite,
-                    "total_ms": total.as_secs_f64() * 1e3,
-                    "share_of_step_time": share(total, loop_seconds),
-                    "hooks": hooks,
-                })
+                MonitorReport {
+                    name: monitor.name.clone(),
+                    path: monitor.library.path.display().to_string(),
+                    sha256: monitor.library.sha256.clone(),
+                    version: monitor.library.info.version.to_string(),
+                    api_version: monitor.library.info.api_version.to_string(),
+                    status: if monitor.disabled.is_some() {
+                        "disabled"
+                    } else {
+                        "ok"
+                    }
+                    .into(),
+                    saves_state: monitor.saves_state(),
+                    resumed: monitor.resumed.clone(),
+                    disabled: monitor.disabled.as_ref().map(|d| MonitorDisabled {
+                        event: d.event.into(),
+                        global_step: d.global_step,
+                        reason: d.reason.clone(),
+                    }),
+                    dropped_non_finite_metrics: monitor.dropped_non_finite,
+                    total_ms: total.as_secs_f64() * 1e3,
+                    share_of_step_time: share(total, loop_seconds),
+                    hooks,
+                }
             })
-            .collect();
-        serde_json::Value::Array(monitors)
+            .collect()
     }
 
     fn warn(&mut self, message: String) {

@@ -15,10 +15,10 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
 use super::record::{read_record, Record};
-use super::state::read_run;
 use super::summary::{summarize_run, Point, RunSummary};
 use crate::error::{Error, Result};
 use crate::fs::write_atomically;
+use crate::run_dir::{read_run, RunLayout};
 
 /// One cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,7 +215,7 @@ pub fn study_tables(dir: &Path) -> Result<(Table, Table)> {
     for ((index, run), grid) in study.runs.iter().enumerate().zip(key_cells) {
         let run_dir = dir.join(&run.name);
         let state = read_run(&run_dir).state;
-        let epochs = std::fs::read_to_string(run_dir.join("config.toml"))
+        let epochs = std::fs::read_to_string(RunLayout::new(&run_dir).config())
             .ok()
             .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
             .and_then(|t| t.get("epochs").and_then(toml::Value::as_integer));

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use super::plan::check_runs;
 use super::record::{write_record, Executor};
 use super::spec::{RunSpec, Study};
-use super::state::{read_run, RunState};
 use crate::error::{Error, Result};
 use crate::fs::write_atomically;
+use crate::run_dir::{read_run, RunState};
 
 /// How to run.
 #[derive(Debug, Clone)]

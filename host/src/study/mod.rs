@@ -4,7 +4,6 @@
 //! - [`spec`]: the study file and its expansion into named runs;
 //! - [`plan`]: `vigil study plan`, every run checked as `vigil check` checks a config;
 //! - [`record`]: `study.json`, the plan as the study directory keeps it, and the study's lock;
-//! - [`state`]: what a run directory says about its run;
 //! - [`local`]: `vigil study run`, the executor for one machine;
 //! - [`slurm`]: `vigil study submit`, the study as a SLURM job array, and what each task runs;
 //! - [`status`]: `vigil study status`, counts, ETA and the data-quality checks;
@@ -14,7 +13,7 @@
 //! - [`retry`]: `vigil study retry`, failed runs again (their attempts kept), recording why.
 //!
 //! The study sits above the trainer: it starts `vigil train` processes and reads what they
-//! write, and nothing in `train/` knows of it.
+//! write through [`crate::run_dir`], and nothing in `train/` knows of it.
 
 pub mod export;
 pub mod local;
@@ -24,7 +23,6 @@ pub mod report;
 pub mod retry;
 pub mod slurm;
 pub mod spec;
-pub mod state;
 pub mod status;
 pub mod summary;
 

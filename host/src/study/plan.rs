@@ -9,7 +9,8 @@ use super::spec::{RunSpec, Study};
 use crate::config::Settings;
 use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
-use crate::plugin::{PluginHost, PluginSearch};
+use crate::hub::RunHub;
+use crate::run_dir::RunLayout;
 use crate::train::Trainer;
 
 /// The settings of one run: its variant's config with the study's and the run's overrides,
@@ -26,7 +27,7 @@ pub fn run_settings(study: &Study, run: &RunSpec, threads: Option<usize>) -> Res
 
 /// The threads a run started with (its kept config), if it started.
 pub fn started_threads(run_dir: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(run_dir.join("config.toml")).ok()?;
+    let text = std::fs::read_to_string(RunLayout::new(run_dir).config()).ok()?;
     let table: toml::Table = toml::from_str(&text).ok()?;
     table.get("threads")?.as_integer().map(|t| t as usize)
 }
@@ -63,27 +64,16 @@ pub fn check_runs(
         }
         let (dataset, first) = &loaded[&key];
         let trainer = Trainer::sharing_data(&settings, dataset, first)?;
-        let dirs = settings.plugin_search_dirs();
-        let plugins = PluginHost::load(
-            &settings.monitors,
-            &PluginSearch {
-                dirs: &dirs,
-                allow_insecure: settings.allow_insecure_plugins,
-                report_dir: None,
-            },
-            trainer.run_facts(),
-            &trainer.services(),
-            trainer.counters(0, 0),
-        )
-        .map_err(|err| match err {
-            Error::Plugins { problems } => Error::Plugins {
-                problems: problems
-                    .into_iter()
-                    .map(|problem| format!("study run `{}`: {problem}", run.name))
-                    .collect(),
-            },
-            other => other,
-        })?;
+        let hub = RunHub::load(&settings, trainer.monitor_target(&trainer.services()), None)
+            .map_err(|err| match err {
+                Error::Plugins { problems } => Error::Plugins {
+                    problems: problems
+                        .into_iter()
+                        .map(|problem| format!("study run `{}`: {problem}", run.name))
+                        .collect(),
+                },
+                other => other,
+            })?;
         let mut line = format!(
             "{:>4}  {}  [{}: {}, {} epochs, {}, {} monitors",
             run.index,
@@ -92,7 +82,7 @@ pub fn check_runs(
             settings.model.kind.name(),
             settings.epochs,
             dataset.name,
-            plugins.plan().len()
+            hub.monitor_plan().len()
         );
         if run.priority != 0 {
             line.push_str(&format!(", priority {}", run.priority));

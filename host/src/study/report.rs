@@ -8,9 +8,9 @@
 use std::path::Path;
 
 use super::record::read_record;
-use super::state::{read_run, RunState};
 use super::summary::{hypotheses, summarize_run, Hypotheses, H1_R_SQUARED, H2_CORRELATION};
 use crate::error::Result;
+use crate::run_dir::{read_run, RunState};
 
 /// The hypotheses over the completed runs, and how many runs there are in all.
 pub fn study_report(dir: &Path) -> Result<(Hypotheses, usize, usize)> {

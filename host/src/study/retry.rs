@@ -13,9 +13,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::record::read_record;
-use super::state::{read_run, RunState};
 use crate::error::{Error, Result};
 use crate::fs::write_atomically;
+use crate::run_dir::{read_run, RunState};
 
 /// The file of retries in the study directory.
 pub const RETRIES_FILE: &str = "retries.json";
@@ -142,10 +142,7 @@ pub fn prepare_retry(
             attempt,
             reason: reason.to_string(),
             set: set.to_vec(),
-            failed_with: status
-                .summary
-                .as_ref()
-                .and_then(|s| s["error"].as_str().map(str::to_string)),
+            failed_with: status.summary.as_ref().and_then(|s| s.error.clone()),
             retired_to: retired.display().to_string(),
             time: now,
         });

@@ -17,9 +17,9 @@ use std::process::Command;
 use super::plan::check_runs;
 use super::record::{read_record, save, write_record, Executor};
 use super::spec::{RunSpec, Study};
-use super::state::{read_run, RunState};
 use crate::error::{Error, Result};
 use crate::fs::write_atomically_with_mode;
+use crate::run_dir::{read_run, RunState};
 
 /// What `submit` did.
 #[derive(Debug, Clone)]

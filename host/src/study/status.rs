@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::local::format_duration;
 use super::record::{read_record, Executor};
-use super::state::{read_run, RunState};
 use crate::error::{Error, Result};
+use crate::run_dir::{read_run, RunLayout, RunState};
 
 /// The burn-in threshold of the study plan (train cross-entropy, nats).
 pub const BURN_IN_LOSS: f64 = 1.0;
@@ -168,7 +168,7 @@ pub fn study_status(dir: &Path, stuck_after: Duration) -> Result<StudyStatus> {
     for (index, run) in record.study.runs.iter().enumerate() {
         let run_dir = dir.join(&run.name);
         let status = read_run(&run_dir);
-        let scan = scan_metrics(&run_dir.join("metrics.jsonl"));
+        let scan = scan_metrics(&RunLayout::new(&run_dir).metrics());
         let total_steps = record.total_steps.get(index).copied().flatten();
         let global_step = status
             .last_record
@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn a_scan_flags_out_of_range_and_missing_values() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metrics.jsonl");
+        let path = dir.path().join(crate::run_dir::METRICS_FILE);
         std::fs::write(
             &path,
             "{\"kind\":\"train\",\"epoch\":1,\"global_step\":1,\"wall_time\":10.0,\"train_loss\":2.0,\"train_acc\":0.5}\n\

@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::status::burn_in;
+use crate::run_dir::{read_run_info, RunLayout};
 
 /// The epochs of `alpha_early`.
 pub const EARLY_EPOCHS: (u64, u64) = (5, 15);
@@ -90,7 +91,7 @@ pub fn summarize_run(dir: &Path, batches_per_epoch: Option<f64>) -> (RunSummary,
     let to_epoch = |step: i64| batches_per_epoch.map_or(f64::NAN, |b| step as f64 / b);
     // Train metrics since the last validation, averaged at each validation.
     let (mut loss_sum, mut acc_sum, mut count) = (0.0, 0.0, 0usize);
-    if let Ok(file) = std::fs::File::open(dir.join("metrics.jsonl")) {
+    if let Ok(file) = std::fs::File::open(RunLayout::new(dir).metrics()) {
         for line in BufReader::new(file).lines().map_while(Result::ok) {
             let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
@@ -177,30 +178,9 @@ pub fn summarize_run(dir: &Path, batches_per_epoch: Option<f64>) -> (RunSummary,
             summary.r_squared = Some(r_squared);
         }
     }
-    let run: Option<serde_json::Value> = std::fs::read(dir.join("run.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if let Some(run) = run {
-        summary.global_step = run["global_step"].as_i64();
-        let seconds: f64 = run["attempts"]
-            .as_array()
-            .map(|attempts| {
-                attempts
-                    .iter()
-                    .filter_map(|a| a["wall_time_s"].as_f64())
-                    .sum()
-            })
-            .unwrap_or(0.0);
-        let steps: i64 = run["attempts"]
-            .as_array()
-            .map(|attempts| {
-                attempts
-                    .iter()
-                    .filter_map(|a| Some(a["to_step"].as_i64()? - a["from_step"].as_i64()?))
-                    .sum()
-            })
-            .unwrap_or(0);
-        summary.steps_per_second = (seconds > 0.0 && steps > 0).then(|| steps as f64 / seconds);
+    if let Some(run) = read_run_info(dir) {
+        summary.global_step = Some(run.global_step as i64);
+        summary.steps_per_second = run.attempts_steps_per_second();
     }
     (summary, points)
 }
@@ -243,7 +223,7 @@ mod tests {
                 epoch * 10
             ));
         }
-        std::fs::write(dir.path().join("metrics.jsonl"), lines).unwrap();
+        std::fs::write(dir.path().join(crate::run_dir::METRICS_FILE), lines).unwrap();
         let (summary, _) = summarize_run(dir.path(), Some(10.0));
         assert!((summary.alpha_early.unwrap() + 0.7).abs() < 1e-12);
         assert!((summary.alpha_full.unwrap() + 0.7).abs() < 1e-12);

@@ -23,9 +23,9 @@ use super::optim::Optimizer;
 use crate::error::{Error, Result};
 use crate::fs::{self, write_atomically};
 use crate::model::ScriptedModel;
+pub use crate::run_dir::{CheckpointEntry, CheckpointIndex, CHECKPOINT_DIR};
 pub use crate::sink::tensorboard::TensorBoardMark;
 
-pub const CHECKPOINT_DIR: &str = "checkpoints";
 const INDEX: &str = "index.json";
 const STATE: &str = "state.json";
 const MODEL: &str = "model.safetensors";
@@ -81,6 +81,17 @@ pub struct TrainingState {
     pub vigil_version: String,
 }
 
+impl TrainingState {
+    /// Where the files the run appends to stood at this checkpoint.
+    pub fn output_marks(&self) -> crate::hub::OutputMarks {
+        crate::hub::OutputMarks {
+            metrics_bytes: self.metrics_bytes,
+            appended: self.appended.clone(),
+            tensorboard: self.tensorboard.clone(),
+        }
+    }
+}
+
 /// One monitor's part of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedMonitor {
@@ -115,22 +126,6 @@ pub struct Extras {
     pub files: Vec<(String, Vec<u8>)>,
     /// A TorchScript model, saved whole as `module.pt` (its buffers are not in the store).
     pub module: Option<ScriptedModel>,
-}
-
-/// One entry of the index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointEntry {
-    pub dir: String,
-    pub global_step: u64,
-    pub val_loss: Option<f64>,
-}
-
-/// `index.json`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointIndex {
-    /// Best first.
-    pub best: Vec<CheckpointEntry>,
-    pub last: Option<CheckpointEntry>,
 }
 
 /// Keeps the checkpoints of one run.

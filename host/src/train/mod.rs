@@ -7,7 +7,6 @@ mod events;
 mod feed;
 mod optim;
 mod outcome;
-mod run_dir;
 mod schedule;
 mod services;
 mod split;
@@ -15,7 +14,7 @@ mod state;
 mod step;
 mod validation;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -28,16 +27,15 @@ use vigil_plugin_api::{EventKind, SamplerDraws, StepCounters};
 use crate::config::Settings;
 use crate::data::Dataset;
 use crate::error::Result;
+use crate::hub::{MonitorTarget, RunHub};
 use crate::model::{self, InputShape, Network};
-use crate::plugin::{EventData, PluginHost, RunFacts};
-use crate::sink::{RecordKind, Sink};
+use crate::plugin::{EventData, RunFacts};
+use crate::sink::RecordKind;
 
 pub use checkpoint::{CheckpointIndex, Checkpoints, TrainingState};
-use events::write_monitor_scalars;
 use feed::{choose_device, Feed};
 pub use optim::Optimizer;
 pub use outcome::{EpochMetrics, FitSummary, InputSpec, PassMetrics};
-pub use run_dir::{create_run_dir, is_unused as run_dir_is_unused, LOCK_FILE};
 pub use schedule::LrSchedule;
 pub use services::batch_hessian_vector_product;
 use services::{parameter_infos, GradientAverages, ProbeCache, TrainerServices};
@@ -45,10 +43,7 @@ use split::TensorSplit;
 pub use state::signal_name;
 
 mod run;
-pub use run::{
-    check_config, train, train_from_file, Resume, RunOutcome, TrainRequest, CONFIG_FILE,
-    INPUTS_FILE,
-};
+pub use run::{check_config, train, train_from_file, Resume, RunOutcome, TrainRequest};
 
 /// Serialises "seed libtorch's global generator, then initialise a model".
 static SEEDED_INIT: Mutex<()> = Mutex::new(());
@@ -95,8 +90,6 @@ pub struct Trainer {
     averages: GradientAverages,
     progress: Progress,
     checkpoints: Option<(Checkpoints, String)>,
-    /// The JSONL metrics file, whose length each checkpoint records.
-    metrics_path: Option<PathBuf>,
     warnings: Vec<String>,
     validation_seconds: f64,
     /// One tensor that every parameter's gradient is a slice of, once a monitor subscribed to
@@ -104,8 +97,6 @@ pub struct Trainer {
     flat_grads: Option<Tensor>,
     /// The current epoch's sample order, on the CPU and on the device.
     epoch_order: Option<(usize, Arc<Vec<i64>>, Tensor)>,
-    /// The TensorBoard file, whose name and length each checkpoint records.
-    tensorboard: Option<PathBuf>,
     /// Monitor state from the checkpoint a run resumes from, handed back when it begins.
     pending_restore: Option<state::PendingRestore>,
     /// Set to a signal's number by a signal handler: stop cleanly after the current step.
@@ -223,12 +214,10 @@ impl Trainer {
                 ..Progress::default()
             },
             checkpoints: None,
-            metrics_path: None,
             warnings: Vec::new(),
             validation_seconds: 0.0,
             flat_grads: None,
             epoch_order: None,
-            tensorboard: None,
             pending_restore: None,
             interrupt: None,
         })
@@ -266,9 +255,8 @@ impl Trainer {
 
     /// Say once, at the start, that monitors which show images get none, when the inputs are
     /// not images (float features of tensor files).
-    pub fn warn_if_images_missing(&mut self, plugins: &PluginHost) {
-        if !self.inputs_are_images
-            && plugins.subscribes(vigil_plugin_api::Subscriptions::SAMPLE_IMAGES)
+    pub fn warn_if_images_missing(&mut self, hub: &RunHub) {
+        if !self.inputs_are_images && hub.subscribes(vigil_plugin_api::Subscriptions::SAMPLE_IMAGES)
         {
             let message =
                 "the inputs are not images (float or non-image tensors), so monitors that \
@@ -311,6 +299,19 @@ impl Trainer {
                 .values()
                 .map(|t| t.numel() as u64)
                 .sum(),
+        }
+    }
+
+    /// What monitors are built against ([`RunHub::load`]): the run's facts, the trainer's
+    /// capabilities, and where training stands.
+    pub fn monitor_target<'a>(
+        &self,
+        services: &'a dyn crate::plugin::HostServices,
+    ) -> MonitorTarget<'a> {
+        MonitorTarget {
+            facts: self.run_facts(),
+            services,
+            counters: self.counters(0, 0),
         }
     }
 
@@ -367,32 +368,22 @@ impl Trainer {
         }
     }
 
-    /// Train for the configured number of epochs without monitors.
-    pub fn fit(&mut self, sinks: &mut [Box<dyn Sink>]) -> Result<FitSummary> {
-        self.fit_monitored(sinks, &mut PluginHost::empty())
-    }
-
-    /// Train to the configured number of epochs (from where a resumed run left off), writing
-    /// records to every sink and calling the monitors. `fit_end` reaches every monitor even
-    /// when training fails.
-    pub fn fit_monitored(
-        &mut self,
-        sinks: &mut [Box<dyn Sink>],
-        plugins: &mut PluginHost,
-    ) -> Result<FitSummary> {
+    /// Train to the configured number of epochs (from where a resumed run left off): the
+    /// run's start ([`Trainer::start`]), training ([`Trainer::train_until`]) and its end
+    /// ([`Trainer::finish`]). Events go to `hub` ([`RunHub::empty`] for none). `fit_end`
+    /// reaches every monitor even when training fails; an interrupted run sends no `fit_end`,
+    /// since it goes on when it is resumed.
+    pub fn fit(&mut self, hub: &mut RunHub) -> Result<FitSummary> {
         let started = Instant::now();
-        let result = self
-            .begin(plugins, sinks)
-            .and_then(|()| self.train_timed(sinks, plugins, None));
+        let result = self.start(hub).and_then(|()| self.train_until(hub, None));
         if let Ok(summary) = &result {
             if summary.interrupted.is_some() {
-                // The run goes on when it is resumed: no `fit_end`.
                 let mut summary = result?;
                 summary.seconds = started.elapsed().as_secs_f64();
                 return Ok(summary);
             }
         }
-        let ended = self.end(plugins, sinks);
+        let ended = self.finish(hub);
         let mut summary = result?;
         ended?;
         // The whole loop, `fit_start` and `fit_end` included.
@@ -400,73 +391,44 @@ impl Trainer {
         Ok(summary)
     }
 
-    /// Start a run that is trained in parts with [`Trainer::advance`]: the `fit_start` event,
-    /// or, for a resumed run, the monitors' state handed back.
-    pub fn begin(&mut self, plugins: &mut PluginHost, sinks: &mut [Box<dyn Sink>]) -> Result<()> {
-        self.start_monitors(plugins, sinks)
+    /// The start of a run: the `fit_start` event, or, for a resumed run, the monitors'
+    /// state handed back.
+    pub fn start(&mut self, hub: &mut RunHub) -> Result<()> {
+        self.start_monitors(hub)
     }
 
     /// Train until the global step reaches `until` (or the configured epochs end, or a
-    /// monitor stops the run), with validation, checkpoints and monitors as in a full run.
-    pub fn advance(
-        &mut self,
-        sinks: &mut [Box<dyn Sink>],
-        plugins: &mut PluginHost,
-        until: u64,
-    ) -> Result<FitSummary> {
-        self.train_timed(sinks, plugins, Some(until))
-    }
-
-    /// [`Trainer::run_epochs`], with the wall time and the steps it took.
-    fn train_timed(
-        &mut self,
-        sinks: &mut [Box<dyn Sink>],
-        plugins: &mut PluginHost,
-        until: Option<u64>,
-    ) -> Result<FitSummary> {
+    /// monitor stops the run, or a signal interrupts it), with validation, checkpoints and
+    /// monitors as in a full run. A run can be trained in parts this way; the summary covers
+    /// this part, with what its validations and Hessian-vector products took.
+    pub fn train_until(&mut self, hub: &mut RunHub, until: Option<u64>) -> Result<FitSummary> {
         let started = Instant::now();
         let first_step = self.progress.global_step;
+        let validation_before = self.validation_seconds;
+        let (hvps_before, hvp_time_before) = self.probes.hvps.get();
         let mut summary = FitSummary::default();
-        self.run_epochs(sinks, plugins, &mut summary, until)?;
+        self.run_epochs(hub, &mut summary, until)?;
         summary.seconds = started.elapsed().as_secs_f64();
         summary.steps = self.progress.global_step - first_step;
+        summary.validation_seconds = self.validation_seconds - validation_before;
+        let (hvps, hvp_time) = self.probes.hvps.get();
+        summary.hessian_vector_products = hvps - hvps_before;
+        summary.hessian_vector_seconds = (hvp_time - hvp_time_before).as_secs_f64();
         Ok(summary)
     }
 
-    /// End a run: the `fit_end` event, which reaches every monitor still running.
-    pub fn end(&mut self, plugins: &mut PluginHost, sinks: &mut [Box<dyn Sink>]) -> Result<()> {
-        let mut scalars = Vec::new();
+    /// The end of a run: the `fit_end` event, which reaches every monitor still running.
+    pub fn finish(&mut self, hub: &mut RunHub) -> Result<()> {
         let counters = self.counters(0, 0);
-        let finished = plugins.finish(
+        hub.finish_monitors(
             &EventData::new(EventKind::FIT_END, counters, &[]),
             &self.services(),
-            &mut scalars,
-        );
-        let routed = write_monitor_scalars(
-            sinks,
-            scalars,
-            counters.epoch as usize,
-            self.progress.global_step,
-        );
-        finished?;
-        routed
-    }
-
-    /// Seconds spent in validation passes (monitors' validation hooks included) so far.
-    pub fn validation_seconds(&self) -> f64 {
-        self.validation_seconds
-    }
-
-    /// Hessian-vector products computed for monitors so far, and the seconds they took.
-    pub fn hvp_stats(&self) -> (u64, f64) {
-        let (count, time) = self.probes.hvps.get();
-        (count, time.as_secs_f64())
+        )
     }
 
     fn run_epochs(
         &mut self,
-        sinks: &mut [Box<dyn Sink>],
-        plugins: &mut PluginHost,
+        hub: &mut RunHub,
         summary: &mut FitSummary,
         until: Option<u64>,
     ) -> Result<()> {
@@ -478,7 +440,7 @@ impl Trainer {
                 return Ok(());
             }
             if self.interrupted().is_some() {
-                return self.stop_for_signal(plugins, sinks, summary);
+                return self.stop_for_signal(hub, summary);
             }
             let epoch = self.progress.epoch;
             let epoch_started = Instant::now();
@@ -499,31 +461,31 @@ impl Trainer {
                         labels: RSlice::from_slice(&self.train_labels),
                     });
                 }
-                self.notify(plugins, sinks, event)?;
+                self.notify(hub, event)?;
             }
             while self.progress.batches_done < batches {
                 if reached(self.progress.global_step) {
                     return Ok(());
                 }
                 let batch_index = self.progress.batches_done;
-                self.train_batch(batch_index, &order_on_device, plugins, sinks)?;
+                self.train_batch(batch_index, &order_on_device, hub)?;
                 let done = self.progress.batches_done;
                 if points.contains(&done) {
-                    let val = self.validate(plugins, sinks)?;
+                    let val = self.validate(hub)?;
                     summary.validations.push((self.progress.global_step, val));
                     if done == batches {
-                        let metrics = self.end_epoch(epoch, val, epoch_started, plugins, sinks)?;
+                        let metrics = self.end_epoch(epoch, val, epoch_started, hub)?;
                         summary.epochs.push(metrics);
                     }
-                    self.save_checkpoint(plugins, sinks, Some(val.loss))?;
+                    self.save_checkpoint(hub, Some(val.loss))?;
                 }
-                if let Some(stop) = plugins.take_stop_request() {
-                    self.save_checkpoint(plugins, sinks, None)?;
+                if let Some(stop) = hub.take_stop_request() {
+                    self.save_checkpoint(hub, None)?;
                     summary.stopped_by = Some(stop);
                     return Ok(());
                 }
                 if self.interrupted().is_some() && self.progress.batches_done < batches {
-                    return self.stop_for_signal(plugins, sinks, summary);
+                    return self.stop_for_signal(hub, summary);
                 }
             }
             self.progress.epoch += 1;
@@ -550,13 +512,8 @@ impl Trainer {
     }
 
     /// A signal asked the run to stop: checkpoint where training stands and return.
-    fn stop_for_signal(
-        &mut self,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
-        summary: &mut FitSummary,
-    ) -> Result<()> {
-        self.save_checkpoint(plugins, sinks, None)?;
+    fn stop_for_signal(&mut self, hub: &mut RunHub, summary: &mut FitSummary) -> Result<()> {
+        self.save_checkpoint(hub, None)?;
         summary.interrupted = self.interrupted();
         Ok(())
     }
@@ -566,8 +523,7 @@ impl Trainer {
         epoch: usize,
         val: PassMetrics,
         started: Instant,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
+        hub: &mut RunHub,
     ) -> Result<EpochMetrics> {
         let samples = self.progress.epoch_samples.max(1) as f64;
         let train = PassMetrics {
@@ -594,8 +550,7 @@ impl Trainer {
             values.extend([(name, value), ("val_top_k", k as f64)]);
         }
         self.notify(
-            plugins,
-            sinks,
+            hub,
             EventData::new(EventKind::TRAIN_EPOCH_END, self.counters(0, 0), &values),
         )?;
         let mut record = self.record(
@@ -614,10 +569,8 @@ impl Trainer {
         if let Some((name, value)) = top_k {
             record.metrics.insert(4, (name.into(), value));
         }
-        for sink in sinks.iter_mut() {
-            sink.write(&record)?;
-        }
-        self.write_weight_histograms(sinks)?;
+        self.write_record(hub, record)?;
+        self.write_weight_histograms(hub)?;
         Ok(metrics)
     }
 }

@@ -80,6 +80,12 @@ pub struct FitSummary {
     /// Set when a signal interrupted training (its number); a checkpoint was written at the
     /// step training stopped at, and monitors have not seen `fit_end`.
     pub interrupted: Option<usize>,
+    /// Of [`FitSummary::seconds`], those spent in validation passes (the monitors'
+    /// validation hooks included).
+    pub validation_seconds: f64,
+    /// Hessian-vector products computed for monitors, and the seconds they took.
+    pub hessian_vector_products: u64,
+    pub hessian_vector_seconds: f64,
 }
 
 impl FitSummary {

@@ -7,21 +7,17 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use super::checkpoint::{self, TrainingState};
-use super::run_dir;
-use super::{create_run_dir, signal_name, FitSummary, Trainer};
+use super::{signal_name, FitSummary, Trainer};
 use crate::config::{read_config, Settings, RESUMABLE_KEYS};
 use crate::data;
 use crate::error::{Error, Result};
-use crate::fs::{cut_back, write_atomically};
-use crate::plugin::{PluginHost, PluginSearch};
-use crate::sink::{Background, ConsoleSink, JsonlSink, Sink, TensorBoardSink};
-
-/// The effective config a run directory keeps.
-pub const CONFIG_FILE: &str = "config.toml";
-/// What the model takes: input shape, normalisation, class names ([`InputSpec`]).
-pub const INPUTS_FILE: &str = "inputs.json";
-const METRICS_FILE: &str = "metrics.jsonl";
-const RUN_FILE: &str = "run.json";
+use crate::fs::write_atomically;
+use crate::hub::RunHub;
+use crate::run_dir::{
+    self, create_run_dir, read_run_info, Attempt, FinalMetrics, RunInfo, RunLayout, SkippedFiles,
+    StoppedBy, CONFIG_FILE,
+};
+use crate::sink::ConsoleSink;
 
 /// What `vigil train` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -78,17 +74,10 @@ pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
     let settings = Settings::load(config, overrides)?;
     let dataset = data::load(&settings.data.source)?;
     let trainer = Trainer::new(&settings, &dataset)?;
-    let dirs = settings.plugin_search_dirs();
-    let plugins = PluginHost::load(
-        &settings.monitors,
-        &PluginSearch {
-            dirs: &dirs,
-            allow_insecure: settings.allow_insecure_plugins,
-            report_dir: settings.run_dir.as_deref().filter(|dir| dir.is_dir()),
-        },
-        trainer.run_facts(),
-        &trainer.services(),
-        trainer.counters(0, 0),
+    let hub = RunHub::load(
+        &settings,
+        trainer.monitor_target(&trainer.services()),
+        settings.run_dir.as_deref().filter(|dir| dir.is_dir()),
     )?;
     let mut out = format!(
         "{}: ok\n  data: {} ({} train, {} validation images, {} classes)\n  model: {} with {} parameters; optim: {:?}, lr {}; {} epochs of batch {}\n",
@@ -111,7 +100,7 @@ pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
             dataset.skipped_files.join(", ")
         ));
     }
-    let plan = plugins.plan();
+    let plan = hub.monitor_plan();
     if plan.is_empty() {
         out.push_str("  monitors: none\n");
     } else {
@@ -120,7 +109,7 @@ pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
             out.push_str(&format!("    {line}\n"));
         }
     }
-    for warning in plugins.warnings() {
+    for warning in hub.warnings() {
         out.push_str(&format!("  warning: {warning}\n"));
     }
     Ok(out)
@@ -301,14 +290,13 @@ fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> 
         "{}: the run stopped before its first checkpoint; starting it over",
         run_dir.display()
     );
-    for name in [METRICS_FILE, RUN_FILE, CONFIG_FILE, INPUTS_FILE] {
-        let path = run_dir.join(name);
+    let (files, dirs) = RunLayout::new(run_dir).outputs();
+    for path in files {
         if path.exists() {
             std::fs::remove_file(&path).map_err(|source| Error::io(&path, source))?;
         }
     }
-    for name in ["tensorboard", "artifacts", checkpoint::CHECKPOINT_DIR] {
-        let path = run_dir.join(name);
+    for path in dirs {
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|source| Error::io(&path, source))?;
         }
@@ -365,29 +353,21 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         settings.batch_size,
         settings.seed
     );
-    let dirs = settings.plugin_search_dirs();
     // A failed layout check writes its report into the run directory when there is one.
     let existing_run_dir = match &plan {
         Plan::Resume { run_dir, .. } => Some(run_dir.clone()),
         Plan::New { .. } => settings.run_dir.clone().filter(|dir| dir.is_dir()),
     };
-    let mut plugins = PluginHost::load(
-        &settings.monitors,
-        &PluginSearch {
-            dirs: &dirs,
-            allow_insecure: settings.allow_insecure_plugins,
-            report_dir: existing_run_dir.as_deref(),
-        },
-        trainer.run_facts(),
-        &trainer.services(),
-        trainer.counters(0, 0),
+    let mut hub = RunHub::load(
+        &settings,
+        trainer.monitor_target(&trainer.services()),
+        existing_run_dir.as_deref(),
     )?;
-
-    trainer.warn_if_images_missing(&plugins);
+    trainer.warn_if_images_missing(&hub);
 
     // Held until training ends and run.json is written.
     let mut _run_lock = None;
-    let (run_dir, settings, metrics, tensorboard, resumed_from, previous) = match plan {
+    let (layout, settings, resumed_from, previous) = match plan {
         Plan::Resume {
             settings,
             run_dir,
@@ -396,8 +376,8 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         } => {
             _run_lock = Some(run_dir::lock_run_dir(&run_dir)?);
             trainer.resume(&checkpoint_dir, &state)?;
-            let previous = read_previous_run(&run_dir);
-            if trainer.is_complete() && previous["status"] == "completed" {
+            let previous = read_run_info(&run_dir).unwrap_or_default();
+            if trainer.is_complete() && previous.status == RunInfo::COMPLETED {
                 println!(
                     "{} already completed its {} epochs; nothing to do",
                     run_dir.display(),
@@ -414,18 +394,14 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                     already_complete: true,
                 });
             }
-            let metrics_path = run_dir.join(METRICS_FILE);
-            cut_back(&metrics_path, state.metrics_bytes.unwrap_or(0))?;
-            plugins.set_artifact_dir(run_dir.join("artifacts"));
-            plugins.restore_appended_artifacts(&state.appended)?;
-            let tensorboard = match &state.tensorboard {
-                Some(mark) => {
-                    TensorBoardSink::resume(&run_dir.join("tensorboard"), mark, state.global_step)?
-                }
-                None => TensorBoardSink::create(&run_dir.join("tensorboard"))?,
-            };
-            write_atomically(&run_dir.join(CONFIG_FILE), settings.to_toml().as_bytes())?;
-            write_atomically(&run_dir.join(INPUTS_FILE), &trainer.inputs().to_json())?;
+            let layout = RunLayout::new(&run_dir);
+            hub.open_run_dir(
+                layout.clone(),
+                Some((&state.output_marks(), state.global_step)),
+                Some(console(&settings, &trainer)),
+            )?;
+            write_atomically(&layout.config(), settings.to_toml().as_bytes())?;
+            write_atomically(&layout.inputs(), &trainer.inputs().to_json())?;
             println!(
                 "resuming {} from step {} (epoch {}, batch {})",
                 run_dir.display(),
@@ -433,15 +409,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                 state.epoch,
                 state.batches_done
             );
-            let metrics = JsonlSink::append(&metrics_path)?;
-            (
-                run_dir,
-                settings,
-                metrics,
-                tensorboard,
-                Some(state.global_step),
-                previous,
-            )
+            (layout, settings, Some(state.global_step), previous)
         }
         Plan::New {
             mut settings,
@@ -450,120 +418,94 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             let run_dir = create_run_dir(&settings)?;
             _run_lock = Some(run_dir::lock_run_dir(&run_dir)?);
             settings.run_dir = Some(run_dir.clone());
-            write_atomically(&run_dir.join(CONFIG_FILE), settings.to_toml().as_bytes())?;
-            write_atomically(&run_dir.join(INPUTS_FILE), &trainer.inputs().to_json())?;
+            let layout = RunLayout::new(&run_dir);
+            write_atomically(&layout.config(), settings.to_toml().as_bytes())?;
+            write_atomically(&layout.inputs(), &trainer.inputs().to_json())?;
             println!(
                 "run directory: {} (config {})",
                 run_dir.display(),
                 config_path.display()
             );
-            let metrics = JsonlSink::create(&run_dir.join(METRICS_FILE))?;
-            plugins.set_artifact_dir(run_dir.join("artifacts"));
-            let tensorboard = TensorBoardSink::create(&run_dir.join("tensorboard"))?;
-            (
-                run_dir,
-                settings,
-                metrics,
-                tensorboard,
-                None,
-                serde_json::Value::Null,
-            )
+            hub.open_run_dir(layout.clone(), None, Some(console(&settings, &trainer)))?;
+            (layout, settings, None, RunInfo::default())
         }
     };
-    trainer.keep_checkpoints(
-        &run_dir,
-        settings.to_toml(),
-        run_dir.join(METRICS_FILE),
-        Some(tensorboard.path().to_path_buf()),
-    )?;
+    let run_dir = layout.root().to_path_buf();
+    trainer.keep_checkpoints(&run_dir, settings.to_toml())?;
     if let Some(flag) = request.interrupt {
         trainer.interrupt_on(flag);
     }
-    let total_steps = u64::from(trainer.batches_per_epoch()) * settings.epochs as u64;
-    let mut sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(ConsoleSink::new(
-            settings.epochs,
-            total_steps,
-            trainer.global_step(),
-        )),
-        Box::new(Background::spawn("metrics.jsonl", Box::new(metrics))),
-        Box::new(Background::spawn("tensorboard", Box::new(tensorboard))),
-    ];
     let started = Instant::now();
-    let fitted = trainer.fit_monitored(&mut sinks, &mut plugins);
+    let fitted = trainer.fit(&mut hub);
     let loop_seconds = started.elapsed().as_secs_f64();
-    let flushed = sinks.iter_mut().try_for_each(|sink| sink.flush());
-    drop(sinks);
+    let flushed = hub.close_sinks();
 
     let interrupted = fitted.as_ref().ok().and_then(|s| s.interrupted);
     let (status, error) = match &fitted {
-        Ok(_) if interrupted.is_some() => ("interrupted", None),
-        Ok(summary) if summary.stopped_by.is_some() => ("stopped", None),
-        Ok(_) => ("completed", None),
-        Err(err) => ("failed", Some(err.to_string())),
+        Ok(_) if interrupted.is_some() => (RunInfo::INTERRUPTED, None),
+        Ok(summary) if summary.stopped_by.is_some() => (RunInfo::STOPPED, None),
+        Ok(_) => (RunInfo::COMPLETED, None),
+        Err(err) => (RunInfo::FAILED, Some(err.to_string())),
     };
     let summary = fitted.as_ref().ok();
     let last = summary.and_then(FitSummary::last);
     // Earlier attempts' warnings first: a resumed run's `run.json` replaces theirs.
-    let mut warnings: Vec<String> = previous["warnings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|w| w.as_str().map(String::from))
-        .collect();
+    let mut warnings = previous.warnings;
     warnings.extend(trainer.warnings().iter().cloned());
-    warnings.extend(plugins.warnings().iter().cloned());
-    let mut attempts = previous["attempts"].as_array().cloned().unwrap_or_default();
-    attempts.push(serde_json::json!({
-        "from_step": resumed_from.unwrap_or(0),
-        "to_step": trainer.global_step(),
-        "status": status,
-        "signal": interrupted.map(signal_name),
-        "wall_time_s": loop_seconds,
-    }));
-    let run_summary = serde_json::json!({
-        "name": settings.name,
-        "status": status,
-        "error": error,
-        "stopped_by": summary.and_then(|s| s.stopped_by.as_ref()).map(|(monitor, reason)| serde_json::json!({
-            "monitor": monitor,
-            "reason": reason,
-        })),
-        "interrupted_by": interrupted.map(signal_name),
-        "config": run_dir.join(CONFIG_FILE).display().to_string(),
-        "resumed_from_step": resumed_from,
-        "attempts": attempts,
-        "dataset": dataset.name,
-        "skipped_files": {
-            "count": dataset.skipped_files.len(),
-            "files": dataset.skipped_files,
-        },
-        "model": settings.model.kind.name(),
-        "parameters": trainer.parameter_count(),
-        "device": format!("{:?}", trainer.device()),
-        "seed": settings.seed,
-        "epochs": settings.epochs,
-        "global_step": trainer.global_step(),
-        "best_val_loss": trainer.best_val_loss(),
-        "final": last.map(|m| serde_json::json!({
-            "epoch": m.epoch,
-            "train_loss": m.train.loss,
-            "train_acc": m.train.accuracy,
-            "val_loss": m.val.loss,
-            "val_acc": m.val.accuracy,
-        })),
-        "wall_time_s": loop_seconds,
-        "steps_per_second": summary.map(|s| s.steps as f64 / s.seconds.max(1e-9)),
-        "checkpoints": trainer.checkpoint_index(),
-        "monitors": plugins.report(loop_seconds),
-        "warnings": warnings,
-        "vigil_version": env!("CARGO_PKG_VERSION"),
+    warnings.extend(hub.warnings().iter().cloned());
+    let mut attempts = previous.attempts;
+    attempts.push(Attempt {
+        from_step: resumed_from.unwrap_or(0),
+        to_step: trainer.global_step(),
+        status: status.into(),
+        signal: interrupted.map(|signal| signal_name(signal).into()),
+        wall_time_s: loop_seconds,
     });
-    let text = serde_json::to_vec_pretty(&run_summary).map_err(|source| Error::Json {
+    let info = RunInfo {
+        name: settings.name.clone(),
+        status: status.into(),
+        error,
+        stopped_by: summary
+            .and_then(|s| s.stopped_by.as_ref())
+            .map(|(monitor, reason)| StoppedBy {
+                monitor: monitor.clone(),
+                reason: reason.clone(),
+            }),
+        interrupted_by: interrupted.map(|signal| signal_name(signal).into()),
+        config: layout.config().display().to_string(),
+        resumed_from_step: resumed_from,
+        attempts,
+        dataset: dataset.name.clone(),
+        skipped_files: SkippedFiles {
+            count: dataset.skipped_files.len(),
+            files: dataset.skipped_files.clone(),
+        },
+        model: settings.model.kind.name().into(),
+        parameters: trainer.parameter_count(),
+        device: format!("{:?}", trainer.device()),
+        seed: settings.seed,
+        epochs: settings.epochs,
+        global_step: trainer.global_step(),
+        best_val_loss: trainer.best_val_loss(),
+        final_metrics: last.map(|m| FinalMetrics {
+            epoch: m.epoch,
+            train_loss: m.train.loss,
+            train_acc: m.train.accuracy,
+            val_loss: m.val.loss,
+            val_acc: m.val.accuracy,
+        }),
+        wall_time_s: loop_seconds,
+        steps_per_second: summary.map(|s| s.steps as f64 / s.seconds.max(1e-9)),
+        checkpoints: trainer.checkpoint_index().cloned(),
+        monitors: hub.monitor_report(loop_seconds),
+        warnings,
+        vigil_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let text = serde_json::to_vec_pretty(&info).map_err(|source| Error::Json {
         what: "run summary".into(),
         source,
     })?;
-    write_atomically(&run_dir.join(RUN_FILE), &text)?;
+    write_atomically(&layout.run_info(), &text)?;
     let summary = fitted?;
     flushed?;
     if let Some((monitor, reason)) = &summary.stopped_by {
@@ -584,10 +526,8 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     })
 }
 
-/// The `run.json` an earlier attempt of this run left, if any.
-fn read_previous_run(run_dir: &Path) -> serde_json::Value {
-    std::fs::read(run_dir.join(RUN_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or(serde_json::Value::Null)
+/// The console's progress line, counting from where the trainer stands.
+fn console(settings: &Settings, trainer: &Trainer) -> ConsoleSink {
+    let total_steps = u64::from(trainer.batches_per_epoch()) * settings.epochs as u64;
+    ConsoleSink::new(settings.epochs, total_steps, trainer.global_step())
 }

@@ -2,18 +2,17 @@
 //! host-kept averages, the lengths of appended files), how a resume puts it back, and the
 //! signals that interrupt a run cleanly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use abi_stable::std_types::RSlice;
 use vigil_plugin_api::{EventKind, SamplerDraws};
 
-use super::checkpoint::{self, Extras, SavedMonitor, TensorBoardMark, TrainingState};
-use super::events::write_monitor_scalars;
+use super::checkpoint::{self, Extras, SavedMonitor, TrainingState};
 use super::{Progress, Trainer};
 use crate::error::{Error, Result};
-use crate::plugin::{EventData, MonitorSnapshot, PluginHost};
-use crate::sink::Sink;
+use crate::hub::{OutputMarks, RunHub};
+use crate::plugin::{EventData, MonitorSnapshot};
 
 /// What a resumed run still has to hand the monitors before training continues: each
 /// monitor's part of the checkpoint, with its saved bytes.
@@ -46,16 +45,8 @@ impl Trainer {
     }
 
     /// Keep checkpoints in `run_dir`; `config_text` (the effective config) is stored in each,
-    /// and so are the lengths of `metrics_path` and of the TensorBoard file.
-    pub fn keep_checkpoints(
-        &mut self,
-        run_dir: &Path,
-        config_text: String,
-        metrics_path: PathBuf,
-        tensorboard: Option<PathBuf>,
-    ) -> Result<()> {
-        self.metrics_path = Some(metrics_path);
-        self.tensorboard = tensorboard;
+    /// and so are the lengths of the files the run's hub appends to.
+    pub fn keep_checkpoints(&mut self, run_dir: &Path, config_text: String) -> Result<()> {
         if self.settings.checkpoint.enabled {
             self.checkpoints = Some((
                 checkpoint::Checkpoints::open(run_dir, self.settings.checkpoint.keep_best)?,
@@ -133,15 +124,10 @@ impl Trainer {
     /// The start of training: `fit_start` for a new run; for a resumed one, each monitor's
     /// saved state back (or a fresh start, with the current epoch's `train_epoch_start` when
     /// the run resumes mid-epoch).
-    pub(super) fn start_monitors(
-        &mut self,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
-    ) -> Result<()> {
+    pub(super) fn start_monitors(&mut self, hub: &mut RunHub) -> Result<()> {
         let Some(pending) = self.pending_restore.take() else {
             return self.notify(
-                plugins,
-                sinks,
+                hub,
                 EventData::new(EventKind::FIT_START, self.counters(0, 0), &[]),
             );
         };
@@ -160,39 +146,30 @@ impl Trainer {
                 labels: RSlice::from_slice(&self.train_labels),
             });
         }
-        let mut scalars = Vec::new();
-        let counters = self.counters(0, 0);
-        let resumed = plugins.resume(
+        hub.resume_monitors(
             &pending,
-            counters,
+            self.counters(0, 0),
             order.as_ref().map(|_| &epoch_start),
             &self.services(),
-            &mut scalars,
-        );
-        write_monitor_scalars(
-            sinks,
-            scalars,
-            counters.epoch as usize,
-            counters.global_step,
-        )?;
-        resumed
+        )
     }
 
-    /// Save a checkpoint at the current step: the monitors' state first, then the sinks are
-    /// flushed so that the lengths of the files the run appends to can be recorded. A failed
+    /// Save a checkpoint at the current step: the monitors' state first, then the hub's marks
+    /// (the lengths of the files the run appends to, after a flush). A failed
     /// write is a warning, and the previous checkpoint stays as it was; the only error is a
     /// monitor with `on_error = "abort"` failing to save its state.
     pub(super) fn save_checkpoint(
         &mut self,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
+        hub: &mut RunHub,
         val_loss: Option<f64>,
     ) -> Result<()> {
         if self.checkpoints.is_none() {
             return Ok(());
         }
-        let snapshots = plugins.save_states(self.counters(0, 0), &self.services())?;
-        let written = self.write_checkpoint(plugins, sinks, snapshots, val_loss);
+        let snapshots = hub.save_monitor_states(self.counters(0, 0), &self.services())?;
+        let written = hub
+            .output_marks()
+            .and_then(|marks| self.write_checkpoint(marks, snapshots, val_loss));
         if let Err(err) = written {
             let message = format!(
                 "checkpoint at step {} not written (the previous one is intact): {err}",
@@ -206,32 +183,10 @@ impl Trainer {
 
     fn write_checkpoint(
         &mut self,
-        plugins: &PluginHost,
-        sinks: &mut [Box<dyn Sink>],
+        marks: OutputMarks,
         snapshots: Vec<MonitorSnapshot>,
         val_loss: Option<f64>,
     ) -> Result<()> {
-        sinks
-            .iter_mut()
-            .try_for_each(|sink| sink.flush())
-            .map_err(|err| Error::Capability(format!("flushing the sinks failed: {err}")))?;
-        let length = |path: &Path| {
-            std::fs::metadata(path)
-                .map(|m| m.len())
-                .map_err(|source| Error::io(path, source))
-        };
-        let metrics_bytes = self.metrics_path.as_deref().map(length).transpose()?;
-        let tensorboard = match &self.tensorboard {
-            Some(path) => Some(TensorBoardMark {
-                file: path
-                    .file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                bytes: length(path)?,
-            }),
-            None => None,
-        };
-        let appended = plugins.appended_artifacts()?;
         let (gradient_averages, tensors) = self.averages.snapshot();
         let mut extras = Extras {
             tensors,
@@ -275,9 +230,9 @@ impl Trainer {
             optimizer_steps: self.optimizer.state_tensors().1,
             seed: self.settings.seed,
             config: config.clone(),
-            metrics_bytes,
-            appended,
-            tensorboard,
+            metrics_bytes: marks.metrics_bytes,
+            appended: marks.appended,
+            tensorboard: marks.tensorboard,
             monitors,
             gradient_averages,
             vigil_version: env!("CARGO_PKG_VERSION").into(),

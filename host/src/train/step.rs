@@ -9,16 +9,16 @@ use vigil_plugin_api::{EventKind, Subscriptions};
 use super::{services, Trainer};
 use crate::config::AnomalyPolicy;
 use crate::error::{Error, Result};
-use crate::plugin::{EventData, PluginHost};
-use crate::sink::{RecordKind, Sink};
+use crate::hub::RunHub;
+use crate::plugin::EventData;
+use crate::sink::RecordKind;
 
 impl Trainer {
     pub(super) fn train_batch(
         &mut self,
         batch_index: u32,
         (order, order_on_device): &(Arc<Vec<i64>>, Tensor),
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
+        hub: &mut RunHub,
     ) -> Result<()> {
         let samples = self.train.len();
         let batch_size = self.settings.batch_size as i64;
@@ -41,7 +41,7 @@ impl Trainer {
         }
         if !skip {
             loss.f_backward()?;
-            if self.flat_grads.is_none() && plugins.subscribes(Subscriptions::GRADIENT) {
+            if self.flat_grads.is_none() && hub.subscribes(Subscriptions::GRADIENT) {
                 self.flat_grads = services::flatten_grads(&self.parameters)?;
             }
         }
@@ -69,11 +69,10 @@ impl Trainer {
         if let Some(norm) = grad_norm {
             values.push(("grad_norm_before_clip", norm));
         }
-        if plugins.wants(EventKind::TRAIN_BATCH_END) && !skip {
+        if hub.wants(EventKind::TRAIN_BATCH_END) && !skip {
             let counters = self.counters(batch_index, size as u32);
             self.notify(
-                plugins,
-                sinks,
+                hub,
                 EventData::new(EventKind::TRAIN_BATCH_END, counters, &values),
             )?;
         }
@@ -100,10 +99,7 @@ impl Trainer {
         if skip {
             record.metrics.push(("skipped".into(), 1.0));
         }
-        for sink in sinks.iter_mut() {
-            sink.write(&record)?;
-        }
-        Ok(())
+        self.write_record(hub, record)
     }
 
     /// Apply the anomaly policy; returns whether to skip the optimizer step.

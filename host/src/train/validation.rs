@@ -10,18 +10,15 @@ use vigil_plugin_api::{EventKind, ImageBatch, Subscriptions, ValidationBatch};
 use super::step::cross_entropy;
 use super::{PassMetrics, Trainer, SAMPLE_IMAGES};
 use crate::error::Result;
-use crate::plugin::{EventData, PluginHost};
-use crate::sink::{RecordKind, Sink};
+use crate::hub::RunHub;
+use crate::plugin::EventData;
+use crate::sink::RecordKind;
 
 impl Trainer {
     /// Validate, record `val_loss`, `val_acc` and `best_val_loss`, and tell the monitors.
-    pub(super) fn validate(
-        &mut self,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
-    ) -> Result<PassMetrics> {
+    pub(super) fn validate(&mut self, hub: &mut RunHub) -> Result<PassMetrics> {
         let started = Instant::now();
-        let metrics = self.evaluate_monitored(plugins, sinks);
+        let metrics = self.evaluate_monitored(hub);
         self.validation_seconds += started.elapsed().as_secs_f64();
         let metrics = metrics?;
         let best = self
@@ -38,31 +35,25 @@ impl Trainer {
             values.insert(2, (name.into(), value));
         }
         let record = self.record(RecordKind::Validation, values);
-        for sink in sinks.iter_mut() {
-            sink.write(&record)?;
-        }
+        self.write_record(hub, record)?;
         Ok(metrics)
     }
 
     /// Loss and accuracy on the validation (test) split, without gradients and in eval mode.
     pub fn evaluate(&mut self) -> Result<PassMetrics> {
-        self.evaluate_monitored(&mut PluginHost::empty(), &mut [])
+        self.evaluate_monitored(&mut RunHub::empty())
     }
 
-    fn evaluate_monitored(
-        &mut self,
-        plugins: &mut PluginHost,
-        sinks: &mut [Box<dyn Sink>],
-    ) -> Result<PassMetrics> {
+    fn evaluate_monitored(&mut self, hub: &mut RunHub) -> Result<PassMetrics> {
         let _no_grad = tch::no_grad_guard();
         self.progress.validation_pass += 1;
         let samples = self.test.len();
         let batch_size = self.settings.eval_batch_size as i64;
-        let per_batch = plugins.wants(EventKind::VALIDATION_BATCH_END);
-        let copy_outputs = per_batch && plugins.subscribes(Subscriptions::VALIDATION_OUTPUTS);
+        let per_batch = hub.wants(EventKind::VALIDATION_BATCH_END);
+        let copy_outputs = per_batch && hub.subscribes(Subscriptions::VALIDATION_OUTPUTS);
         let want_images = self.inputs_are_images
-            && plugins.wants(EventKind::VALIDATION_END)
-            && plugins.subscribes(Subscriptions::SAMPLE_IMAGES);
+            && hub.wants(EventKind::VALIDATION_END)
+            && hub.subscribes(Subscriptions::SAMPLE_IMAGES);
         let image_count = samples.min(SAMPLE_IMAGES as i64);
         let mut image_predictions: Vec<i64> = Vec::new();
         let num_classes = self.class_names.len() as u32;
@@ -125,7 +116,7 @@ impl Trainer {
                         num_classes,
                     });
                 }
-                self.notify(plugins, sinks, event)?;
+                self.notify(hub, event)?;
             }
             start += size;
             batch_index += 1;
@@ -135,7 +126,7 @@ impl Trainer {
             accuracy: correct / samples as f64,
             top_k: with_top_k.then(|| (top_k, top_correct / samples as f64)),
         };
-        if plugins.wants(EventKind::VALIDATION_END) {
+        if hub.wants(EventKind::VALIDATION_END) {
             let top = metrics.top_k_metric();
             let mut values = vec![("val_loss", metrics.loss), ("val_acc", metrics.accuracy)];
             if let Some((name, value)) = top {
@@ -168,7 +159,7 @@ impl Trainer {
                     predictions: RSlice::from_slice(&image_predictions),
                 });
             }
-            self.notify(plugins, sinks, event)?;
+            self.notify(hub, event)?;
         }
         Ok(metrics)
     }

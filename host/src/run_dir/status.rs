@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::{is_unused, read_run_info, RunInfo, RunLayout};
 use crate::fs::is_locked;
-use crate::train::LOCK_FILE;
 
 /// A run's state, from its directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,27 +49,26 @@ impl RunState {
 pub struct RunStatus {
     pub state: RunState,
     /// `run.json`, when written.
-    pub summary: Option<serde_json::Value>,
+    pub summary: Option<RunInfo>,
     /// The last record of `metrics.jsonl`.
     pub last_record: Option<serde_json::Value>,
 }
 
 /// Read a run directory's state.
 pub fn read_run(dir: &Path) -> RunStatus {
-    let summary: Option<serde_json::Value> = std::fs::read(dir.join("run.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let layout = RunLayout::new(dir);
+    let summary = read_run_info(dir);
     let last_record =
-        last_line(&dir.join("metrics.jsonl")).and_then(|line| serde_json::from_str(&line).ok());
-    let empty = crate::train::run_dir_is_unused(dir);
-    let state = if is_locked(&dir.join(LOCK_FILE)) {
+        last_line(&layout.metrics()).and_then(|line| serde_json::from_str(&line).ok());
+    let empty = is_unused(dir);
+    let state = if is_locked(&layout.lock()) {
         RunState::Running
     } else if empty {
         RunState::Queued
     } else {
-        match summary.as_ref().and_then(|s| s["status"].as_str()) {
-            Some("completed" | "stopped") => RunState::Completed,
-            Some("failed") => RunState::Failed,
+        match summary.as_ref().map(|s| s.status.as_str()) {
+            Some(RunInfo::COMPLETED | RunInfo::STOPPED) => RunState::Completed,
+            Some(RunInfo::FAILED) => RunState::Failed,
             _ => RunState::Interrupted,
         }
     };
@@ -109,7 +108,7 @@ mod tests {
         std::fs::create_dir(&run).unwrap();
         assert_eq!(read_run(&run).state, RunState::Queued);
         std::fs::write(
-            run.join("metrics.jsonl"),
+            run.join(super::super::METRICS_FILE),
             "{\"global_step\": 1}\n{\"global_step\": 2}\n{\"glo",
         )
         .unwrap();
@@ -123,7 +122,7 @@ mod tests {
             ("interrupted", RunState::Interrupted),
         ] {
             std::fs::write(
-                run.join("run.json"),
+                run.join(super::super::RUN_FILE),
                 format!("{{\"status\": \"{written}\"}}"),
             )
             .unwrap();

@@ -1,10 +1,112 @@
-//! The run directory: created fresh for each run, never reused by accident.
+//! The run directory as an interface: the names of the files a run keeps (public constants,
+//! the only place they are spelled), [`RunLayout`] for their paths, the typed `run.json`
+//! ([`RunInfo`]), and the lock a training process holds. Everything that reads a run
+//! directory (studies, `export-model`, and whatever watches runs) goes through this module.
+//!
+//! A run directory holds:
+//!
+//! | name | what |
+//! |---|---|
+//! | [`CONFIG_FILE`] | the effective config (file, `--set` overrides and defaults) |
+//! | [`INPUTS_FILE`] | what the model takes: input shape, normalisation, class names |
+//! | [`METRICS_FILE`] | one JSON record a line, appended while the run trains |
+//! | [`RUN_FILE`] | the run's summary ([`RunInfo`]), written when training ends |
+//! | [`TENSORBOARD_DIR`] | TensorBoard event files |
+//! | [`ARTIFACTS_DIR`] | what monitors wrote (PNGs, CSVs), one folder per monitor |
+//! | [`CHECKPOINT_DIR`] | checkpoints and their `index.json` |
+//! | [`LOCK_FILE`] | held (`flock`) by the process that trains the run |
+
+mod info;
+mod status;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
+
+pub use info::{
+    read_run_info, Attempt, CheckpointEntry, CheckpointIndex, FinalMetrics, HookReport,
+    MonitorDisabled, MonitorReport, RunInfo, SkippedFiles, StoppedBy,
+};
+pub use status::{last_line, read_run, RunState, RunStatus};
+
+/// The effective config a run directory keeps.
+pub const CONFIG_FILE: &str = "config.toml";
+/// What the model takes: input shape, normalisation, class names.
+pub const INPUTS_FILE: &str = "inputs.json";
+/// The metrics of the run, one JSON record a line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The run's summary ([`RunInfo`]).
+pub const RUN_FILE: &str = "run.json";
+/// TensorBoard's event files.
+pub const TENSORBOARD_DIR: &str = "tensorboard";
+/// The monitors' files.
+pub const ARTIFACTS_DIR: &str = "artifacts";
+/// Checkpoints, each a `step_<global step>/` directory, and `index.json`.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+
+/// The paths of one run directory's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLayout {
+    root: PathBuf,
+}
+
+impl RunLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunLayout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+
+    pub fn inputs(&self) -> PathBuf {
+        self.root.join(INPUTS_FILE)
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join(METRICS_FILE)
+    }
+
+    pub fn run_info(&self) -> PathBuf {
+        self.root.join(RUN_FILE)
+    }
+
+    pub fn tensorboard(&self) -> PathBuf {
+        self.root.join(TENSORBOARD_DIR)
+    }
+
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join(ARTIFACTS_DIR)
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join(CHECKPOINT_DIR)
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.root.join(LOCK_FILE)
+    }
+
+    /// Everything a run writes, files then directories (what a run that is started over
+    /// removes; the lock stays).
+    pub fn outputs(&self) -> ([PathBuf; 4], [PathBuf; 3]) {
+        (
+            [
+                self.metrics(),
+                self.run_info(),
+                self.config(),
+                self.inputs(),
+            ],
+            [self.tensorboard(), self.artifacts(), self.checkpoints()],
+        )
+    }
+}
 
 /// The file a training process keeps locked (`flock`, exclusive) in its run directory for as
 /// long as it trains: a second `vigil train` on the same directory is refused, and a study's

@@ -1,0 +1,374 @@
+//! One owner for a run's outputs: its monitors ([`PluginHost`]), its sinks (`metrics.jsonl`,
+//! TensorBoard, the console, and whatever a bench adds) and its run directory ([`RunLayout`]).
+//!
+//! The trainer hands the hub events as data ([`RunHub::emit`]); the hub routes them: a monitor
+//! event to the monitors that want it, then what they logged and drew to every sink; a record
+//! or histogram to every sink. For a checkpoint it says how long each file the run appends to
+//! is ([`RunHub::output_marks`]), after flushing, and on resume cuts them back to a
+//! checkpoint's marks ([`RunHub::open_run_dir`]). The trainer knows nothing of sinks or files.
+//!
+//! `vigil train`, `vigil check`, `vigil study plan` and `vigil bench` all build their monitors
+//! with [`RunHub::load`]; sinks are opened once the run directory exists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use vigil_plugin_api::{ArtifactKind, EventKind, StepCounters, Subscriptions};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::fs::cut_back;
+use crate::plugin::RunFacts;
+use crate::plugin::{self, EventData, HostServices, MonitorSnapshot, PluginHost, PluginSearch};
+use crate::run_dir::{MonitorReport, RunLayout};
+use crate::sink::tensorboard::TensorBoardMark;
+use crate::sink::{
+    unix_time, Background, ConsoleSink, Histogram, JsonlSink, Record, RecordKind, Sink,
+    TensorBoardSink,
+};
+
+/// What monitors are built against: the run's facts, the trainer's capabilities and where
+/// training stands.
+pub struct MonitorTarget<'a> {
+    pub facts: RunFacts,
+    pub services: &'a dyn HostServices,
+    pub counters: StepCounters,
+}
+
+/// Something that happened in training, for the hub to route.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A training event: to the monitors that want it; what they log goes to the sinks.
+    Monitor(EventData<'a>),
+    /// A record of metrics, to every sink.
+    Record(Record),
+    /// A histogram (`weights/<name>`), to every sink that shows histograms.
+    Histogram {
+        tag: String,
+        step: u64,
+        histogram: Histogram,
+    },
+}
+
+/// Where the files a run appends to stood at a checkpoint: a resumed run cuts each back
+/// to its mark, so that nothing is written twice.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputMarks {
+    /// The length of `metrics.jsonl`.
+    pub metrics_bytes: Option<u64>,
+    /// Every artifact monitors append to, relative to the run directory, with its length.
+    pub appended: BTreeMap<String, u64>,
+    /// The TensorBoard event file and its length.
+    pub tensorboard: Option<TensorBoardMark>,
+}
+
+/// The owner of one run's monitors, sinks and directory.
+pub struct RunHub {
+    plugins: PluginHost,
+    sinks: Vec<Box<dyn Sink>>,
+    layout: Option<RunLayout>,
+    /// The TensorBoard file the run writes, whose length each checkpoint records.
+    tensorboard_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RunHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHub")
+            .field("plugins", &self.plugins)
+            .field("sinks", &self.sinks.len())
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+impl RunHub {
+    /// Find, check and build the monitors `settings` enables (in the config's plugin
+    /// directories, else the default ones), with no sinks yet. `report_dir` receives the full
+    /// report of a failed layout check, when there is a run directory already.
+    pub fn load(
+        settings: &Settings,
+        target: MonitorTarget<'_>,
+        report_dir: Option<&Path>,
+    ) -> Result<Self> {
+        let dirs = plugin::search_dirs(settings.plugin_dirs.as_deref());
+        let plugins = PluginHost::load(
+            &settings.monitors,
+            &PluginSearch {
+                dirs: &dirs,
+                allow_insecure: settings.allow_insecure_plugins,
+                report_dir,
+            },
+            target.facts,
+            target.services,
+            target.counters,
+        )?;
+        Ok(Self::with_plugins(plugins))
+    }
+
+    /// A hub with no monitors and no sinks (evaluation, training without outputs).
+    pub fn empty() -> Self {
+        Self::with_plugins(PluginHost::empty())
+    }
+
+    fn with_plugins(plugins: PluginHost) -> Self {
+        RunHub {
+            plugins,
+            sinks: Vec::new(),
+            layout: None,
+            tensorboard_file: None,
+        }
+    }
+
+    /// Open the run directory's sinks: `metrics.jsonl` and TensorBoard, each written on a
+    /// thread of its own, and the monitors' artifact directory. With `resume`, the files are
+    /// first cut back to the checkpoint's marks (taken at `step`) and appended to; without,
+    /// they are created. `console`, when given, comes first.
+    pub fn open_run_dir(
+        &mut self,
+        layout: RunLayout,
+        resume: Option<(&OutputMarks, u64)>,
+        console: Option<ConsoleSink>,
+    ) -> Result<()> {
+        let (metrics, tensorboard) = match resume {
+            Some((marks, step)) => {
+                cut_back(&layout.metrics(), marks.metrics_bytes.unwrap_or(0))?;
+                self.plugins.set_artifact_dir(layout.artifacts());
+                self.plugins.restore_appended_artifacts(&marks.appended)?;
+                let tensorboard = match &marks.tensorboard {
+                    Some(mark) => TensorBoardSink::resume(&layout.tensorboard(), mark, step)?,
+                    None => TensorBoardSink::create(&layout.tensorboard())?,
+                };
+                (JsonlSink::append(&layout.metrics())?, tensorboard)
+            }
+            None => {
+                let metrics = JsonlSink::create(&layout.metrics())?;
+                self.plugins.set_artifact_dir(layout.artifacts());
+                (metrics, TensorBoardSink::create(&layout.tensorboard())?)
+            }
+        };
+        self.tensorboard_file = Some(tensorboard.path().to_path_buf());
+        if let Some(console) = console {
+            self.sinks.push(Box::new(console));
+        }
+        self.sinks.push(Box::new(Background::spawn(
+            "metrics.jsonl",
+            Box::new(metrics),
+        )));
+        self.sinks.push(Box::new(Background::spawn(
+            "tensorboard",
+            Box::new(tensorboard),
+        )));
+        self.layout = Some(layout);
+        Ok(())
+    }
+
+    /// Add a sink of the caller's (it gets every record, image and histogram from now on).
+    pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
+    }
+
+    /// The run directory, once opened.
+    pub fn layout(&self) -> Option<&RunLayout> {
+        self.layout.as_ref()
+    }
+
+    /// Whether any monitor wants `kind`: the trainer skips preparing events nobody wants.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.plugins.wants(kind)
+    }
+
+    /// Whether any monitor subscribed to `data`.
+    pub fn subscribes(&self, data: Subscriptions) -> bool {
+        self.plugins.subscribes(data)
+    }
+
+    /// Route one event. An error is a sink that failed or a monitor with
+    /// `on_error = "abort"` that failed.
+    pub fn emit(&mut self, event: Event<'_>, services: &dyn HostServices) -> Result<()> {
+        match event {
+            Event::Monitor(event) => self.dispatch(&event, services),
+            Event::Record(record) => self.write(&record),
+            Event::Histogram {
+                tag,
+                step,
+                histogram,
+            } => {
+                let wall_time = unix_time();
+                self.sinks
+                    .iter_mut()
+                    .try_for_each(|sink| sink.histogram(&tag, step, wall_time, &histogram))
+            }
+        }
+    }
+
+    fn dispatch(&mut self, event: &EventData<'_>, services: &dyn HostServices) -> Result<()> {
+        if !self.plugins.wants(event.kind) {
+            return Ok(());
+        }
+        let mut scalars = Vec::new();
+        let dispatched = self.plugins.dispatch(event, services, &mut scalars);
+        self.write_monitor_scalars(scalars, &event.counters)?;
+        for (monitor, path, kind) in self.plugins.take_artifacts() {
+            if kind != ArtifactKind::PNG {
+                continue;
+            }
+            // The file was just written; TensorBoard shows it under a tag that stays the
+            // same from epoch to epoch, so its slider steps through them.
+            let png = std::fs::read(&path).map_err(|source| Error::io(&path, source))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tag = format!("{monitor}/{name}");
+            let wall_time = unix_time();
+            for sink in self.sinks.iter_mut() {
+                sink.image(&tag, event.counters.global_step, wall_time, &png)?;
+            }
+        }
+        dispatched
+    }
+
+    fn write(&mut self, record: &Record) -> Result<()> {
+        self.sinks
+            .iter_mut()
+            .try_for_each(|sink| sink.write(record))
+    }
+
+    /// One record per monitor for the scalars monitors logged at one event.
+    fn write_monitor_scalars(
+        &mut self,
+        scalars: Vec<(String, String, f64)>,
+        counters: &StepCounters,
+    ) -> Result<()> {
+        let mut records: Vec<Record> = Vec::new();
+        for (monitor, metric, value) in scalars {
+            match records
+                .iter_mut()
+                .find(|r| r.source.as_deref() == Some(monitor.as_str()))
+            {
+                Some(record) => record.metrics.push((metric, value)),
+                None => records.push(Record {
+                    kind: RecordKind::Monitor,
+                    source: Some(monitor),
+                    epoch: counters.epoch as usize,
+                    global_step: counters.global_step,
+                    wall_time: unix_time(),
+                    metrics: vec![(metric, value)],
+                }),
+            }
+        }
+        records.iter().try_for_each(|record| self.write(record))
+    }
+
+    /// A resumed run's monitors get their saved state back (or start fresh, with
+    /// `epoch_start` when the run resumes mid-epoch).
+    pub fn resume_monitors(
+        &mut self,
+        saved: &[(MonitorSnapshot, Option<Vec<u8>>)],
+        counters: StepCounters,
+        epoch_start: Option<&EventData<'_>>,
+        services: &dyn HostServices,
+    ) -> Result<()> {
+        let mut scalars = Vec::new();
+        let resumed = self
+            .plugins
+            .resume(saved, counters, epoch_start, services, &mut scalars);
+        self.write_monitor_scalars(scalars, &counters)?;
+        resumed
+    }
+
+    /// The `fit_end` event, which reaches every monitor still running; then the monitors are
+    /// dropped (their libraries stay loaded).
+    pub fn finish_monitors(
+        &mut self,
+        event: &EventData<'_>,
+        services: &dyn HostServices,
+    ) -> Result<()> {
+        let mut scalars = Vec::new();
+        let finished = self.plugins.finish(event, services, &mut scalars);
+        let routed = self.write_monitor_scalars(scalars, &event.counters);
+        finished?;
+        routed
+    }
+
+    /// Every monitor's state for a checkpoint. An error is a monitor with
+    /// `on_error = "abort"` that failed to save.
+    pub fn save_monitor_states(
+        &mut self,
+        counters: StepCounters,
+        services: &dyn HostServices,
+    ) -> Result<Vec<MonitorSnapshot>> {
+        self.plugins.save_states(counters, services)
+    }
+
+    /// A monitor asked to stop the run: (monitor, reason).
+    pub fn take_stop_request(&mut self) -> Option<(String, String)> {
+        self.plugins.take_stop_request()
+    }
+
+    /// Flush every sink, then say how long each file the run appends to is: what a
+    /// checkpoint records.
+    pub fn output_marks(&mut self) -> Result<OutputMarks> {
+        self.flush().map_err(|err| Error::Sink {
+            sink: "run outputs",
+            reason: format!("flushing before a checkpoint failed: {err}"),
+        })?;
+        let length = |path: &Path| {
+            std::fs::metadata(path)
+                .map(|m| m.len())
+                .map_err(|source| Error::io(path, source))
+        };
+        let metrics_bytes = match &self.layout {
+            Some(layout) => Some(length(&layout.metrics())?),
+            None => None,
+        };
+        let tensorboard = match &self.tensorboard_file {
+            Some(path) => Some(TensorBoardMark {
+                file: path
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                bytes: length(path)?,
+            }),
+            None => None,
+        };
+        Ok(OutputMarks {
+            metrics_bytes,
+            appended: self.plugins.appended_artifacts()?,
+            tensorboard,
+        })
+    }
+
+    /// Make everything written so far durable (or visible).
+    pub fn flush(&mut self) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|sink| sink.flush())
+    }
+
+    /// Flush and close the sinks (their threads end); the monitors' report stays readable.
+    pub fn close_sinks(&mut self) -> Result<()> {
+        let flushed = self.flush();
+        self.sinks.clear();
+        flushed
+    }
+
+    /// Seconds spent inside the monitors' hooks so far, all monitors and events together:
+    /// what monitoring cost the run in its own code (the host's work for it is not counted).
+    pub fn hook_seconds(&self) -> f64 {
+        self.plugins.hook_seconds()
+    }
+
+    /// Per-monitor facts and costs for `run.json`, relative to `loop_seconds` of training.
+    pub fn monitor_report(&self, loop_seconds: f64) -> Vec<MonitorReport> {
+        self.plugins.report(loop_seconds)
+    }
+
+    /// What `vigil check` prints for each monitor.
+    pub fn monitor_plan(&self) -> Vec<String> {
+        self.plugins.plan()
+    }
+
+    /// The monitors' warnings so far.
+    pub fn warnings(&self) -> &[String] {
+        self.plugins.warnings()
+    }
+}
