@@ -38,6 +38,11 @@ pub enum Error {
     #[error("{path}: {reason}")]
     DataCorrupt { path: PathBuf, reason: String },
 
+    /// A checkpoint's file no longer matches the checksum recorded when it was written, or
+    /// no checkpoint of a run is intact.
+    #[error("{path}: {reason}")]
+    CheckpointDamaged { path: PathBuf, reason: String },
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -2,20 +2,35 @@
 //!
 //! The binary `vigil` is a thin CLI over this library. The pieces, by concept:
 //!
-//! - [`config`]: TOML → validated [`config::Settings`], with errors that point at the line;
-//! - [`data`]: IDX (MNIST, Fashion-MNIST) and the built-in synthetic dataset, as plain bytes;
-//! - [`model`]: the networks (MLP, small CNN);
-//! - [`train`]: the loop, evaluation, the run directory;
+//! - [`config`]: TOML and `--set` overrides → validated [`config::Settings`], with errors that
+//!   point at the file, key and line;
+//! - [`data`]: IDX, CIFAR-10, image folders, tensor files and the synthetic dataset, as bytes;
+//! - [`model`]: the built-in networks (MLP, CNN, CIFAR ResNet-18) and TorchScript modules;
+//! - [`train`]: the loop, validation, checkpoints, `vigil train` and `vigil check`;
+//! - [`hub`]: one owner for a run's outputs ([`hub::RunHub`]): its monitors, its sinks and its
+//!   directory; the trainer hands it events as data and it routes them;
+//! - [`run_dir`]: the run directory as an interface: file names, `run.json` typed
+//!   ([`run_dir::RunInfo`]), the lock, and the readers everything else uses;
 //! - [`plugin`]: monitor plugins — find, check, load, dispatch, time, isolate;
-//! - [`bench`]: what training and monitoring cost (`vigil bench`);
+//! - [`sink`]: where records go (`metrics.jsonl`, TensorBoard, the console), on threads of
+//!   their own;
 //! - [`study`]: grids of runs from a study file, run here or on SLURM, watched and exported;
+//! - [`export`]: a trained model as TorchScript or ONNX;
+//! - [`scaffold`]: `vigil new-monitor`;
+//! - [`bench`]: what training and monitoring cost (`vigil bench`), measured through the
+//!   trainer's and the hub's public interfaces;
 //! - [`fs`]: atomic, durable writes and cut-backs of the files a run keeps;
 //! - [`interrupt`]: SIGTERM, SIGINT and SIGUSR1 stop a run cleanly, with a checkpoint;
 //! - [`memory`]: the allocator settings training wants;
-//! - [`sink`]: where metrics go (`metrics.jsonl`, the console).
+//! - [`rng`]: the seeded generator behind epoch orders, augmentation and samples shown.
 //!
-//! Arrows run one way: the CLI calls the trainer; the trainer uses data, models and sinks;
-//! data, models and sinks know nothing of the loop.
+//! Arrows run one way: the CLI calls the trainer and the study; the trainer uses data, models
+//! and the hub; the hub uses the plugin host, sinks and the run directory; studies read run
+//! directories through [`run_dir`]; data, models and sinks know nothing of the loop. A step:
+//! forward, loss, backward; the trainer emits `train_batch_end` to the hub, which calls the
+//! monitors that want it in config order and routes what they logged to the sinks; the
+//! optimizer steps; the step's record goes to the sinks, which write it off the training
+//! thread.
 //!
 //! ```no_run
 //! let outcome = vigil::train::train_from_file(std::path::Path::new("configs/quickstart.toml"))?;

@@ -175,6 +175,39 @@ fn a_library_for_another_architecture_or_truncated_is_refused() {
     );
 }
 
+/// A library that exports abi_stable's root-module symbol but is no vigil plugin (here a C
+/// library whose symbol points at zeros; in the wild, a library of another abi_stable
+/// version), enabled by path without a pin: one line naming the file, not abi_stable's dump
+/// of two headers.
+#[test]
+fn a_library_that_is_not_a_vigil_plugin_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fake.c"),
+        "static const char zeros[256] = {0};\n\
+         const void *_1as_0lib_1header_0root_bmodule_bloader = zeros;\n",
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .current_dir(dir.path())
+        .args(["-shared", "-fPIC", "-o", "libfake.so", "fake.c"])
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let monitors = "[[monitors]]\nname = \"fake\"\npath = \"libfake.so\"";
+    let output = run(dir.path(), &small(1, monitors), &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), 2, "{message}");
+    assert!(
+        lines[1]
+            .contains("libfake.so: not a vigil plugin: it exports abi_stable's root-module symbol"),
+        "{message}"
+    );
+    assert!(!message.contains("AbiHeader"), "{message}");
+}
+
 #[test]
 fn a_failing_checkpoint_write_keeps_the_previous_one_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! Integration tests: real files on disk, the real `vigil` binary, real training.
 
+mod checkpoint_integrity;
 mod cli;
 mod curvature;
 mod experiment;

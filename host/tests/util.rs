@@ -16,7 +16,7 @@ pub fn build_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The test-fixture plugins (`fault-injector`, `constructor-marker`) in a directory of their
+/// The test-fixture plugins (`fault-injector`, `constructor-marker`, `sample-recorder`) in a directory of their
 /// own. `cargo test` builds them as examples of `vigil-test-fixtures` into
 /// `<build dir>/examples`, beside hash-suffixed copies of the same libraries; this copies the
 /// plain ones once per test process, so that a search finds each monitor once.
@@ -25,7 +25,7 @@ pub fn fixture_dir() -> PathBuf {
     DIR.get_or_init(|| {
         let dir = build_dir().join("test-fixture-plugins");
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["fault_injector", "constructor_marker"] {
+        for name in ["fault_injector", "constructor_marker", "sample_recorder"] {
             let built = build_dir().join("examples").join(format!("lib{name}.so"));
             assert!(
                 built.is_file(),

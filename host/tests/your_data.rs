@@ -532,3 +532,75 @@ fn a_streamed_image_folder_trains_exactly_as_a_cached_one() {
         "the streamed run differs from the cached one"
     );
 }
+
+/// An image folder whose files come sorted by class (as every image folder's do): the sample
+/// grid's first 16 images span the classes, not 16 images of the first class, and the host
+/// offers the same images at every epoch.
+#[test]
+fn the_sample_grid_spans_the_classes_of_a_class_sorted_folder_and_keeps_its_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("images");
+    // 12 classes of 10 validation images each, each image different.
+    let classes: Vec<String> = (0..12).map(|c| format!("class{c:02}")).collect();
+    for (split, count) in [("train", 4u32), ("val", 10)] {
+        for (class, name) in classes.iter().enumerate() {
+            let folder = root.join(split).join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..count {
+                // The first row says which image it is; the rest is a pattern.
+                let image = image::GrayImage::from_fn(8, 8, |x, y| {
+                    image::Luma([match (x, y) {
+                        (0, 0) => class as u8 * 20,
+                        (1, 0) => i as u8 * 20,
+                        _ => ((x * 13 + y * 7 + i * 17) % 251) as u8,
+                    }])
+                });
+                image.save(folder.join(format!("{i:02}.png"))).unwrap();
+            }
+        }
+    }
+    let config = format!(
+        "seed = 3\nepochs = 3\nbatch_size = 16\ndata = \"image-folder\"\ndata_dir = {:?}\n\
+         run_dir = \"run\"\n{}\n[image_folder]\nimage_size = 8\n[model]\nkind = \"mlp\"\nhidden = [16]\n\
+         [[monitors]]\nname = \"sample-recorder\"\n[[monitors]]\nname = \"sample-visualization\"\n",
+        root.display().to_string(),
+        crate::util::plugin_dirs_toml()
+    );
+    std::fs::write(dir.path().join("run.toml"), config).unwrap();
+    let output = crate::util::vigil(dir.path(), &["train", "run.toml"]);
+    assert!(output.status.success(), "{}", crate::util::stderr(&output));
+    let artifacts = dir.path().join("run/artifacts");
+    let shown = |epoch: u32| -> Vec<(i64, String)> {
+        crate::util::json(artifacts.join(format!("shown_{epoch:03}.json")))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|image| {
+                (
+                    image["label"].as_i64().unwrap(),
+                    image["pixels"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let first = shown(1);
+    assert_eq!(first.len(), 64, "the host offers 64 of the 120");
+    let mut grid_classes: Vec<i64> = first[..16].iter().map(|(label, _)| *label).collect();
+    grid_classes.sort_unstable();
+    grid_classes.dedup();
+    // At least min(classes, 16) / 2; classes take turns, so here all twelve.
+    assert!(grid_classes.len() >= 12 / 2, "{grid_classes:?}");
+    assert_eq!(grid_classes.len(), 12, "{grid_classes:?}");
+    let mut distinct: Vec<&String> = first.iter().map(|(_, pixels)| pixels).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 64, "64 different images");
+    for epoch in 2..=3 {
+        assert_eq!(shown(epoch), first, "epoch {epoch} shows other images");
+    }
+    for epoch in 1..=3 {
+        assert!(artifacts
+            .join(format!("epoch_{epoch:03}/sample_predictions.png"))
+            .is_file());
+    }
+}

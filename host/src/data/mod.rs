@@ -1,7 +1,9 @@
-//! Datasets as plain bytes: readers for IDX files and the built-in synthetic dataset.
+//! Datasets as plain bytes: readers for IDX files (MNIST, Fashion-MNIST), CIFAR-10's binary
+//! batches, image folders (decoded once, or streamed from their files), safetensors tensor
+//! files, and the built-in synthetic dataset.
 //!
 //! Nothing here knows about libtorch or the training loop; the trainer turns an [`ImageSet`]
-//! into tensors once, at start-up.
+//! into tensors once, at start-up (or, for a streamed image folder, batch by batch).
 
 pub mod cifar;
 pub mod idx;

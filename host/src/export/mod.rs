@@ -55,11 +55,13 @@ pub struct Exported {
     pub checkpoint: PathBuf,
     pub file: PathBuf,
     pub inputs_file: PathBuf,
+    /// Checkpoints passed over because their files no longer match their checksums.
+    pub warnings: Vec<String>,
 }
 
 /// Export the model of `run_dir`'s checkpoint `which` to `out` (and `out.json`).
 pub fn export_model(run_dir: &Path, which: Which, out: &Path) -> Result<Exported> {
-    let dir = choose(run_dir, which)?;
+    let (dir, warnings) = choose(run_dir, which)?;
     let state = checkpoint::read_state_of(&dir)?;
     let settings = Settings::from_toml(&state.config, &dir.join("state.json"))?;
     let inputs_path = run_dir.join(INPUTS_FILE);
@@ -106,18 +108,23 @@ pub fn export_model(run_dir: &Path, which: Which, out: &Path) -> Result<Exported
         checkpoint: dir,
         file: out.to_path_buf(),
         inputs_file,
+        warnings,
     })
 }
 
-/// The checkpoint directory `which` names.
-fn choose(run_dir: &Path, which: Which) -> Result<PathBuf> {
+/// The checkpoint directory `which` names, checked against its checksums: the best or the
+/// last falls back to the next intact one (with a warning each), a step named is refused.
+fn choose(run_dir: &Path, which: Which) -> Result<(PathBuf, Vec<String>)> {
     let root = run_dir.join(CHECKPOINT_DIR);
     let missing = |what: String| Error::Config {
         location: run_dir.display().to_string(),
         message: what,
     };
     match which {
-        Which::Last => checkpoint::latest(run_dir).map(|(dir, _)| dir),
+        Which::Last => checkpoint::newest_intact(run_dir).map(|latest| {
+            let warnings = latest.warnings();
+            (latest.dir, warnings)
+        }),
         Which::Best => {
             let text = std::fs::read(root.join("index.json")).map_err(|_| {
                 missing(
@@ -130,15 +137,49 @@ fn choose(run_dir: &Path, which: Which) -> Result<PathBuf> {
                     path: root.join("index.json"),
                     reason: err.to_string(),
                 })?;
-            let best = index.best.first().ok_or_else(|| {
-                missing("has no best checkpoint yet (none was taken after a validation); use --checkpoint last".into())
-            })?;
-            Ok(root.join(&best.dir))
+            if index.best.is_empty() {
+                return Err(missing("has no best checkpoint yet (none was taken after a validation); use --checkpoint last".into()));
+            }
+            let mut passed_over: Vec<(PathBuf, String)> = Vec::new();
+            for entry in &index.best {
+                let dir = root.join(&entry.dir);
+                match checkpoint::read_state_of(&dir)
+                    .and_then(|state| checkpoint::verify(&dir, &state))
+                {
+                    Ok(()) => {
+                        let warnings = passed_over
+                            .iter()
+                            .map(|(damaged, reason)| {
+                                format!(
+                                    "checkpoint {} is damaged or unreadable ({reason}); exporting the next best intact one, {}",
+                                    damaged.display(),
+                                    dir.display()
+                                )
+                            })
+                            .collect();
+                        return Ok((dir, warnings));
+                    }
+                    Err(err) => passed_over.push((dir, err.to_string())),
+                }
+            }
+            Err(Error::CheckpointDamaged {
+                path: root,
+                reason: format!(
+                    "no best checkpoint is intact: {}; try --checkpoint last",
+                    passed_over
+                        .iter()
+                        .map(|(_, reason)| reason.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            })
         }
         Which::Step(step) => {
             let dir = root.join(format!("step_{step:09}"));
             if dir.join("state.json").is_file() {
-                Ok(dir)
+                let state = checkpoint::read_state_of(&dir)?;
+                checkpoint::verify(&dir, &state)?;
+                Ok((dir, Vec::new()))
             } else {
                 let mut kept: Vec<String> = std::fs::read_dir(&root)
                     .into_iter()

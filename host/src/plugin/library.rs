@@ -197,6 +197,13 @@ fn open_reason(err: &LibraryError, loader_path: &Path, path: &Path) -> String {
             "not a vigil plugin: no abi_stable root module (build it with vigil_plugin_api::export_monitor!)"
                 .into()
         }
+        // abi_stable's own report of this case is a dump of both headers' bytes.
+        LibraryError::InvalidAbiHeader(_) => {
+            "not a vigil plugin: it exports abi_stable's root-module symbol, but not a header that \
+             abi_stable 0.11 can read (a library of another abi_stable version, or not a plugin); \
+             build it with vigil_plugin_api::export_monitor!"
+                .into()
+        }
         other => text(other),
     }
 }

@@ -8,12 +8,19 @@
 //! monitor that saved state, and `state.json` (counters, the epoch's running sums, the
 //! effective config, the lengths of every file the run appends to, what each monitor saved).
 //!
+//! Integrity: `state.json` records the length and CRC-32C of every other file of the
+//! checkpoint as it was written (`checksums`); [`newest_intact`] and [`verify`] check them, so that a
+//! file damaged on disk after it was written (safetensors itself carries no checksum) is
+//! found before a run resumes from it or a model is exported from it ([`newest_intact`]). A damaged checkpoint is
+//! passed over for the newest intact one, with a warning.
+//!
 //! Durability: every file is fsynced, the directory is written under a temporary name,
 //! fsynced, renamed into place, and the parent fsynced; only then is `index.json` (which says
 //! which directories are the best and which is the last) replaced atomically and durably. A
 //! crash or power loss at any moment leaves the previous complete checkpoint loadable.
 //! Directories no longer referenced are removed only after the new index is in place.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +86,28 @@ pub struct TrainingState {
     #[serde(default)]
     pub gradient_averages: Vec<SavedGradientAverage>,
     pub vigil_version: String,
+    /// Every other file of the checkpoint, by name, as it was written. Checkpoints of an
+    /// older vigil have none, and are not checked.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, FileChecksum>,
+}
+
+/// The length and CRC-32C (Castagnoli) of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChecksum {
+    pub bytes: u64,
+    pub crc32c: u32,
+}
+
+impl FileChecksum {
+    /// The checksum of the file at `path`, read whole.
+    pub fn of_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::io(path, source))?;
+        Ok(FileChecksum {
+            bytes: bytes.len() as u64,
+            crc32c: crc32c::crc32c(&bytes),
+        })
+    }
 }
 
 impl TrainingState {
@@ -143,7 +172,11 @@ impl Checkpoints {
         std::fs::create_dir_all(&root).map_err(|source| Error::io(&root, source))?;
         // The directory's own entry in the run directory must survive power loss too.
         fs::sync_parent(&root)?;
-        let index = read_index(&root).unwrap_or_default();
+        let mut index = read_index(&root).unwrap_or_default();
+        // Entries whose directory was set aside as damaged (or removed by hand) are dropped.
+        let exists = |entry: &CheckpointEntry| root.join(&entry.dir).join(STATE).is_file();
+        index.best.retain(exists);
+        index.last = index.last.filter(exists);
         Ok(Checkpoints {
             root,
             keep_best,
@@ -270,6 +303,7 @@ fn write_checkpoint(
     state: &TrainingState,
     extras: &Extras,
 ) -> Result<()> {
+    let mut written = vec![MODEL.to_string(), OPTIMIZER.to_string()];
     write_tensors(&dir.join(MODEL), vars.variables().into_iter().collect())?;
     write_tensors(&dir.join(OPTIMIZER), optimizer.state_tensors().0)?;
     if !extras.tensors.is_empty() {
@@ -279,18 +313,27 @@ fn write_checkpoint(
             .map(|(name, tensor)| (name.clone(), tensor.shallow_clone()))
             .collect();
         write_tensors(&dir.join(HOST), tensors)?;
+        written.push(HOST.into());
     }
     if let Some(module) = &extras.module {
         let path = dir.join(MODULE);
         module.save(&path, false)?;
         fs::sync_file(&path)?;
+        written.push(MODULE.into());
     }
     for (name, bytes) in &extras.files {
         let path = dir.join(name);
         std::fs::write(&path, bytes).map_err(|source| Error::io(&path, source))?;
         fs::sync_file(&path)?;
+        written.push(name.clone());
     }
-    let text = serde_json::to_vec_pretty(state).map_err(|source| Error::Json {
+    // Read back after the fsync: the sums are of what the disk was given.
+    let mut state = state.clone();
+    state.checksums = written
+        .into_iter()
+        .map(|name| Ok((name.clone(), FileChecksum::of_file(&dir.join(&name))?)))
+        .collect::<Result<_>>()?;
+    let text = serde_json::to_vec_pretty(&state).map_err(|source| Error::Json {
         what: "checkpoint state".into(),
         source,
     })?;
@@ -312,17 +355,70 @@ fn read_state(dir: &Path) -> Result<TrainingState> {
     })
 }
 
-/// The newest complete checkpoint of a run: the index's `last`, or, if the index is missing
-/// or names a directory that is not complete, the complete `step_*` directory with the
-/// highest step.
-pub fn latest(run_dir: &Path) -> Result<(PathBuf, TrainingState)> {
-    let root = run_dir.join(CHECKPOINT_DIR);
-    if let Some(last) = read_index(&root).and_then(|index| index.last) {
-        let dir = root.join(&last.dir);
-        if let Ok(state) = read_state(&dir) {
-            return Ok((dir, state));
+/// Check every file `state` lists against its recorded length and CRC-32C. The error names
+/// the first file that differs.
+pub fn verify(dir: &Path, state: &TrainingState) -> Result<()> {
+    for (name, expected) in &state.checksums {
+        let path = dir.join(name);
+        let found = FileChecksum::of_file(&path).map_err(|err| Error::CheckpointDamaged {
+            path: path.clone(),
+            reason: format!("cannot be read: {err}"),
+        })?;
+        if found.bytes != expected.bytes {
+            return Err(Error::CheckpointDamaged {
+                path,
+                reason: format!(
+                    "is {} bytes long, but {} were written",
+                    found.bytes, expected.bytes
+                ),
+            });
+        }
+        if found.crc32c != expected.crc32c {
+            return Err(Error::CheckpointDamaged {
+                path,
+                reason: format!(
+                    "has CRC-32C {:08x}, but {:08x} was written: the file changed on disk",
+                    found.crc32c, expected.crc32c
+                ),
+            });
         }
     }
+    Ok(())
+}
+
+/// The checkpoint a run continues from, and the newer ones passed over as damaged.
+#[derive(Debug)]
+pub struct Latest {
+    pub dir: PathBuf,
+    pub state: TrainingState,
+    /// Newer complete checkpoints whose files do not match their checksums, newest first,
+    /// each with what is wrong.
+    pub damaged: Vec<(PathBuf, String)>,
+}
+
+impl Latest {
+    /// One warning per damaged checkpoint passed over.
+    pub fn warnings(&self) -> Vec<String> {
+        self.damaged
+            .iter()
+            .map(|(dir, reason)| {
+                format!(
+                    "checkpoint {} is damaged ({reason}); continuing from the newest intact one, {}",
+                    dir.display(),
+                    self.dir.display()
+                )
+            })
+            .collect()
+    }
+}
+
+/// The newest complete, intact checkpoint of a run: the index's `last`, or, if the index is
+/// missing or names a directory that is not complete or intact, the complete `step_*`
+/// directory with the highest step whose files match their checksums. With none complete the
+/// error says so ([`Error::Config`]); with complete ones that are all damaged it names each
+/// ([`Error::CheckpointDamaged`]).
+pub fn newest_intact(run_dir: &Path) -> Result<Latest> {
+    let root = run_dir.join(CHECKPOINT_DIR);
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(&root)
         .map_err(|_| Error::Config {
             location: run_dir.display().to_string(),
@@ -333,15 +429,68 @@ pub fn latest(run_dir: &Path) -> Result<(PathBuf, TrainingState)> {
         .filter(|path| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_")))
         .collect();
     candidates.sort();
-    for dir in candidates.into_iter().rev() {
-        if let Ok(state) = read_state(&dir) {
-            return Ok((dir, state));
+    candidates.reverse();
+    if let Some(last) = read_index(&root).and_then(|index| index.last) {
+        let dir = root.join(&last.dir);
+        candidates.retain(|candidate| *candidate != dir);
+        candidates.insert(0, dir);
+    }
+    let mut damaged = Vec::new();
+    for dir in candidates {
+        let Ok(state) = read_state(&dir) else {
+            continue;
+        };
+        match verify(&dir, &state) {
+            Ok(()) => {
+                return Ok(Latest {
+                    dir,
+                    state,
+                    damaged,
+                })
+            }
+            Err(err) => damaged.push((dir, err.to_string())),
         }
     }
-    Err(Error::Config {
-        location: root.display().to_string(),
-        message: "holds no complete checkpoint to resume from".into(),
+    if damaged.is_empty() {
+        return Err(Error::Config {
+            location: root.display().to_string(),
+            message: "holds no complete checkpoint to resume from".into(),
+        });
+    }
+    Err(Error::CheckpointDamaged {
+        path: root,
+        reason: format!(
+            "holds no intact checkpoint: {}; the run cannot be resumed (start it again)",
+            damaged
+                .iter()
+                .map(|(_, reason)| reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     })
+}
+
+/// The newest complete, intact checkpoint of a run and its state ([`newest_intact`] without
+/// the damaged ones it passed over).
+pub fn latest(run_dir: &Path) -> Result<(PathBuf, TrainingState)> {
+    newest_intact(run_dir).map(|latest| (latest.dir, latest.state))
+}
+
+/// Move damaged checkpoints out of the way (to `.damaged-<name>` beside them, kept for a
+/// look), so that the run writes intact ones in their place and the index no longer names
+/// them. Called with the run's lock held.
+pub fn set_aside(damaged: &[(PathBuf, String)]) -> Result<()> {
+    for (dir, _) in damaged {
+        let Some(name) = dir.file_name() else {
+            continue;
+        };
+        let mut aside = std::ffi::OsString::from(".damaged-");
+        aside.push(name);
+        let target = dir.with_file_name(aside);
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::rename(dir, &target).map_err(|source| Error::io(dir, source))?;
+    }
+    Ok(())
 }
 
 /// The state of the complete checkpoint in `dir`.

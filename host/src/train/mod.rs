@@ -86,6 +86,8 @@ pub struct Trainer {
     class_names: Vec<String>,
     /// Whether the inputs are images monitors can be shown (not float features).
     inputs_are_images: bool,
+    /// The validation samples monitors are shown, by index ([`validation::shown_samples`]).
+    shown_samples: Vec<i64>,
     probes: ProbeCache,
     averages: GradientAverages,
     progress: Progress,
@@ -202,6 +204,11 @@ impl Trainer {
             val_labels: dataset.test.labels.clone(),
             class_names: dataset.class_names.clone(),
             inputs_are_images: dataset.test.is_images(),
+            shown_samples: validation::shown_samples(
+                &dataset.test.labels,
+                SAMPLE_IMAGES,
+                settings.seed,
+            ),
             vars,
             model,
             optimizer,

@@ -126,6 +126,10 @@ enum Plan {
         run_dir: PathBuf,
         checkpoint_dir: PathBuf,
         state: Box<TrainingState>,
+        /// Newer checkpoints passed over as damaged, with what is wrong.
+        damaged: Vec<(PathBuf, String)>,
+        /// What to warn of: the damaged checkpoints.
+        warnings: Vec<String>,
     },
 }
 
@@ -161,9 +165,14 @@ fn plan(request: &TrainRequest) -> Result<Plan> {
                             .into(),
                 });
             };
-            if checkpoint::latest(&run_dir).is_ok() {
-                let (stored, _) = stored_config(&run_dir)?;
-                return plan_resume(&run_dir, &stored, requested, "the config");
+            match checkpoint::newest_intact(&run_dir) {
+                Ok(_) => {
+                    let (stored, _) = stored_config(&run_dir)?;
+                    return plan_resume(&run_dir, &stored, requested, "the config");
+                }
+                // Checkpoints that are all damaged are not a run to start over silently.
+                Err(err @ Error::CheckpointDamaged { .. }) => return Err(err),
+                Err(_) => {}
             }
             start_over_if_unfinished(&run_dir, &requested)?;
             Ok(Plan::New {
@@ -191,7 +200,13 @@ fn plan_resume(
     mut requested: Settings,
     asked_by: &str,
 ) -> Result<Plan> {
-    let (checkpoint_dir, state) = checkpoint::latest(run_dir)?;
+    let latest = checkpoint::newest_intact(run_dir)?;
+    let warnings = latest.warnings();
+    let checkpoint::Latest {
+        dir: checkpoint_dir,
+        state,
+        damaged,
+    } = latest;
     if state.format != checkpoint::FORMAT {
         return Err(Error::Config {
             location: checkpoint_dir.display().to_string(),
@@ -244,6 +259,8 @@ fn plan_resume(
         run_dir: run_dir.to_path_buf(),
         checkpoint_dir,
         state: Box::new(state),
+        damaged,
+        warnings,
     })
 }
 
@@ -367,14 +384,22 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
 
     // Held until training ends and run.json is written.
     let mut _run_lock = None;
+    let mut fallback_warnings = Vec::new();
     let (layout, settings, resumed_from, previous) = match plan {
         Plan::Resume {
             settings,
             run_dir,
             checkpoint_dir,
             state,
+            damaged,
+            warnings,
         } => {
             _run_lock = Some(run_dir::lock_run_dir(&run_dir)?);
+            for warning in &warnings {
+                tracing::warn!("{warning}");
+            }
+            checkpoint::set_aside(&damaged)?;
+            fallback_warnings = warnings;
             trainer.resume(&checkpoint_dir, &state)?;
             let previous = read_run_info(&run_dir).unwrap_or_default();
             if trainer.is_complete() && previous.status == RunInfo::COMPLETED {
@@ -451,6 +476,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     let last = summary.and_then(FitSummary::last);
     // Earlier attempts' warnings first: a resumed run's `run.json` replaces theirs.
     let mut warnings = previous.warnings;
+    warnings.extend(fallback_warnings);
     warnings.extend(trainer.warnings().iter().cloned());
     warnings.extend(hub.warnings().iter().cloned());
     let mut attempts = previous.attempts;

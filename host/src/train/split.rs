@@ -195,14 +195,15 @@ impl TensorSplit {
         )
     }
 
-    /// The first `count` inputs, de-normalised to [0, 1], as CPU floats.
-    pub(super) fn display_images(&self, count: i64) -> Result<Vec<f32>> {
+    /// The inputs at `indices`, de-normalised to [0, 1], as CPU floats.
+    pub(super) fn display_images(&self, indices: &[i64]) -> Result<Vec<f32>> {
         let channels = self.mean.len() as i64;
         let shape = [1, channels, 1, 1];
         let mean = Tensor::f_from_slice(&self.mean)?.f_view(shape)?;
         let std = Tensor::f_from_slice(&self.std)?.f_view(shape)?;
+        let on_device = Tensor::f_from_slice(indices)?.f_to_device(self.device)?;
         let images = self
-            .range(0, count)?
+            .gather(indices, &on_device)?
             .f_to_device(Device::Cpu)?
             .f_mul(&std)?
             .f_add(&mean)?

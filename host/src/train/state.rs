@@ -236,6 +236,7 @@ impl Trainer {
             monitors,
             gradient_averages,
             vigil_version: env!("CARGO_PKG_VERSION").into(),
+            checksums: Default::default(),
         };
         checkpoints.save(&self.vars, &self.optimizer, &state, &extras)?;
         Ok(())

@@ -8,10 +8,11 @@ use tch::{Device, Kind};
 use vigil_plugin_api::{EventKind, ImageBatch, Subscriptions, ValidationBatch};
 
 use super::step::cross_entropy;
-use super::{PassMetrics, Trainer, SAMPLE_IMAGES};
+use super::{PassMetrics, Trainer};
 use crate::error::Result;
 use crate::hub::RunHub;
 use crate::plugin::EventData;
+use crate::rng::SplitMix64;
 use crate::sink::RecordKind;
 
 impl Trainer {
@@ -54,8 +55,14 @@ impl Trainer {
         let want_images = self.inputs_are_images
             && hub.wants(EventKind::VALIDATION_END)
             && hub.subscribes(Subscriptions::SAMPLE_IMAGES);
-        let image_count = samples.min(SAMPLE_IMAGES as i64);
-        let mut image_predictions: Vec<i64> = Vec::new();
+        // The shown samples by index, with their place in the list monitors get.
+        let mut shown: Vec<(i64, usize)> = if want_images {
+            self.shown_samples.iter().copied().zip(0..).collect()
+        } else {
+            Vec::new()
+        };
+        shown.sort_unstable();
+        let mut image_predictions = vec![0i64; shown.len()];
         let num_classes = self.class_names.len() as u32;
         let (mut loss_sum, mut correct, mut top_correct) = (0f64, 0f64, 0f64);
         let top_k = self.settings.top_k;
@@ -79,14 +86,16 @@ impl Trainer {
                 .f_eq_tensor(&labels)?
                 .f_sum(Kind::Float)?
                 .f_double_value(&[])?;
-            let need_predictions =
-                copy_outputs || (want_images && (image_predictions.len() as i64) < image_count);
+            let in_batch = {
+                let first = shown.partition_point(|&(index, _)| index < start);
+                let end = shown.partition_point(|&(index, _)| index < start + size);
+                &shown[first..end]
+            };
             let mut cpu_predictions = Vec::new();
-            if need_predictions {
+            if copy_outputs || !in_batch.is_empty() {
                 cpu_predictions = Vec::<i64>::try_from(&predictions.f_to_device(Device::Cpu)?)?;
-                if want_images {
-                    let missing = (image_count as usize).saturating_sub(image_predictions.len());
-                    image_predictions.extend(cpu_predictions.iter().take(missing));
+                for &(index, place) in in_batch {
+                    image_predictions[place] = cpu_predictions[(index - start) as usize];
                 }
             }
             if per_batch {
@@ -135,14 +144,11 @@ impl Trainer {
             let mut event = EventData::new(EventKind::VALIDATION_END, self.counters(0, 0), &values);
             let (pixels, labels) = if want_images {
                 (
-                    self.test.display_images(image_count)?,
-                    Vec::<i64>::try_from(
-                        &self
-                            .test
-                            .labels
-                            .f_narrow(0, 0, image_count)?
-                            .f_to_device(Device::Cpu)?,
-                    )?,
+                    self.test.display_images(&self.shown_samples)?,
+                    self.shown_samples
+                        .iter()
+                        .map(|&index| self.val_labels[index as usize])
+                        .collect(),
                 )
             } else {
                 (Vec::new(), Vec::new())
@@ -151,7 +157,7 @@ impl Trainer {
                 let size = self.test.size();
                 event.images = Some(ImageBatch {
                     pixels: RSlice::from_slice(&pixels),
-                    count: image_count as u32,
+                    count: self.shown_samples.len() as u32,
                     channels: size[1] as u32,
                     height: size[2] as u32,
                     width: size[3] as u32,
@@ -162,5 +168,72 @@ impl Trainer {
             self.notify(hub, event)?;
         }
         Ok(metrics)
+    }
+}
+
+/// Which validation samples monitors are shown ([`super::SAMPLE_IMAGES`] at most): the
+/// classes take turns (each class's first pick, in class order, then each class's second,
+/// and so on), and each class's picks are drawn at random with the run's seed. The same
+/// samples every epoch, so that a viewer can follow them, and every prefix of the list (a
+/// monitor that draws 16 takes the first 16) as even over the classes as it can be, whatever
+/// order the files are in.
+pub(super) fn shown_samples(labels: &[i64], count: usize, seed: u64) -> Vec<i64> {
+    let mut by_class: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for (index, &label) in labels.iter().enumerate() {
+        by_class.entry(label).or_default().push(index as i64);
+    }
+    let mut rng = SplitMix64::derived(seed, "shown-samples");
+    let mut picks: Vec<std::vec::IntoIter<i64>> = by_class
+        .into_values()
+        .map(|members| {
+            rng.permutation(members.len())
+                .into_iter()
+                .map(|at| members[at as usize])
+                .collect::<Vec<i64>>()
+                .into_iter()
+        })
+        .collect();
+    let mut shown = Vec::with_capacity(count.min(labels.len()));
+    while shown.len() < count.min(labels.len()) {
+        for class in &mut picks {
+            if shown.len() == count {
+                break;
+            }
+            shown.extend(class.next());
+        }
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_samples;
+
+    #[test]
+    fn shown_samples_take_the_classes_in_turn_and_stay_the_same() {
+        // Sorted by class, as an image folder's files are: 3 classes of 30, 20 and 2.
+        let labels: Vec<i64> = [(0, 30), (1, 20), (2, 2)]
+            .iter()
+            .flat_map(|&(class, n)| std::iter::repeat_n(class, n))
+            .collect();
+        let shown = shown_samples(&labels, 16, 7);
+        assert_eq!(shown.len(), 16);
+        let classes: Vec<i64> = shown.iter().map(|&i| labels[i as usize]).collect();
+        assert_eq!(&classes[..6], &[0, 1, 2, 0, 1, 2]);
+        // Class 2 has run out: the other two go on taking turns.
+        assert_eq!(&classes[6..10], &[0, 1, 0, 1]);
+        let mut unique = shown.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 16, "no sample twice");
+        assert_eq!(shown, shown_samples(&labels, 16, 7), "seeded");
+        assert_ne!(
+            shown,
+            shown_samples(&labels, 16, 8),
+            "drawn, not the first of each"
+        );
+        // Fewer samples than asked: all of them.
+        assert_eq!(shown_samples(&labels[..5], 64, 1).len(), 5);
+        assert!(shown_samples(&[], 64, 1).is_empty());
     }
 }

@@ -1,5 +1,6 @@
-//! The `sample-visualization` monitor: the first validation images with their true and
-//! predicted classes.
+//! The `sample-visualization` monitor: validation images with their true and predicted
+//! classes. It draws the first `num_samples` of the images the host offers: the same samples
+//! every epoch, the classes taking turns (see the README), so any prefix spans the classes.
 //!
 //! ```toml
 //! [[monitors]]
