@@ -11,6 +11,31 @@ pub enum Error {
     #[error("{location}: {message}")]
     Config { location: String, message: String },
 
+    /// A command was given arguments that do not go together, or lacks one.
+    #[error("{command}: {message}")]
+    Usage {
+        command: &'static str,
+        message: String,
+    },
+
+    /// A run directory cannot be resumed as asked (another config, an older format, fewer
+    /// epochs than trained, no checkpoint).
+    #[error("{run_dir}: {message}")]
+    Resume { run_dir: PathBuf, message: String },
+
+    /// Another process holds the lock on a run or a study.
+    #[error("{path}: {message}")]
+    Busy { path: PathBuf, message: String },
+
+    /// A program vigil runs (sbatch, scontrol, a `vigil train` of a study, a Python
+    /// baseline) could not be started or failed.
+    #[error("{program}: {reason}")]
+    Subprocess { program: String, reason: String },
+
+    /// Training that was to run a given number of steps ended before (a monitor stopped it).
+    #[error("{what} stopped early: {reason}")]
+    StoppedEarly { what: String, reason: String },
+
     /// Plugins could not be found, loaded or built; one line per problem.
     #[error("cannot set up monitors:\n  {}", problems.join("\n  "))]
     Plugins { problems: Vec<String> },
@@ -59,13 +84,10 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A capability a monitor asked for could not be computed.
+    /// A capability a monitor asked for could not be computed (a Hessian-vector product, a
+    /// gradient average, a probe batch).
     #[error("{0}")]
     Capability(String),
-
-    /// `vigil bench` could not run (bad options, a missing plugin, the Python baseline).
-    #[error("vigil bench: {0}")]
-    Bench(String),
 
     /// A metrics sink failed to write.
     #[error("the {sink} sink failed: {reason}")]

@@ -91,18 +91,18 @@ impl ExternalLoop {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|err| {
-                Error::Bench(format!(
-                    "cannot start {} with {}: {err} ({hint})",
-                    baseline.script.display(),
+            .map_err(|err| Error::Subprocess {
+                program: baseline.script.display().to_string(),
+                reason: format!(
+                    "cannot start it with {}: {err} ({hint})",
                     baseline.interpreter.display()
-                ))
+                ),
             })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(Error::Bench(format!(
-                "{} has no pipes",
-                baseline.script.display()
-            )));
+            return Err(Error::Subprocess {
+                program: baseline.script.display().to_string(),
+                reason: "started without pipes".into(),
+            });
         };
         let mut lane = ExternalLoop {
             variant,
@@ -128,20 +128,26 @@ impl ExternalLoop {
         let read = self
             .stdout
             .read_line(&mut line)
-            .map_err(|err| Error::Bench(format!("reading {}: {err}", self.script)))?;
+            .map_err(|err| Error::Subprocess {
+                program: self.script.clone(),
+                reason: format!("reading its answer: {err}"),
+            })?;
         if read == 0 {
             let status = self.child.wait().ok();
-            return Err(Error::Bench(format!(
-                "{} ({}) exited ({}) before answering; run it by hand to see why: {} {}",
-                self.script,
-                self.interpreter,
-                status.map_or_else(|| "?".into(), |s| s.to_string()),
-                self.interpreter,
-                self.script
-            )));
+            return Err(Error::Subprocess {
+                program: self.script.clone(),
+                reason: format!(
+                    "run by {} exited ({}) before answering; run it by hand to see why: {} {}",
+                    self.interpreter,
+                    status.map_or_else(|| "?".into(), |s| s.to_string()),
+                    self.interpreter,
+                    self.script
+                ),
+            });
         }
-        serde_json::from_str(&line).map_err(|err| {
-            Error::Bench(format!("{} answered `{}`: {err}", self.script, line.trim()))
+        serde_json::from_str(&line).map_err(|err| Error::Subprocess {
+            program: self.script.clone(),
+            reason: format!("answered `{}`: {err}", line.trim()),
         })
     }
 
@@ -149,14 +155,17 @@ impl ExternalLoop {
     pub fn segment(&mut self, steps: u64) -> Result<f64> {
         writeln!(self.stdin, "{steps}")
             .and_then(|()| self.stdin.flush())
-            .map_err(|err| Error::Bench(format!("writing to {}: {err}", self.script)))?;
+            .map_err(|err| Error::Subprocess {
+                program: self.script.clone(),
+                reason: format!("writing to it: {err}"),
+            })?;
         let answer = self.answer()?;
-        answer["ms_per_step"].as_f64().ok_or_else(|| {
-            Error::Bench(format!(
-                "{} answered {answer} without ms_per_step",
-                self.script
-            ))
-        })
+        answer["ms_per_step"]
+            .as_f64()
+            .ok_or_else(|| Error::Subprocess {
+                program: self.script.clone(),
+                reason: format!("answered {answer} without ms_per_step"),
+            })
     }
 }
 

@@ -78,11 +78,9 @@ pub fn run_image_folder(options: &ImageFolderOptions) -> Result<ImageFolderRepor
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.threads.max(1))
         .build()
-        .map_err(|e| {
-            Error::Bench(format!(
-                "cannot start {} decode threads: {e}",
-                options.threads
-            ))
+        .map_err(|e| Error::Subprocess {
+            program: "vigil bench --image-folder".into(),
+            reason: format!("cannot start {} decode threads: {e}", options.threads),
         })?;
 
     let mut files = Vec::new();
@@ -190,7 +188,7 @@ fn write_jpegs(dir: &Path, per_class: usize) -> Result<()> {
             );
             encoder
                 .encode_image(&image)
-                .map_err(|e| Error::Bench(format!("{}: {e}", path.display())))
+                .map_err(|e| Error::io(&path, std::io::Error::other(e)))
         })
 }
 
@@ -208,22 +206,32 @@ fn torchvision_rates(
         .args(["--workers", &options.threads.to_string()])
         .args(["--repeats", &options.repeats.max(1).to_string()])
         .output()
-        .map_err(|e| Error::Bench(format!("cannot run {}: {e}", python.display())))?;
+        .map_err(|e| Error::Subprocess {
+            program: python.display().to_string(),
+            reason: format!("cannot run it: {e}"),
+        })?;
     if !output.status.success() {
-        return Err(Error::Bench(format!(
-            "{} {} failed (it needs torchvision: scripts/bench-venv.sh installs it): {}",
-            python.display(),
-            script.display(),
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        )));
+        return Err(Error::Subprocess {
+            program: script.display().to_string(),
+            reason: format!(
+                "failed under {} (it needs torchvision: scripts/bench-venv.sh installs it): {}",
+                python.display(),
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+            ),
+        });
     }
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .map_err(|e| Error::Bench(format!("{} printed no JSON: {e}", script.display())))?;
-    serde_json::from_value(answer["images_per_s"].clone())
-        .map_err(|e| Error::Bench(format!("{} printed no images_per_s: {e}", script.display())))
+    let answer: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| Error::Subprocess {
+            program: script.display().to_string(),
+            reason: format!("printed no JSON: {e}"),
+        })?;
+    serde_json::from_value(answer["images_per_s"].clone()).map_err(|e| Error::Subprocess {
+        program: script.display().to_string(),
+        reason: format!("printed no images_per_s: {e}"),
+    })
 }
 
 /// Step time of the small CNN on the benchmark's images as a cached grayscale image folder,

@@ -15,6 +15,7 @@
 
 pub mod baseline;
 pub mod image_folder;
+mod lanes;
 pub mod plugins;
 pub mod table;
 pub mod workload;
@@ -23,11 +24,10 @@ use serde::Serialize;
 
 pub use baseline::{bootstrap_python, lightning_python, PythonBaseline};
 pub use image_folder::{image_folder_table, run_image_folder, ImageFolderOptions};
+pub use lanes::run_workload;
 pub use plugins::{plugin_costs, DISPATCH_PLUGIN};
 pub use table::workload_table;
-pub use workload::{
-    run_workload, Workload, WorkloadOptions, WorkloadReport, SHIPPED_MONITORS, WORKLOAD_BATCH,
-};
+pub use workload::{Workload, WorkloadOptions, WorkloadReport, SHIPPED_MONITORS, WORKLOAD_BATCH};
 
 /// One measured quantity.
 #[derive(Debug, Clone, Serialize)]

@@ -8,7 +8,7 @@
 //!   augmentation; bare and all monitors together.
 //!
 //! Both: batch 128, 2 intra-op threads, the host's validation every ¼ epoch. Every
-//! configuration is a separate [`Trainer`] with its own model, monitors and sinks, sharing one
+//! configuration is a separate trainer ([`super::lanes`]) with its own model, monitors and sinks, sharing one
 //! copy of the dataset. After a warm-up, each repeat trains `steps` steps of every
 //! configuration, the configurations taking turns every `chunk_steps` steps in a random order,
 //! so that what the machine does meanwhile falls on all of them alike. The baseline loops
@@ -27,23 +27,13 @@
 //! of W1, so each segment's cost is already amortised at the default cadences; a configuration
 //! whose segments hold no curvature estimate is not judged.
 
-use std::cell::Cell;
-use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::time::Instant;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::baseline::{ExternalLoop, PythonBaseline};
 use super::{peak_rss_mib, Measurement};
-use crate::config::Settings;
-use crate::data::{self, Dataset};
-use crate::error::{Error, Result};
-use crate::hub::RunHub;
-use crate::rng::SplitMix64;
-use crate::run_dir::RunLayout;
-use crate::sink::{Record, Sink};
-use crate::train::Trainer;
+use crate::data::Dataset;
 
 /// The monitors vigil ships; `vigil bench` measures each of those it finds.
 pub const SHIPPED_MONITORS: [&str; 10] = [
@@ -67,7 +57,7 @@ pub const CONTROL: &str = "bare (control)";
 pub const BARE_WEIGHTED: &str = "bare (weighted sampler)";
 
 /// The Lightning loop's variant.
-const LIGHTNING_VARIANT: &str = "all monitors as callbacks";
+pub(super) const LIGHTNING_VARIANT: &str = "all monitors as callbacks";
 
 /// The configuration with every measured monitor.
 pub const ALL: &str = "all monitors";
@@ -109,7 +99,7 @@ impl Workload {
     }
 
     /// Each monitor alone as well as all together (W1), or only all together (W2).
-    fn each_alone(self) -> bool {
+    pub(super) fn each_alone(self) -> bool {
         self == Workload::W1
     }
 }
@@ -240,15 +230,15 @@ pub struct WorkloadReport {
 
 /// One timed segment.
 #[derive(Debug, Clone, Copy, Default)]
-struct Segment {
-    wall: f64,
-    validation: f64,
-    validations: usize,
-    steps: u64,
+pub(super) struct Segment {
+    pub(super) wall: f64,
+    pub(super) validation: f64,
+    pub(super) validations: usize,
+    pub(super) steps: u64,
 }
 
 impl Segment {
-    fn add(&mut self, other: Segment) {
+    pub(super) fn add(&mut self, other: Segment) {
         self.wall += other.wall;
         self.validation += other.validation;
         self.validations += other.validations;
@@ -256,340 +246,27 @@ impl Segment {
     }
 }
 
-/// Counts the curvature monitor's estimates and their HVPs as they are logged.
-#[derive(Default)]
-struct CurvatureLog {
-    estimates: Cell<u64>,
-    hvps: Cell<f64>,
+/// What one configuration measured, for the verdicts.
+pub(super) struct LaneMeasure {
+    pub(super) name: String,
+    pub(super) monitors: Vec<String>,
+    /// Trained with the weighted sampler.
+    pub(super) weighted: bool,
+    /// The timed segments, one per repeat.
+    pub(super) segments: Vec<Segment>,
+    /// Seconds in the monitors' hooks over the timed segments.
+    pub(super) hook_seconds: f64,
+    /// Curvature estimates logged over the timed segments, and their Hessian-vector products.
+    pub(super) curvature_estimates: u64,
+    pub(super) curvature_hvps: f64,
+    /// Hessian-vector products the trainer computed over the timed segments, and their time.
+    pub(super) hvps: (u64, f64),
 }
 
-struct CurvatureCapture(Rc<CurvatureLog>);
-
-impl Sink for CurvatureCapture {
-    fn write(&mut self, record: &Record) -> Result<()> {
-        if let Some((_, hvps)) = record.metrics.iter().find(|(k, _)| k == "curvature/hvps") {
-            self.0.estimates.set(self.0.estimates.get() + 1);
-            self.0.hvps.set(self.0.hvps.get() + hvps);
-        }
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// One configuration in training.
-struct Lane {
-    name: String,
-    monitors: Vec<String>,
-    /// Trains with the weighted sampler (the configurations with `sampler-distribution`).
-    weighted: bool,
-    trainer: Trainer,
-    hub: RunHub,
-    curvature: Rc<CurvatureLog>,
-    segments: Vec<Segment>,
-    hooks_before: f64,
-    /// Hessian-vector products and their seconds since [`Lane::mark`].
-    hvps: (u64, f64),
-    curvature_before: (u64, f64),
-}
-
-impl Lane {
-    fn run_segment(&mut self, steps: u64) -> Result<Segment> {
-        let until = self.trainer.global_step() + steps;
-        let started = Instant::now();
-        let summary = self.trainer.train_until(&mut self.hub, Some(until))?;
-        let wall = started.elapsed().as_secs_f64();
-        self.hvps.0 += summary.hessian_vector_products;
-        self.hvps.1 += summary.hessian_vector_seconds;
-        if summary.steps != steps {
-            return Err(Error::Bench(format!(
-                "configuration `{}` trained {} steps instead of {steps}{}",
-                self.name,
-                summary.steps,
-                summary
-                    .stopped_by
-                    .map(|(monitor, reason)| format!(": monitor `{monitor}` stopped it: {reason}"))
-                    .unwrap_or_default()
-            )));
-        }
-        Ok(Segment {
-            wall,
-            validation: summary.validation_seconds,
-            validations: summary.validations.len(),
-            steps,
-        })
-    }
-
-    /// Start counting hook time and HVPs from here (after the warm-up).
-    fn mark(&mut self) {
-        self.hooks_before = self.hub.hook_seconds();
-        self.hvps = (0, 0.0);
-        self.curvature_before = (self.curvature.estimates.get(), self.curvature.hvps.get());
-    }
-}
-
-/// The workload's settings, with `monitors` at their defaults.
-fn workload_settings(
-    options: &WorkloadOptions,
-    monitors: &[String],
-    epochs: usize,
-    weighted: bool,
-) -> Result<Settings> {
-    let (data, shape, model, optim) = match options.workload {
-        Workload::W1 => (
-            "fashion-mnist",
-            "train_size = 60000\ntest_size = 10000\nchannels = 1\nimage_size = 28",
-            "kind = \"cnn\"",
-            "lr = 0.05\nmomentum = 0.9",
-        ),
-        Workload::W2 => (
-            "cifar10",
-            "train_size = 50000\ntest_size = 10000\nchannels = 3\nimage_size = 32",
-            "kind = \"resnet18\"\nwidth_mult = 0.5\nnorm = \"batch\"",
-            "lr = 0.1\nmomentum = 0.9\nnesterov = true\nweight_decay = 5e-4",
-        ),
-    };
-    let mut text = format!(
-        r#"name = "bench-{key}"
-sampler = "{sampler}"
-seed = 0
-epochs = {epochs}
-batch_size = {batch}
-threads = {threads}
-data = "{data}"
-data_dir = {data_dir}
-synthetic_fallback = true
-augment = false
-plugin_dirs = [{dirs}]
-
-[synthetic]
-classes = 10
-{shape}
-
-[model]
-{model}
-
-[optim]
-kind = "sgd"
-{optim}
-
-[checkpoint]
-enabled = false
-"#,
-        key = options.workload.key(),
-        sampler = if weighted { "weighted" } else { "shuffle" },
-        batch = options.batch_size,
-        threads = options.threads,
-        data_dir = toml_string(&options.data_dir),
-        dirs = options
-            .plugin_dirs
-            .iter()
-            .map(|dir| toml_string(dir))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    for monitor in monitors {
-        text.push_str(&format!("\n[[monitors]]\nname = \"{monitor}\"\n"));
-    }
-    let origin = format!("<vigil bench: {}>", options.workload.key().to_uppercase());
-    Settings::from_toml(&text, Path::new(&origin))
-}
-
-fn toml_string(path: &Path) -> String {
-    toml::Value::String(path.display().to_string()).to_string()
-}
-
-/// Run W1 bare, with each monitor alone and with all of them, interleaved, beside the Python
-/// loop when one is given. `progress` hears what is happening.
-pub fn run_workload(
-    options: &WorkloadOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<WorkloadReport> {
-    if options.steps == 0 || options.repeats == 0 {
-        return Err(Error::Bench(
-            "--steps and --repeats must be at least 1".into(),
-        ));
-    }
-    // A second bare configuration measures nothing but the benchmark's own noise floor: its
-    // "overhead" is what a monitor costing nothing would show.
-    let mut configs: Vec<(String, Vec<String>, bool)> = vec![
-        ("bare".into(), Vec::new(), false),
-        (CONTROL.into(), Vec::new(), false),
-    ];
-    // `sampler-distribution` reports the sampler's draws, so where it is measured the sampler
-    // is the weighted one, against a bare configuration with the same sampler.
-    let weighted = options.monitors.iter().any(|m| m == "sampler-distribution");
-    if weighted {
-        configs.push((BARE_WEIGHTED.into(), Vec::new(), true));
-    }
-    if options.workload.each_alone() || options.monitors.len() == 1 {
-        for monitor in &options.monitors {
-            let with_sampler = monitor == "sampler-distribution";
-            configs.push((monitor.clone(), vec![monitor.clone()], with_sampler));
-        }
-    }
-    if options.monitors.len() > 1 {
-        configs.push((ALL.into(), options.monitors.clone(), weighted));
-    }
-    let probe = workload_settings(options, &[], 1, false)?;
-    let dataset: Dataset = data::load(&probe.data.source)?;
-    let batches = dataset.train.len().div_ceil(options.batch_size) as u64;
-    let total_steps = options.warmup_steps + options.steps * options.repeats as u64;
-    let epochs = (total_steps / batches.max(1) + 2) as usize;
-
-    let mut lanes: Vec<Lane> = Vec::new();
-    for (index, (name, monitors, weighted)) in configs.iter().enumerate() {
-        let settings = workload_settings(options, monitors, epochs, *weighted)?;
-        let trainer = match lanes.first() {
-            Some(first) => Trainer::sharing_data(&settings, &dataset, &first.trainer)?,
-            None => Trainer::new(&settings, &dataset)?,
-        };
-        let mut hub = RunHub::load(&settings, trainer.monitor_target(&trainer.services()), None)?;
-        let dir = options
-            .scratch
-            .join(format!("{index:02}-{}", name.replace(' ', "-")));
-        std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
-        hub.open_run_dir(RunLayout::new(&dir), None, None)?;
-        let curvature = Rc::new(CurvatureLog::default());
-        hub.add_sink(Box::new(CurvatureCapture(Rc::clone(&curvature))));
-        lanes.push(Lane {
-            name: name.clone(),
-            monitors: monitors.clone(),
-            weighted: *weighted,
-            trainer,
-            hub,
-            curvature,
-            segments: Vec::new(),
-            hooks_before: 0.0,
-            hvps: (0, 0.0),
-            curvature_before: (0, 0.0),
-        });
-    }
-
-    let data_args = |workload: Option<Workload>| {
-        let mut args = vec![
-            "--data-dir".to_string(),
-            options.data_dir.display().to_string(),
-            "--batch-size".into(),
-            options.batch_size.to_string(),
-            "--threads".into(),
-            options.threads.to_string(),
-        ];
-        if let Some(workload) = workload {
-            args.extend(["--workload".to_string(), workload.key().to_string()]);
-        }
-        args
-    };
-    // The baseline loops: the plain PyTorch loop twice, then Lightning.
-    let mut pythons = Vec::new();
-    if let Some(baseline) = &options.python {
-        progress("starting the Python baseline, plain and with vigil's allocator setting");
-        for (tuned, variant) in [(false, "plain"), (true, "vigil's allocator setting")] {
-            pythons.push(ExternalLoop::start(
-                baseline,
-                &data_args(Some(options.workload)),
-                tuned,
-                variant,
-                "give --python PATH, or --no-python",
-            )?);
-        }
-    }
-    let mut lightning_note = None;
-    let lightning = options.lightning.as_ref();
-    if let Some(baseline) = lightning.filter(|_| options.workload == Workload::W1) {
-        let all_shipped = SHIPPED_MONITORS
-            .iter()
-            .all(|shipped| options.monitors.iter().any(|m| m == shipped));
-        if !all_shipped {
-            lightning_note = Some(format!(
-                "the Lightning baseline runs all {} shipped monitors as callbacks; it is compared only when all of them are measured",
-                SHIPPED_MONITORS.len()
-            ));
-        } else {
-            progress("starting the Lightning baseline with the monitors as callbacks");
-            pythons.push(ExternalLoop::start(
-                baseline,
-                &data_args(None),
-                false,
-                LIGHTNING_VARIANT,
-                "run scripts/bench-venv.sh, give --lightning PATH, or --no-lightning",
-            )?);
-        }
-    }
-
-    progress(&format!(
-        "warm-up: {} steps of each of {} configurations",
-        options.warmup_steps,
-        lanes.len()
-    ));
-    for lane in &mut lanes {
-        lane.trainer.start(&mut lane.hub)?;
-        if options.warmup_steps > 0 {
-            lane.run_segment(options.warmup_steps)?;
-        }
-        lane.mark();
-    }
-    for python in &mut pythons {
-        if options.warmup_steps > 0 {
-            python.segment(options.warmup_steps)?;
-        }
-    }
-
-    // Within a repeat the configurations take turns every `chunk_steps` steps, in a fresh
-    // random order each round, so that whatever else the machine does falls on all of them
-    // alike, and no configuration is always the one that starts right after another (a
-    // fixed rotation made the bare configuration always follow the Python process, which
-    // cost it 1–2 % in cold caches and sleeping threads). The Python loop runs its repeat in
-    // one go, in a different round each repeat: switching processes is what it would pay for.
-    let chunk = options.chunk_steps.clamp(1, options.steps);
-    let rounds = options.steps.div_ceil(chunk);
-    let mut order_rng = SplitMix64::derived(0, "bench-order");
-    for repeat in 0..options.repeats {
-        let started = Instant::now();
-        let mut segments = vec![Segment::default(); lanes.len()];
-        for round in 0..rounds {
-            let steps = chunk.min(options.steps - round * chunk);
-            for index in order_rng.permutation(lanes.len()) {
-                let lane = &mut lanes[index as usize];
-                segments[index as usize].add(lane.run_segment(steps)?);
-            }
-            // Each baseline loop in its own round, a different one each repeat.
-            let loops = pythons.len() as u64;
-            for (variant, python) in pythons.iter_mut().enumerate() {
-                let its_round = (repeat as u64 * 7 + variant as u64 * rounds / loops) % rounds;
-                if round == its_round {
-                    let ms = python.segment(options.steps)?;
-                    python.segments.push(ms);
-                }
-            }
-        }
-        for (lane, segment) in lanes.iter_mut().zip(segments) {
-            lane.segments.push(segment);
-        }
-        progress(&format!(
-            "repeat {}/{} done in {:.0} s",
-            repeat + 1,
-            options.repeats,
-            started.elapsed().as_secs_f64()
-        ));
-    }
-    for lane in &mut lanes {
-        lane.trainer.finish(&mut lane.hub)?;
-        lane.hub.flush()?;
-    }
-
-    let mut report = summarize(options, &dataset, &lanes, &pythons);
-    report.notes.extend(lightning_note);
-    drop(lanes);
-    let _ = std::fs::remove_dir_all(&options.scratch);
-    Ok(report)
-}
-
-fn summarize(
+pub(super) fn summarize(
     options: &WorkloadOptions,
     dataset: &Dataset,
-    lanes: &[Lane],
+    lanes: &[LaneMeasure],
     loops: &[ExternalLoop],
 ) -> WorkloadReport {
     let (bare, control) = (&lanes[0], &lanes[1]);
@@ -672,13 +349,13 @@ fn summarize(
                 }
             });
             let in_hooks_pct =
-                100.0 * (lane.hub.hook_seconds() - lane.hooks_before) / bare_train_total;
+                100.0 * lane.hook_seconds / bare_train_total;
             let upper_pct = overhead_pct.as_ref().map(|o| o.high.max(in_hooks_pct));
             // Segments without a curvature estimate, or without a validation, leave out what
             // the monitors cost at those events: such an overhead is no upper bound, and is
             // not judged.
             let misses_curvature = lane.monitors.iter().any(|m| m == "curvature")
-                && lane.curvature.estimates.get() == lane.curvature_before.0;
+                && lane.curvature_estimates == 0;
             let misses_validation = !is_bare && lane.segments.iter().any(|s| s.validations == 0);
             if misses_curvature {
                 notes.push(format!(
@@ -794,8 +471,8 @@ fn summarize(
             })
         })
         .and_then(|lane| {
-            let estimates = lane.curvature.estimates.get() - lane.curvature_before.0;
-            let hvps = lane.curvature.hvps.get() - lane.curvature_before.1;
+            let estimates = lane.curvature_estimates;
+            let hvps = lane.curvature_hvps;
             let (calls, seconds) = lane.hvps;
             (estimates > 0 && calls > 0).then(|| CurvatureCost {
                 estimates,

@@ -22,12 +22,17 @@ pub fn install_interrupt() -> anyhow::Result<&'static std::sync::atomic::AtomicU
     vigil::interrupt::install().map_err(|err| anyhow::anyhow!("installing signal handlers: {err}"))
 }
 
-/// 2 for bad input (config, plugins, data, a damaged checkpoint), 3 for a monitor with
+/// 2 for bad input or set-up (config, usage, a run that cannot be resumed or is busy, a
+/// program vigil needs, plugins, data, a damaged checkpoint), 3 for a monitor with
 /// `on_error = "abort"` that failed, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<vigil::Error>() {
         Some(
             vigil::Error::Config { .. }
+            | vigil::Error::Usage { .. }
+            | vigil::Error::Resume { .. }
+            | vigil::Error::Busy { .. }
+            | vigil::Error::Subprocess { .. }
             | vigil::Error::Plugins { .. }
             | vigil::Error::DataMissing { .. }
             | vigil::Error::DataCorrupt { .. }

@@ -97,12 +97,12 @@ pub enum StudyAction {
 pub fn run(action: StudyAction) -> anyhow::Result<RunEnd> {
     match action {
         StudyAction::Plan { file } => {
-            let study = vigil::study::Study::load(&file)?;
+            let study = vigil::study::open(&file)?;
             print!("{}", vigil::study::check_plan(&study)?);
             Ok(RunEnd::Done)
         }
         StudyAction::Submit { file, dry_run } => {
-            let study = vigil::study::Study::load(&file)?;
+            let study = vigil::study::open(&file)?;
             let submitted =
                 vigil::study::slurm::submit(&study, &std::env::current_exe()?, dry_run)?;
             match &submitted.job {
@@ -209,7 +209,7 @@ pub fn run(action: StudyAction) -> anyhow::Result<RunEnd> {
             }
         }
         StudyAction::Run { file, jobs } => {
-            let study = vigil::study::Study::load(&file)?;
+            let study = vigil::study::open(&file)?;
             let signal = super::install_interrupt()?;
             let options = vigil::study::LocalOptions {
                 jobs,

@@ -30,15 +30,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<RunEnd> {
     } = args;
     let resume = match (&config, resume) {
         (Some(_), Some(word)) if word.as_os_str() == "auto" => Some(vigil::train::Resume::Auto),
-        (Some(_), Some(_)) => anyhow::bail!(vigil::Error::Config {
-            location: "vigil train".into(),
+        (Some(_), Some(_)) => anyhow::bail!(vigil::Error::Usage {
+            command: "vigil train",
             message: "with a CONFIG, --resume takes only `auto`; to continue a run directory, \
                       give `--resume RUN_DIR` without a CONFIG"
                 .into(),
         }),
         (None, Some(word)) if word.as_os_str() == "auto" => {
-            anyhow::bail!(vigil::Error::Config {
-                location: "vigil train".into(),
+            anyhow::bail!(vigil::Error::Usage {
+                command: "vigil train",
                 message: "`--resume auto` needs the CONFIG whose `run_dir` it continues: \
                           vigil train CONFIG --resume auto (for a directory named auto, give ./auto)"
                     .into(),

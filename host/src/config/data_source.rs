@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::raw::{at_least_one, in_range, only_with, Invalid};
+use super::checks::{at_least_one, in_range, only_with, Invalid};
 use super::{
     DataKind, DataSource, ImageFolderSettings, SyntheticSettings, TensorFileSettings,
     DEFAULT_FASHION_MNIST_DIR,

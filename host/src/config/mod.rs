@@ -18,8 +18,10 @@
 //! lr = 0.05
 //! ```
 
+mod checks;
 mod data_source;
 mod effective;
+mod kinds;
 mod raw;
 
 pub use effective::RESUMABLE_KEYS;
@@ -28,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-pub use raw::{
+pub use kinds::{
     AnomalyPolicy, DataKind, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerKind,
     ScheduleKind,
 };

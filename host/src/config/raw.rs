@@ -4,128 +4,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::checks::{at_least_one, in_range, only_with, Invalid};
 use super::data_source::{RawData, RawImageFolder, RawSynthetic, RawTensors};
+use super::kinds::{
+    AnomalyPolicy, DataKind, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerKind,
+    ScheduleKind,
+};
 use super::{
     CheckpointSettings, DataSettings, ModelSettings, MonitorSettings, OptimSettings,
     SamplerSettings, ScheduleSettings, Settings,
 };
-use crate::error::{Error, Result};
-
-/// Which dataset `data = "…"` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataKind {
-    FashionMnist,
-    Mnist,
-    Cifar10,
-    Synthetic,
-    ImageFolder,
-    Tensors,
-}
-
-impl DataKind {
-    /// The name a config uses for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            DataKind::FashionMnist => "fashion-mnist",
-            DataKind::Mnist => "mnist",
-            DataKind::Cifar10 => "cifar10",
-            DataKind::Synthetic => "synthetic",
-            DataKind::ImageFolder => "image-folder",
-            DataKind::Tensors => "tensors",
-        }
-    }
-}
-
-/// Which network `[model] kind = "…"` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelKind {
-    Mlp,
-    Cnn,
-    Resnet18,
-    /// A TorchScript module the user saved from PyTorch (`model.path`).
-    Torchscript,
-}
-
-impl ModelKind {
-    /// The name a config uses for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::Mlp => "mlp",
-            ModelKind::Cnn => "cnn",
-            ModelKind::Resnet18 => "resnet18",
-            ModelKind::Torchscript => "torchscript",
-        }
-    }
-}
-
-/// Normalisation layers of the ResNet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Norm {
-    Batch,
-    None,
-}
-
-/// Which optimiser `[optim] kind = "…"` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OptimKind {
-    Sgd,
-    Adamw,
-}
-
-/// The learning-rate schedule after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScheduleKind {
-    Constant,
-    Cosine,
-}
-
-/// Where to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceChoice {
-    /// CUDA when libtorch sees a GPU, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-/// What to do when the loss or a gradient is not finite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnomalyPolicy {
-    /// Stop the run with an error (checkpoints and metrics so far are kept).
-    Stop,
-    /// Skip the optimizer step for this batch and go on.
-    SkipBatch,
-    /// Log a warning and take the step anyway.
-    Warn,
-}
-
-/// How the training set is visited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SamplerKind {
-    /// Each sample once per epoch, in a fresh random order.
-    Shuffle,
-    /// Samples drawn with replacement, weighted by class.
-    Weighted,
-}
-
-/// What happens when a monitor fails or panics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnError {
-    /// Disable the monitor, record why, and keep training.
-    #[default]
-    Disable,
-    /// Stop the run with an error.
-    Abort,
-}
+use crate::error::Result;
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -301,58 +190,6 @@ fn default_strikes() -> u32 {
 
 fn enabled_by_default() -> bool {
     true
-}
-
-/// Builds the error for a key: `invalid(key, message)`.
-pub(super) type Invalid<'a> = &'a dyn Fn(&str, String) -> Error;
-
-pub(super) fn at_least_one(invalid: Invalid<'_>, key: &str, value: usize) -> Result<usize> {
-    if value == 0 {
-        Err(invalid(key, "must be at least 1 (got 0)".into()))
-    } else {
-        Ok(value)
-    }
-}
-
-pub(super) fn in_range(
-    invalid: Invalid<'_>,
-    key: &str,
-    value: f64,
-    range: std::ops::RangeInclusive<f64>,
-    open_low: bool,
-) -> Result<f64> {
-    let above_low = if open_low {
-        value > *range.start()
-    } else {
-        value >= *range.start()
-    };
-    if value.is_finite() && above_low && value <= *range.end() {
-        Ok(value)
-    } else {
-        let low = if open_low { "(" } else { "[" };
-        Err(invalid(
-            key,
-            format!(
-                "must be in {low}{}, {}] (got {value})",
-                range.start(),
-                range.end()
-            ),
-        ))
-    }
-}
-
-/// A setting that only makes sense with another one.
-pub(super) fn only_with<T>(
-    invalid: Invalid<'_>,
-    key: &str,
-    value: Option<T>,
-    applies: bool,
-    why: &str,
-) -> Result<Option<T>> {
-    match value {
-        Some(_) if !applies => Err(invalid(key, format!("is only used {why}; remove it"))),
-        other => Ok(other),
-    }
 }
 
 impl RawConfig {

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::fs::cut_back;
 use crate::plugin::RunFacts;
 use crate::plugin::{self, EventData, HostServices, MonitorSnapshot, PluginHost, PluginSearch};
-use crate::run_dir::{MonitorReport, RunLayout};
+use crate::run_dir::{MonitorReport, RunLayout, METRICS_FILE, TENSORBOARD_DIR};
 use crate::sink::tensorboard::TensorBoardMark;
 use crate::sink::{
     unix_time, Background, ConsoleSink, Histogram, JsonlSink, Record, RecordKind, Sink,
@@ -150,12 +150,10 @@ impl RunHub {
         if let Some(console) = console {
             self.sinks.push(Box::new(console));
         }
+        self.sinks
+            .push(Box::new(Background::spawn(METRICS_FILE, Box::new(metrics))));
         self.sinks.push(Box::new(Background::spawn(
-            "metrics.jsonl",
-            Box::new(metrics),
-        )));
-        self.sinks.push(Box::new(Background::spawn(
-            "tensorboard",
+            TENSORBOARD_DIR,
             Box::new(tensorboard),
         )));
         self.layout = Some(layout);

@@ -1,7 +1,6 @@
 //! Loading a checked plugin library, and telling the user why one could not be.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -10,6 +9,7 @@ use vigil_plugin_api::abi::{PluginInfo, PluginModuleRef};
 use vigil_plugin_api::identity::Identity;
 use vigil_plugin_api::{EventSet, Subscriptions};
 
+pub use super::trust::hex;
 use super::trust::CheckedBytes;
 #[cfg(test)]
 use super::trust::OpenFile;
@@ -365,16 +365,6 @@ fn truncate(text: &str, limit: usize) -> String {
         let cut: String = text.chars().take(limit).collect();
         format!("{cut}…")
     }
-}
-
-/// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod dirs;
 mod elf;
 mod host_view;
 pub mod library;
+mod report;
 mod resolve;
 mod state;
 pub mod trust;
@@ -36,7 +37,6 @@ pub use state::MonitorSnapshot;
 
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
-use crate::run_dir::{HookReport, MonitorDisabled, MonitorReport};
 use clock::HookClock;
 use host_view::HostView;
 
@@ -478,62 +478,6 @@ impl PluginHost {
             .sum()
     }
 
-    /// Per-monitor load facts and timings for `run.json`; `loop_seconds` is the wall time of
-    /// the training loop the shares are relative to.
-    pub fn report(&self, loop_seconds: f64) -> Vec<MonitorReport> {
-        self.monitors
-            .iter()
-            .map(|monitor| {
-                let total = self
-                    .clock
-                    .duration(monitor.timings.iter().map(|t| t.ticks).sum());
-                let hooks = EventKind::ALL
-                    .iter()
-                    .zip(&monitor.timings)
-                    .filter(|(_, timing)| timing.calls > 0)
-                    .map(|(kind, timing)| {
-                        let total = self.clock.duration(timing.ticks);
-                        let max = self.clock.duration(timing.max_ticks);
-                        (
-                            kind.name().to_string(),
-                            HookReport {
-                                calls: timing.calls,
-                                total_ms: total.as_secs_f64() * 1e3,
-                                mean_us: total.as_secs_f64() * 1e6 / timing.calls as f64,
-                                max_us: max.as_secs_f64() * 1e6,
-                                share_of_step_time: share(total, loop_seconds),
-                            },
-                        )
-                    })
-                    .collect();
-                MonitorReport {
-                    name: monitor.name.clone(),
-                    path: monitor.library.path.display().to_string(),
-                    sha256: monitor.library.sha256.clone(),
-                    version: monitor.library.info.version.to_string(),
-                    api_version: monitor.library.info.api_version.to_string(),
-                    status: if monitor.disabled.is_some() {
-                        "disabled"
-                    } else {
-                        "ok"
-                    }
-                    .into(),
-                    saves_state: monitor.saves_state(),
-                    resumed: monitor.resumed.clone(),
-                    disabled: monitor.disabled.as_ref().map(|d| MonitorDisabled {
-                        event: d.event.into(),
-                        global_step: d.global_step,
-                        reason: d.reason.clone(),
-                    }),
-                    dropped_non_finite_metrics: monitor.dropped_non_finite,
-                    total_ms: total.as_secs_f64() * 1e3,
-                    share_of_step_time: share(total, loop_seconds),
-                    hooks,
-                }
-            })
-            .collect()
-    }
-
     fn warn(&mut self, message: String) {
         tracing::warn!("{message}");
         self.warnings.push(message);
@@ -599,12 +543,4 @@ impl PluginHost {
 
 fn hook_index(kind: EventKind) -> Option<usize> {
     EventKind::ALL.iter().position(|&known| known == kind)
-}
-
-fn share(part: Duration, loop_seconds: f64) -> f64 {
-    if loop_seconds > 0.0 {
-        part.as_secs_f64() / loop_seconds
-    } else {
-        0.0
-    }
 }

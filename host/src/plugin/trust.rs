@@ -7,6 +7,7 @@
 //! nobody can change. Replacing or rewriting the file on disk after the hash changes nothing
 //! that is loaded.
 
+use std::fmt::Write as _;
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -16,7 +17,6 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::elf::{self, Inspection};
-use super::library::hex;
 
 /// A plugin file, open, whose owner and permissions passed (unless insecure plugins are
 /// allowed).
@@ -274,6 +274,16 @@ pub fn untrusted(metadata: &Metadata, what: &str, path: &Path) -> Option<String>
         ));
     }
     None
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
 }
 
 #[cfg(test)]

@@ -123,8 +123,8 @@ pub struct RunLock {
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     match crate::fs::try_lock_exclusive(&dir.join(LOCK_FILE))? {
         Some(file) => Ok(RunLock { _file: file }),
-        None => Err(Error::Config {
-            location: dir.display().to_string(),
+        None => Err(Error::Busy {
+            path: dir.to_path_buf(),
             message: format!(
                 "another vigil process is training this run (it holds {LOCK_FILE}); wait for it to end or stop it first"
             ),

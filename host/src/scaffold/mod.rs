@@ -42,8 +42,8 @@ impl ApiSource {
                     path.clone()
                 };
                 if !dir.join("Cargo.toml").is_file() {
-                    return Err(Error::Config {
-                        location: "vigil new-monitor --api-path".into(),
+                    return Err(Error::Usage {
+                        command: "vigil new-monitor --api-path",
                         message: format!(
                             "{} holds no Cargo.toml of vigil-plugin-api (give the plugin-api directory of a vigil checkout)",
                             path.display()
@@ -51,8 +51,8 @@ impl ApiSource {
                     });
                 }
                 let dir = dir.canonicalize().map_err(|err| Error::io(&dir, err))?;
-                let text = dir.to_str().ok_or_else(|| Error::Config {
-                    location: "vigil new-monitor --api-path".into(),
+                let text = dir.to_str().ok_or_else(|| Error::Usage {
+                    command: "vigil new-monitor --api-path",
                     message: format!("{} is not valid UTF-8", dir.display()),
                 })?;
                 format!("path = {}", toml_string(text))
@@ -123,8 +123,8 @@ pub fn check_name(name: &str) -> Result<()> {
     if valid {
         Ok(())
     } else {
-        Err(Error::Config {
-            location: "vigil new-monitor".into(),
+        Err(Error::Usage {
+            command: "vigil new-monitor",
             message: format!(
                 "`{name}` is not a monitor name: use lowercase letters, digits and `-`, starting with a letter (e.g. `loss-watch`), at most 64 characters"
             ),
@@ -152,8 +152,8 @@ pub fn new_monitor(name: &str, dir: Option<&Path>, api: ApiSource) -> Result<New
     let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
     let occupied = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some());
     if occupied || dir.is_file() {
-        return Err(Error::Config {
-            location: "vigil new-monitor".into(),
+        return Err(Error::Usage {
+            command: "vigil new-monitor",
             message: format!(
                 "{} already exists and is not empty; give --dir a new directory",
                 dir.display()

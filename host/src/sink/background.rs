@@ -168,7 +168,10 @@ mod tests {
     impl Sink for Collect {
         fn write(&mut self, record: &Record) -> Result<()> {
             if record.global_step == 13 {
-                return Err(Error::Capability("disk full".into()));
+                return Err(Error::Sink {
+                    sink: "collect",
+                    reason: "disk full".into(),
+                });
             }
             self.0.lock().unwrap().push(record.global_step);
             Ok(())

@@ -193,9 +193,10 @@ impl TensorBoardSink {
 
     fn write_event(&mut self, event: &Event) -> Result<()> {
         self.buffer.clear();
-        event
-            .encode(&mut self.buffer)
-            .map_err(|err| Error::Capability(format!("encoding a TensorBoard event: {err}")))?;
+        event.encode(&mut self.buffer).map_err(|err| Error::Sink {
+            sink: "tensorboard",
+            reason: format!("encoding an event: {err}"),
+        })?;
         let length = (self.buffer.len() as u64).to_le_bytes();
         let io = |source| Error::io(&self.path, source);
         self.writer.write_all(&length).map_err(io)?;
@@ -264,9 +265,10 @@ impl Sink for TensorBoardSink {
 
     fn image(&mut self, tag: &str, step: u64, wall_time: f64, png: &[u8]) -> Result<()> {
         let Some((width, height, colorspace)) = png_header(png) else {
-            return Err(Error::Capability(format!(
-                "image `{tag}` is not a PNG file"
-            )));
+            return Err(Error::Sink {
+                sink: "tensorboard",
+                reason: format!("image `{tag}` is not a PNG file"),
+            });
         };
         let value = SummaryValue {
             tag: tag.to_string(),

@@ -83,8 +83,8 @@ pub fn run_local(
             RunState::Completed => outcome.completed += 1,
             RunState::Failed => outcome.skipped_failed.push(run.name.clone()),
             RunState::Running => {
-                return Err(Error::Config {
-                    location: study.run_dir(run).display().to_string(),
+                return Err(Error::Busy {
+                    path: study.run_dir(run),
                     message: "is being trained by another process; stop it, or wait for it, before running the study here".into(),
                 })
             }
@@ -144,9 +144,9 @@ pub fn run_local(
             let exited = running[index]
                 .child
                 .try_wait()
-                .map_err(|err| Error::Config {
-                    location: format!("study run `{}`", running[index].run.name),
-                    message: format!("cannot wait for its process: {err}"),
+                .map_err(|err| Error::Subprocess {
+                    program: format!("vigil train of study run `{}`", running[index].run.name),
+                    reason: format!("cannot wait for it: {err}"),
                 })?;
             let Some(status) = exited else {
                 index += 1;
@@ -234,9 +234,9 @@ fn start(
             Ok(())
         });
     }
-    let child = command.spawn().map_err(|err| Error::Config {
-        location: format!("study run `{}`", run.name),
-        message: format!("cannot start {}: {err}", options.exe.display()),
+    let child = command.spawn().map_err(|err| Error::Subprocess {
+        program: options.exe.display().to_string(),
+        reason: format!("cannot start it for study run `{}`: {err}", run.name),
     })?;
     let start_step = read_run(&run_dir)
         .last_record

@@ -1,7 +1,8 @@
 //! Studies: a grid of runs from one study file, planned, checked and run on this machine or
 //! a SLURM cluster, watched, retried and exported to one table.
 //!
-//! - [`spec`]: the study file and its expansion into named runs;
+//! - [`spec`]: a study: its runs and executor settings;
+//! - [`expand`]: the study file as written, expanded into named runs;
 //! - [`plan`]: `vigil study plan`, every run checked as `vigil check` checks a config;
 //! - [`record`]: `study.json`, the plan as the study directory keeps it, and the study's lock;
 //! - [`local`]: `vigil study run`, the executor for one machine;
@@ -15,6 +16,7 @@
 //! The study sits above the trainer: it starts `vigil train` processes and reads what they
 //! write through [`crate::run_dir`], and nothing in `train/` knows of it.
 
+pub mod expand;
 pub mod export;
 pub mod local;
 pub mod plan;
@@ -27,6 +29,14 @@ pub mod status;
 pub mod summary;
 
 pub use local::{run_local, LocalOptions, LocalOutcome};
+
+/// A study file, read and expanded, with the `--set`s `vigil study retry` recorded in its
+/// directory applied to the runs they retry: what `vigil study plan`, `run` and `submit` use.
+pub fn open(file: &std::path::Path) -> crate::Result<Study> {
+    let mut study = Study::load(file)?;
+    retry::apply_retries(&mut study)?;
+    Ok(study)
+}
 pub use plan::check_plan;
 pub use spec::{LocalSettings, RunSpec, SlurmSettings, Study};
 pub use status::{status_text, study_status};

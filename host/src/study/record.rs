@@ -81,9 +81,9 @@ pub fn read_record(dir: &Path) -> Result<Record> {
             "has no {RECORD_FILE}: is it a study directory (`vigil study run` or `submit` writes one)?"
         ),
     })?;
-    serde_json::from_slice(&bytes).map_err(|err| Error::Config {
-        location: path.display().to_string(),
-        message: format!("is not a study record: {err}"),
+    serde_json::from_slice(&bytes).map_err(|err| Error::DataCorrupt {
+        path: path.clone(),
+        reason: format!("is not a study record: {err}"),
     })
 }
 
@@ -97,8 +97,8 @@ pub struct StudyLock {
 pub fn lock_study(dir: &Path) -> Result<StudyLock> {
     match crate::fs::try_lock_exclusive(&dir.join(STUDY_LOCK))? {
         Some(file) => Ok(StudyLock { _file: file }),
-        None => Err(Error::Config {
-            location: dir.display().to_string(),
+        None => Err(Error::Busy {
+            path: dir.to_path_buf(),
             message: "another `vigil study run` is running this study; wait for it or stop it (Ctrl-C) first".into(),
         }),
     }

@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::record::read_record;
+use super::spec::Study;
 use crate::error::{Error, Result};
 use crate::fs::write_atomically;
 use crate::run_dir::{read_run, RunState};
@@ -53,6 +54,16 @@ pub fn read_retries(dir: &Path) -> Result<Vec<Retry>> {
 pub type Sets = Vec<(String, toml::Value)>;
 
 /// Each retried run's `--set`s from its latest retry, parsed.
+/// Give each run of `study` the `--set`s its latest retry recorded in the study's directory.
+pub fn apply_retries(study: &mut Study) -> Result<()> {
+    for (name, sets) in retry_sets(&study.dir)? {
+        if let Some(run) = study.runs.iter_mut().find(|run| run.name == name) {
+            run.retry = sets;
+        }
+    }
+    Ok(())
+}
+
 pub fn retry_sets(dir: &Path) -> Result<Vec<(String, Sets)>> {
     let mut latest: Vec<(String, Sets)> = Vec::new();
     for retry in read_retries(dir)? {

@@ -163,15 +163,15 @@ pub fn submit(study: &Study, exe: &Path, dry_run: bool) -> Result<Submitted> {
         .arg("--parsable")
         .arg(&script_path)
         .output()
-        .map_err(|err| Error::Config {
-            location: "vigil study submit".into(),
-            message: format!("cannot run sbatch: {err} (is SLURM installed, and sbatch on PATH?)"),
+        .map_err(|err| Error::Subprocess {
+            program: "sbatch".into(),
+            reason: format!("cannot run it: {err} (is SLURM installed, and sbatch on PATH?)"),
         })?;
     if !output.status.success() {
-        return Err(Error::Config {
-            location: "vigil study submit".into(),
-            message: format!(
-                "sbatch refused {}: {}",
+        return Err(Error::Subprocess {
+            program: "sbatch".into(),
+            reason: format!(
+                "refused {}: {}",
                 script_path.display(),
                 String::from_utf8_lossy(&output.stderr).trim()
             ),
@@ -219,22 +219,22 @@ pub fn requeue_self() -> Result<()> {
         std::env::var("SLURM_ARRAY_TASK_ID"),
     ) {
         (Ok(array), Ok(task)) => format!("{array}_{task}"),
-        _ => std::env::var("SLURM_JOB_ID").map_err(|_| Error::Config {
-            location: "vigil study task".into(),
+        _ => std::env::var("SLURM_JOB_ID").map_err(|_| Error::Usage {
+            command: "vigil study task",
             message: "not inside a SLURM job (no SLURM_JOB_ID), so it cannot requeue itself".into(),
         })?,
     };
     let status = Command::new("scontrol")
         .args(["requeue", &job])
         .status()
-        .map_err(|err| Error::Config {
-            location: "vigil study task".into(),
-            message: format!("cannot run scontrol: {err}"),
+        .map_err(|err| Error::Subprocess {
+            program: "scontrol".into(),
+            reason: format!("cannot run it: {err}"),
         })?;
     if !status.success() {
-        return Err(Error::Config {
-            location: "vigil study task".into(),
-            message: format!("`scontrol requeue {job}` failed ({status})"),
+        return Err(Error::Subprocess {
+            program: "scontrol".into(),
+            reason: format!("`scontrol requeue {job}` failed ({status})"),
         });
     }
     Ok(())

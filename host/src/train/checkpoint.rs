@@ -511,7 +511,20 @@ pub fn restore(
     state: &TrainingState,
 ) -> Result<()> {
     vars.load(dir.join(MODEL))?;
-    optimizer.load_state(read_tensors(&dir.join(OPTIMIZER))?, state.optimizer_steps)
+    optimizer
+        .load_state(read_tensors(&dir.join(OPTIMIZER))?, state.optimizer_steps)
+        .map_err(|err| in_checkpoint(dir, err))
+}
+
+/// A file's error named by its path in the checkpoint `dir` (the readers name the file only).
+pub fn in_checkpoint(dir: &Path, err: Error) -> Error {
+    match err {
+        Error::DataCorrupt { path, reason } if path.is_relative() => Error::DataCorrupt {
+            path: dir.join(path),
+            reason,
+        },
+        other => other,
+    }
 }
 
 /// The host's own tensors of a checkpoint (`host.safetensors`), none when it has no such file.

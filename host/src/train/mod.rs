@@ -2,9 +2,12 @@
 //! `val_check_interval` of an epoch, checkpoints, monitor events, and the records it sends to
 //! the sinks.
 
+mod averages;
 pub mod checkpoint;
 mod events;
 mod feed;
+mod hessian;
+mod loss;
 mod optim;
 mod outcome;
 mod schedule;
@@ -32,13 +35,15 @@ use crate::model::{self, InputShape, Network};
 use crate::plugin::{EventData, RunFacts};
 use crate::sink::RecordKind;
 
+use averages::GradientAverages;
 pub use checkpoint::{CheckpointIndex, Checkpoints, TrainingState};
 use feed::{choose_device, Feed};
+pub use hessian::batch_hessian_vector_product;
+use hessian::ProbeCache;
 pub use optim::Optimizer;
 pub use outcome::{EpochMetrics, FitSummary, InputSpec, PassMetrics};
 pub use schedule::LrSchedule;
-pub use services::batch_hessian_vector_product;
-use services::{parameter_infos, GradientAverages, ProbeCache, TrainerServices};
+use services::{parameter_infos, TrainerServices};
 use split::TensorSplit;
 pub use state::signal_name;
 

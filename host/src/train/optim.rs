@@ -174,10 +174,9 @@ impl Optimizer {
             *state = ParamState::default();
         }
         for (name, tensor) in named {
-            let bad = || {
-                Error::Capability(format!(
-                    "optimizer state holds an unexpected tensor `{name}`"
-                ))
+            let bad = || Error::DataCorrupt {
+                path: "optimizer.safetensors".into(),
+                reason: format!("holds an unexpected tensor `{name}`"),
             };
             let (slot, index) = name.split_once('.').ok_or_else(bad)?;
             let index: usize = index.parse().map_err(|_| bad())?;

@@ -136,8 +136,8 @@ enum Plan {
 /// Decide what the request means, checking everything a resume depends on before any file
 /// is touched.
 fn plan(request: &TrainRequest) -> Result<Plan> {
-    let usage = || Error::Config {
-        location: "vigil train".into(),
+    let usage = || Error::Usage {
+        command: "vigil train",
         message: "give a CONFIG file, CONFIG --resume auto, or --resume RUN_DIR".into(),
     };
     match (&request.config, &request.resume) {
@@ -187,8 +187,8 @@ fn plan(request: &TrainRequest) -> Result<Plan> {
 /// The effective config a run directory keeps: parsed, and its text.
 fn stored_config(run_dir: &Path) -> Result<(Settings, String)> {
     let path = run_dir.join(CONFIG_FILE);
-    let text = read_config(&path).map_err(|_| Error::Config {
-        location: run_dir.display().to_string(),
+    let text = read_config(&path).map_err(|_| Error::Resume {
+        run_dir: run_dir.to_path_buf(),
         message: format!("has no {CONFIG_FILE}; is it a run directory written by `vigil train`?"),
     })?;
     Ok((Settings::from_toml(&text, &path)?, text))
@@ -208,8 +208,8 @@ fn plan_resume(
         damaged,
     } = latest;
     if state.format != checkpoint::FORMAT {
-        return Err(Error::Config {
-            location: checkpoint_dir.display().to_string(),
+        return Err(Error::Resume {
+            run_dir: checkpoint_dir.clone(),
             message: format!(
                 "is a checkpoint of format {} (written by vigil {}); this vigil resumes format {} only, \
                  because epoch orders and monitor state are kept differently: start a new run",
@@ -234,8 +234,8 @@ fn plan_resume(
     }
     let changed = stored.trajectory_differences(&requested);
     if !changed.is_empty() {
-        return Err(Error::Config {
-            location: run_dir.display().to_string(),
+        return Err(Error::Resume {
+            run_dir: run_dir.to_path_buf(),
             message: format!(
                 "{asked_by} would change {} of this run, which changes what it computes; a resumed run \
                  keeps its config (may change: {}). Start a new run for another setting",
@@ -245,8 +245,8 @@ fn plan_resume(
         });
     }
     if requested.epochs < state.epoch {
-        return Err(Error::Config {
-            location: run_dir.display().to_string(),
+        return Err(Error::Resume {
+            run_dir: run_dir.to_path_buf(),
             message: format!(
                 "`epochs` = {} is less than the epoch the checkpoint is in ({}); a run can only be trained longer",
                 requested.epochs, state.epoch
@@ -279,8 +279,8 @@ fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> 
         return Ok(());
     }
     if crate::fs::is_locked(&run_dir.join(run_dir::LOCK_FILE)) {
-        return Err(Error::Config {
-            location: run_dir.display().to_string(),
+        return Err(Error::Busy {
+            path: run_dir.to_path_buf(),
             message: format!(
                 "another vigil process is training this run (it holds {}); wait for it to end or stop it first",
                 run_dir::LOCK_FILE
@@ -288,15 +288,15 @@ fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> 
         });
     }
     let Ok((stored, _)) = stored_config(run_dir) else {
-        return Err(Error::Config {
-            location: run_dir.display().to_string(),
+        return Err(Error::Resume {
+            run_dir: run_dir.to_path_buf(),
             message: "is not empty and holds no vigil run; choose another `run_dir`".into(),
         });
     };
     let changed = stored.trajectory_differences(requested);
     if !changed.is_empty() {
-        return Err(Error::Config {
-            location: run_dir.display().to_string(),
+        return Err(Error::Resume {
+            run_dir: run_dir.to_path_buf(),
             message: format!(
                 "holds a run of another config (it differs in {}); choose another `run_dir`",
                 keys(&changed)

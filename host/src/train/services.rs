@@ -1,134 +1,23 @@
-//! What the trainer computes for monitors on request: norms, the flattened gradient,
-//! Hessian-vector products on a fixed probe subsample, and moving averages of the gradient.
+//! What the trainer computes for monitors on request ([`HostServices`]): norms, the
+//! flattened gradient, Hessian-vector products on a fixed probe subsample ([`super::hessian`])
+//! and moving averages of the gradient ([`super::averages`]).
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 use vigil_plugin_api::{ParameterInfo, ProbeSpec};
 
+use super::averages::{squared_norm, GradientAverages, GradientEma};
+use super::hessian::{
+    batch_hessian_vector_product, gradient_with_graph, hessian_times, write_flat, ProbeCache,
+    ProbeGraph,
+};
 use super::TensorSplit;
 use crate::error::{Error, Result};
 use crate::plugin::HostServices;
 use crate::rng::SplitMix64;
 use vigil_plugin_api::GradientEma as EmaAnswer;
-
-/// The probe subsamples drawn so far, by spec, and what Hessian-vector products cost.
-#[derive(Default)]
-pub(super) struct ProbeCache {
-    batches: RefCell<HashMap<ProbeSpec, (Tensor, Tensor)>>,
-    /// Hessian-vector products computed, and the time they took.
-    pub hvps: Cell<(u64, Duration)>,
-    /// The gradient graph of a one-chunk probe, kept while one hook asks for several
-    /// products (each then costs one backward pass instead of a forward and two).
-    graph: RefCell<Option<ProbeGraph>>,
-}
-
-/// A probe's loss and its gradient with the autograd graph that differentiates it again.
-struct ProbeGraph {
-    spec: ProbeSpec,
-    loss: f64,
-    grads: Vec<Tensor>,
-}
-
-impl ProbeCache {
-    /// Drop the kept gradient graph.
-    pub fn release_graph(&self) {
-        self.graph.borrow_mut().take();
-    }
-}
-
-/// Exponential moving averages of the gradient, kept on the training device for the monitors
-/// that ask for them (by monitor index), so that no monitor copies the whole gradient off the
-/// device every step to average it.
-#[derive(Default)]
-pub(super) struct GradientAverages(RefCell<HashMap<usize, GradientEma>>);
-
-impl GradientAverages {
-    /// Every monitor's averages, for a checkpoint: the scalars, and the EMA tensors named
-    /// `gradient_ema.<owner>`.
-    pub fn snapshot(
-        &self,
-    ) -> (
-        Vec<super::checkpoint::SavedGradientAverage>,
-        Vec<(String, Tensor)>,
-    ) {
-        let averages = self.0.borrow();
-        let mut owners: Vec<&usize> = averages.keys().collect();
-        owners.sort();
-        owners
-            .into_iter()
-            .map(|&owner| {
-                let ema = &averages[&owner];
-                (
-                    super::checkpoint::SavedGradientAverage {
-                        owner,
-                        beta: ema.beta,
-                        mean_square: ema.mean_square,
-                        updates: ema.updates,
-                        last_step: ema.last_step,
-                    },
-                    (format!("gradient_ema.{owner}"), ema.mean.shallow_clone()),
-                )
-            })
-            .unzip()
-    }
-
-    /// Put back what [`GradientAverages::snapshot`] saved, on `device`.
-    pub fn restore(
-        &self,
-        saved: &[super::checkpoint::SavedGradientAverage],
-        tensors: &[(String, Tensor)],
-        device: Device,
-    ) -> Result<()> {
-        let mut averages = self.0.borrow_mut();
-        averages.clear();
-        for entry in saved {
-            let name = format!("gradient_ema.{}", entry.owner);
-            let mean = tensors
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, t)| t.f_to_device(device))
-                .transpose()?
-                .ok_or_else(|| {
-                    Error::Capability(format!("the checkpoint lacks the tensor `{name}`"))
-                })?;
-            averages.insert(
-                entry.owner,
-                GradientEma {
-                    beta: entry.beta,
-                    mean,
-                    mean_square: entry.mean_square,
-                    updates: entry.updates,
-                    last_step: entry.last_step,
-                },
-            );
-        }
-        Ok(())
-    }
-}
-
-/// `Σ x²` of a 1-D tensor, as a 0-d tensor. ATen's norm reduction splits the work by index
-/// and accumulates in double; BLAS `dot` (what `Tensor::dot` calls on the CPU) may sum in an
-/// order that depends on the buffers' alignment, so a resumed run, whose buffers are new,
-/// would not reproduce the uninterrupted run's last bits.
-fn squared_norm(values: &Tensor) -> Result<Tensor> {
-    Ok(values.f_norm()?.f_square()?)
-}
-
-/// One monitor's averages.
-struct GradientEma {
-    beta: f64,
-    /// EMA of the flattened gradient (`f32`, on the device).
-    mean: Tensor,
-    /// EMA of `Σ g² / numel`.
-    mean_square: f64,
-    updates: u64,
-    /// The step last folded in.
-    last_step: Option<u64>,
-}
 
 /// A borrowed view of the trainer's model, parameters and data.
 pub(super) struct TrainerServices<'a> {
@@ -257,7 +146,7 @@ impl TrainerServices<'_> {
     /// (training forward passes keep theirs).
     fn probe_chunk_loss(&self, images: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let logits = self.model.forward(images, false)?;
-        super::step::cross_entropy(&logits, labels, tch::Reduction::Mean)
+        super::loss::cross_entropy(&logits, labels, tch::Reduction::Mean)
     }
 
     /// Run `per_chunk(images, labels, weight)` over the probe in chunks of at most
@@ -282,78 +171,6 @@ impl TrainerServices<'_> {
         }
         Ok(())
     }
-}
-
-/// `(loss, H·d)` for the mean cross-entropy of `model` (in eval mode) on one batch, with
-/// respect to `parameters`, by double backward: the gradient is built with a graph, its dot
-/// product with the directions `d` (one tensor per parameter, shaped like it) is
-/// differentiated again, and no graph outlives the call.
-pub fn batch_hessian_vector_product(
-    model: &dyn ModuleT,
-    parameters: &[Tensor],
-    images: &Tensor,
-    labels: &Tensor,
-    directions: &[Tensor],
-) -> Result<(f64, Vec<Tensor>)> {
-    let (loss, grads) = gradient_with_graph(model, parameters, images, labels)?;
-    let product = hessian_times(&grads, parameters, directions, false)?;
-    Ok((loss, product))
-}
-
-/// The mean cross-entropy of `model` (in eval mode) on one batch, and its gradient with
-/// respect to `parameters`, built with a graph so that it can be differentiated again.
-fn gradient_with_graph(
-    model: &dyn ModuleT,
-    parameters: &[Tensor],
-    images: &Tensor,
-    labels: &Tensor,
-) -> Result<(f64, Vec<Tensor>)> {
-    // A scripted model's graph must be differentiable twice (see PlainGraphExecutor).
-    let _plain = crate::model::PlainGraphExecutor::new();
-    let logits = model.forward_t(images, false);
-    let loss = super::step::cross_entropy(&logits, labels, tch::Reduction::Mean)?;
-    let grads = Tensor::f_run_backward(&[&loss], parameters, true, true)?;
-    Ok((loss.f_double_value(&[])?, grads))
-}
-
-/// Copy `pieces` one after another into `out` as `f32`: one copy each, no concatenation.
-fn write_flat(pieces: impl IntoIterator<Item = Result<Tensor>>, out: &mut [f32]) -> Result<()> {
-    let mut offset = 0;
-    for piece in pieces {
-        let piece = piece?;
-        let numel = piece.numel();
-        let target = out
-            .get_mut(offset..offset + numel)
-            .ok_or_else(|| Error::Capability("the output is shorter than the parameters".into()))?;
-        piece.f_to_kind(Kind::Float)?.f_copy_data(target, numel)?;
-        offset += numel;
-    }
-    Ok(())
-}
-
-/// Differentiate `Σ grads·directions` with respect to `parameters` (grads built with a
-/// graph); `keep_graph` keeps that graph for another product.
-fn hessian_times(
-    grads: &[Tensor],
-    parameters: &[Tensor],
-    directions: &[Tensor],
-    keep_graph: bool,
-) -> Result<Vec<Tensor>> {
-    let mut dot: Option<Tensor> = None;
-    for (grad, direction) in grads.iter().zip(directions) {
-        let term = grad.f_mul(direction)?.f_sum(Kind::Float)?;
-        dot = Some(match dot {
-            Some(sum) => sum.f_add(&term)?,
-            None => term,
-        });
-    }
-    let dot = dot.ok_or_else(|| Error::Capability("the model has no parameters".into()))?;
-    Ok(Tensor::f_run_backward(
-        &[&dot],
-        parameters,
-        keep_graph,
-        false,
-    )?)
 }
 
 impl HostServices for TrainerServices<'_> {
@@ -568,7 +385,7 @@ impl TrainerServices<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::nn::{self, Module};
+    use tch::nn::{self, Module, ModuleT};
 
     fn concatenated_grads(parameters: &[Tensor]) -> Vec<f32> {
         parameters

@@ -164,10 +164,10 @@ impl TensorSplit {
             ));
         }
         let prefetch = ahead.as_mut().expect("set above");
-        let (at, pixels) = prefetch
-            .batches
-            .recv()
-            .map_err(|_| Error::Capability("the image decoding thread stopped".into()))?;
+        let (at, pixels) = prefetch.batches.recv().map_err(|_| Error::StoppedEarly {
+            what: "the image decoding thread".into(),
+            reason: "it ended before the epoch's last batch".into(),
+        })?;
         let pixels = pixels?;
         debug_assert_eq!(at, start);
         prefetch.next = start + size;

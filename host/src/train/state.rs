@@ -70,11 +70,13 @@ impl Trainer {
             });
         }
         checkpoint::restore(dir, &mut self.vars, &mut self.optimizer, state)?;
-        self.averages.restore(
-            &state.gradient_averages,
-            &checkpoint::host_tensors(dir)?,
-            self.device,
-        )?;
+        self.averages
+            .restore(
+                &state.gradient_averages,
+                &checkpoint::host_tensors(dir)?,
+                self.device,
+            )
+            .map_err(|err| checkpoint::in_checkpoint(dir, err))?;
         let mut pending = Vec::with_capacity(state.monitors.len());
         for saved in &state.monitors {
             let bytes = match &saved.state_file {

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use vigil_plugin_api::{EventKind, Subscriptions};
 
+use super::loss::{correct_count, cross_entropy};
 use super::{services, Trainer};
 use crate::config::AnomalyPolicy;
 use crate::error::{Error, Result};
@@ -124,21 +125,4 @@ impl Trainer {
             }
         }
     }
-}
-
-pub(super) fn cross_entropy(
-    logits: &Tensor,
-    labels: &Tensor,
-    reduction: tch::Reduction,
-) -> Result<Tensor> {
-    Ok(logits.f_cross_entropy_loss::<Tensor>(labels, None, reduction, -100, 0.0)?)
-}
-
-/// How many rows of `logits` put their maximum on the label.
-pub(super) fn correct_count(logits: &Tensor, labels: &Tensor) -> Result<f64> {
-    Ok(logits
-        .f_argmax(-1, false)?
-        .f_eq_tensor(labels)?
-        .f_sum(Kind::Float)?
-        .f_double_value(&[])?)
 }

@@ -7,7 +7,7 @@ use abi_stable::std_types::RSlice;
 use tch::{Device, Kind};
 use vigil_plugin_api::{EventKind, ImageBatch, Subscriptions, ValidationBatch};
 
-use super::step::cross_entropy;
+use super::loss::cross_entropy;
 use super::{PassMetrics, Trainer};
 use crate::error::Result;
 use crate::hub::RunHub;
