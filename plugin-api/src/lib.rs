@@ -87,6 +87,17 @@
 //! [`testing`]; `From<String>` and `From<&str>` for [`Error`], which is now
 //! `#[non_exhaustive]`. This changed the accessors' signatures (a `?` where they are called),
 //! not the ABI: a plugin built against 1.2 runs unchanged.
+//!
+//! **Semantic versioning, and the one exception.** 1.3.0 changed the return types of six
+//! accessors of [`Context`] (`gradient`, `grad_norms`, `weight_norms`, `validation_batch`,
+//! `sample_images`, `sampler_draws`): a source break inside 1.x, which semver forbids, so a
+//! crate that asked for `vigil-plugin-api = "1"` and built against 1.2 needs the `?` above to
+//! build against 1.3. It is kept, not reverted: reverting would break, in the same way, every
+//! crate written against 1.3, and the break never reached a built plugin. It is the only one.
+//! From 1.3.0 on, CI runs `cargo semver-checks` on this crate against the 1.3.0 sources (the
+//! commit named in the repository's `.ci/semver-baseline`), and a change it reports as a
+//! break needs 2.0 (a new crate the host links beside this one; see the repository's
+//! DESIGN notes).
 
 #![warn(missing_docs)]
 

@@ -12,9 +12,8 @@ use vigil_plugin_api::{EventKind, ProbeSpec, StepCounters};
 use super::Measurement;
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
-use crate::plugin::trust::OpenFile;
 use crate::plugin::{
-    catalogue, library, EventData, HostServices, PluginHost, PluginSearch, RunFacts,
+    catalogue, load_library_afresh, EventData, HostServices, PluginHost, PluginSearch, RunFacts,
 };
 
 /// The monitor used to measure dispatch: it reads a metric and updates an average per call.
@@ -64,16 +63,7 @@ pub fn plugin_costs(dirs: &[PathBuf], calls: u64, repeats: usize) -> Result<Vec<
         let mut samples = Vec::with_capacity(repeats);
         for _ in 0..repeats {
             let started = Instant::now();
-            let failed = |reason: String| Error::Plugins {
-                problems: vec![format!("{}: {reason}", path.display())],
-            };
-            let checked = OpenFile::open(path, false)
-                .map_err(failed)?
-                .read()
-                .map_err(|(reason, _)| failed(reason))?;
-            library::load_fresh(&checked, None).map_err(|failure| Error::Plugins {
-                problems: vec![failure.to_string()],
-            })?;
+            load_library_afresh(path, false)?;
             samples.push(started.elapsed().as_secs_f64() * 1e3);
         }
         results.push(Measurement::of(&format!("load {name}"), "ms", samples));

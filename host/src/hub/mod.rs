@@ -360,9 +360,9 @@ impl RunHub {
         self.plugins.report(loop_seconds)
     }
 
-    /// What `vigil check` prints for each monitor.
-    pub fn monitor_plan(&self) -> Vec<String> {
-        self.plugins.plan()
+    /// What `vigil check` prints for each monitor: file, sha256, events and data.
+    pub fn describe_monitors(&self) -> Vec<String> {
+        self.plugins.describe()
     }
 
     /// The monitors' warnings so far.

@@ -115,7 +115,7 @@ pub fn load(
     })
 }
 
-/// Map `checked` with the dynamic loader, always anew (the load-time benchmark measures this).
+/// Map `checked` with the dynamic loader, always anew ([`super::load_library_afresh`]).
 pub fn load_fresh(
     checked: &CheckedBytes,
     report_dir: Option<&Path>,

@@ -14,9 +14,9 @@ pub mod dirs;
 mod elf;
 mod host_view;
 pub mod library;
+mod monitor_state;
 mod report;
 mod resolve;
-mod state;
 pub mod trust;
 
 use std::path::PathBuf;
@@ -32,8 +32,8 @@ pub use dirs::{default_plugin_dirs, search_dirs, user_plugin_dir};
 pub use elf::Inspection;
 pub use host_view::{EventData, HostServices, Outputs, RunFacts};
 pub use library::{LibraryInfo, LoadFailure, PluginLibrary};
+pub use monitor_state::MonitorSnapshot;
 pub use resolve::{catalogue, listing, resolve, Listed, PluginSearch};
-pub use state::MonitorSnapshot;
 
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
@@ -210,7 +210,7 @@ impl PluginHost {
 
     /// One line per monitor, in config order: name, version, the file it was loaded from and
     /// how it was found, sha256, events and subscribed data (what `vigil check` prints).
-    pub fn plan(&self) -> Vec<String> {
+    pub fn describe(&self) -> Vec<String> {
         self.monitors
             .iter()
             .map(|monitor| {
@@ -539,6 +539,25 @@ impl PluginHost {
             self.warn(warning);
         }
     }
+}
+
+/// Everything a run does to load one plugin library, with a fresh mapping each time: open it,
+/// check its owner and permissions, read and hash it, read its identity record, make the
+/// sealed copy, map it and check its ABI layout. What `vigil bench` times as a plugin's load
+/// cost; the library stays mapped (libraries are never unloaded).
+pub fn load_library_afresh(path: &std::path::Path, allow_insecure: bool) -> Result<LibraryInfo> {
+    let failed = |reason: String| Error::Plugins {
+        problems: vec![format!("{}: {reason}", path.display())],
+    };
+    let checked = trust::OpenFile::open(path, allow_insecure)
+        .map_err(failed)?
+        .read()
+        .map_err(|(reason, _)| failed(reason))?;
+    library::load_fresh(&checked, None)
+        .map(|(_, info)| info)
+        .map_err(|failure| Error::Plugins {
+            problems: vec![failure.to_string()],
+        })
 }
 
 fn hook_index(kind: EventKind) -> Option<usize> {

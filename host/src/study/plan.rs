@@ -82,7 +82,7 @@ pub fn check_runs(
             settings.model.kind.name(),
             settings.epochs,
             dataset.name,
-            hub.monitor_plan().len()
+            hub.describe_monitors().len()
         );
         if run.priority != 0 {
             line.push_str(&format!(", priority {}", run.priority));

@@ -3,7 +3,9 @@
 //! epoch or step, purpose), so a resumed run sees exactly the batches the original would
 //! have, and no two seeds share an epoch order.
 
-use tch::{Device, Tensor};
+#[cfg(test)]
+use tch::Device;
+use tch::Tensor;
 
 use crate::config::{SamplerSettings, Settings};
 use crate::error::{Error, Result};
@@ -111,22 +113,6 @@ impl Feed {
             crops.push(crop);
         }
         Ok(Tensor::f_cat(&crops, 0)?)
-    }
-}
-
-/// Pick the device the settings ask for.
-pub(super) fn choose_device(choice: crate::config::DeviceChoice) -> Result<Device> {
-    use crate::config::DeviceChoice;
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
-        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceChoice::Cuda => Err(Error::Config {
-            location: "device".into(),
-            message: "is \"cuda\" but libtorch sees no CUDA device; use \"auto\" or \"cpu\", or build vigil with \
-                      `--features cuda` on a machine with a GPU"
-                .into(),
-        }),
     }
 }
 

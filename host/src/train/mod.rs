@@ -4,16 +4,17 @@
 
 mod averages;
 pub mod checkpoint;
+mod device;
 mod events;
 mod feed;
 mod hessian;
 mod loss;
 mod optim;
 mod outcome;
+mod resume;
 mod schedule;
 mod services;
 mod split;
-mod state;
 mod step;
 mod validation;
 
@@ -37,18 +38,19 @@ use crate::sink::RecordKind;
 
 use averages::GradientAverages;
 pub use checkpoint::{CheckpointIndex, Checkpoints, TrainingState};
-use feed::{choose_device, Feed};
+use device::choose_device;
+use feed::Feed;
 pub use hessian::batch_hessian_vector_product;
 use hessian::ProbeCache;
 pub use optim::Optimizer;
 pub use outcome::{EpochMetrics, FitSummary, InputSpec, PassMetrics};
+pub use resume::signal_name;
 pub use schedule::LrSchedule;
 use services::{parameter_infos, TrainerServices};
 use split::TensorSplit;
-pub use state::signal_name;
 
-mod run;
-pub use run::{check_config, train, train_from_file, Resume, RunOutcome, TrainRequest};
+mod command;
+pub use command::{check_config, train, train_from_file, Resume, RunOutcome, TrainRequest};
 
 /// Serialises "seed libtorch's global generator, then initialise a model".
 static SEEDED_INIT: Mutex<()> = Mutex::new(());
@@ -105,7 +107,7 @@ pub struct Trainer {
     /// The current epoch's sample order, on the CPU and on the device.
     epoch_order: Option<(usize, Arc<Vec<i64>>, Tensor)>,
     /// Monitor state from the checkpoint a run resumes from, handed back when it begins.
-    pending_restore: Option<state::PendingRestore>,
+    pending_restore: Option<resume::PendingRestore>,
     /// Set to a signal's number by a signal handler: stop cleanly after the current step.
     interrupt: Option<&'static AtomicUsize>,
 }

@@ -68,8 +68,8 @@ pub fn train_from_file(config: &Path) -> Result<RunOutcome> {
 
 /// Validate a config, its dataset, its model and its monitors without training: every
 /// enabled monitor is found, checked, loaded and built with its settings exactly as `train`
-/// would, then dropped without any hook being called. Returns the plan: the data, the model,
-/// and each monitor's file, sha256, version, events and subscriptions.
+/// would, then dropped without any hook being called. Returns what it found: the data, the
+/// model, and each monitor's file, sha256, version, events and subscriptions.
 pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
     let settings = Settings::load(config, overrides)?;
     let dataset = data::load(&settings.data.source)?;
@@ -100,12 +100,12 @@ pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
             dataset.skipped_files.join(", ")
         ));
     }
-    let plan = hub.monitor_plan();
-    if plan.is_empty() {
+    let monitors = hub.describe_monitors();
+    if monitors.is_empty() {
         out.push_str("  monitors: none\n");
     } else {
         out.push_str("  monitors (built with their settings; no hook was called):\n");
-        for line in plan {
+        for line in monitors {
             out.push_str(&format!("    {line}\n"));
         }
     }
@@ -115,8 +115,8 @@ pub fn check_config(config: &Path, overrides: &[String]) -> Result<String> {
     Ok(out)
 }
 
-/// A run to start, or one to continue.
-enum Plan {
+/// What a `vigil train` request means: a run to start, or one to continue.
+enum Start {
     New {
         settings: Settings,
         config_path: PathBuf,
@@ -135,13 +135,13 @@ enum Plan {
 
 /// Decide what the request means, checking everything a resume depends on before any file
 /// is touched.
-fn plan(request: &TrainRequest) -> Result<Plan> {
+fn decide(request: &TrainRequest) -> Result<Start> {
     let usage = || Error::Usage {
         command: "vigil train",
         message: "give a CONFIG file, CONFIG --resume auto, or --resume RUN_DIR".into(),
     };
     match (&request.config, &request.resume) {
-        (Some(config), None) => Ok(Plan::New {
+        (Some(config), None) => Ok(Start::New {
             settings: Settings::load(config, &request.overrides)?,
             config_path: config.clone(),
         }),
@@ -152,7 +152,7 @@ fn plan(request: &TrainRequest) -> Result<Plan> {
                 &run_dir.join(CONFIG_FILE),
                 &request.overrides,
             )?;
-            plan_resume(run_dir, &stored.0, requested, "--set")
+            decide_resume(run_dir, &stored.0, requested, "--set")
         }
         (Some(config), Some(Resume::Auto)) => {
             let requested = Settings::load(config, &request.overrides)?;
@@ -168,14 +168,14 @@ fn plan(request: &TrainRequest) -> Result<Plan> {
             match checkpoint::newest_intact(&run_dir) {
                 Ok(_) => {
                     let (stored, _) = stored_config(&run_dir)?;
-                    return plan_resume(&run_dir, &stored, requested, "the config");
+                    return decide_resume(&run_dir, &stored, requested, "the config");
                 }
                 // Checkpoints that are all damaged are not a run to start over silently.
                 Err(err @ Error::CheckpointDamaged { .. }) => return Err(err),
                 Err(_) => {}
             }
             start_over_if_unfinished(&run_dir, &requested)?;
-            Ok(Plan::New {
+            Ok(Start::New {
                 settings: requested,
                 config_path: config.clone(),
             })
@@ -194,12 +194,12 @@ fn stored_config(run_dir: &Path) -> Result<(Settings, String)> {
     Ok((Settings::from_toml(&text, &path)?, text))
 }
 
-fn plan_resume(
+fn decide_resume(
     run_dir: &Path,
     stored: &Settings,
     mut requested: Settings,
     asked_by: &str,
-) -> Result<Plan> {
+) -> Result<Start> {
     let latest = checkpoint::newest_intact(run_dir)?;
     let warnings = latest.warnings();
     let checkpoint::Latest {
@@ -254,7 +254,7 @@ fn plan_resume(
         });
     }
     requested.run_dir = Some(run_dir.to_path_buf());
-    Ok(Plan::Resume {
+    Ok(Start::Resume {
         settings: requested,
         run_dir: run_dir.to_path_buf(),
         checkpoint_dir,
@@ -325,9 +325,9 @@ fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> 
 /// before the run directory is created or changed; `run.json` is written even when training
 /// fails.
 pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
-    let plan = plan(request)?;
-    let settings = match &plan {
-        Plan::New { settings, .. } | Plan::Resume { settings, .. } => settings.clone(),
+    let start = decide(request)?;
+    let settings = match &start {
+        Start::New { settings, .. } | Start::Resume { settings, .. } => settings.clone(),
     };
     let dataset = data::load(&settings.data.source)?;
     println!(
@@ -346,10 +346,10 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             dataset.skipped_files.len()
         );
     }
-    let mut trainer = match &plan {
+    let mut trainer = match &start {
         // A TorchScript model continues from the checkpoint's copy of the module, whose
         // buffers (batch-norm statistics) the variable store does not hold.
-        Plan::Resume { checkpoint_dir, .. }
+        Start::Resume { checkpoint_dir, .. }
             if settings.model.kind == crate::config::ModelKind::Torchscript =>
         {
             Trainer::with_module(
@@ -371,9 +371,9 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         settings.seed
     );
     // A failed layout check writes its report into the run directory when there is one.
-    let existing_run_dir = match &plan {
-        Plan::Resume { run_dir, .. } => Some(run_dir.clone()),
-        Plan::New { .. } => settings.run_dir.clone().filter(|dir| dir.is_dir()),
+    let existing_run_dir = match &start {
+        Start::Resume { run_dir, .. } => Some(run_dir.clone()),
+        Start::New { .. } => settings.run_dir.clone().filter(|dir| dir.is_dir()),
     };
     let mut hub = RunHub::load(
         &settings,
@@ -385,8 +385,8 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     // Held until training ends and run.json is written.
     let mut _run_lock = None;
     let mut fallback_warnings = Vec::new();
-    let (layout, settings, resumed_from, previous) = match plan {
-        Plan::Resume {
+    let (layout, settings, resumed_from, previous) = match start {
+        Start::Resume {
             settings,
             run_dir,
             checkpoint_dir,
@@ -436,7 +436,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             );
             (layout, settings, Some(state.global_step), previous)
         }
-        Plan::New {
+        Start::New {
             mut settings,
             config_path,
         } => {
