@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{json, stderr, stdout, vigil};
+use crate::util::{export_model, json, stderr, stdout, vigil};
 
 /// A scripted CNN (batch norm, so `module.pt` carries buffers) trained one epoch of 16 steps
 /// on synthetic 12×12 images, a checkpoint at every quarter (steps 4, 8, 12, 16), all kept,
@@ -123,17 +123,7 @@ fn resume_auto_and_export_check_checksums_and_none_intact_is_one_clear_error() {
     // export-model: the last checkpoint falls back to step 12 with a warning; a step named
     // explicitly is refused.
     let out = dir.path().join("model.pt");
-    let output = vigil(
-        dir.path(),
-        &[
-            "export-model",
-            run.to_str().unwrap(),
-            "--checkpoint",
-            "last",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let output = export_model(dir.path(), &run, "last", &out);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("is damaged"),
@@ -145,17 +135,7 @@ fn resume_auto_and_export_check_checksums_and_none_intact_is_one_clear_error() {
         "{}",
         stdout(&output)
     );
-    let output = vigil(
-        dir.path(),
-        &[
-            "export-model",
-            run.to_str().unwrap(),
-            "--checkpoint",
-            "step_16",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let output = export_model(dir.path(), &run, "step_16", &out);
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("model.safetensors") && stderr(&output).contains("CRC-32C"),

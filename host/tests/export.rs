@@ -117,17 +117,7 @@ fn onnx_exports_of_the_cnn_and_the_resnet_give_vigils_logits() {
         assert!(output.status.success(), "{}", stderr(&output));
         let run_dir = dir.path().join(format!("{name}-run"));
         let out = dir.path().join(format!("{name}.onnx"));
-        let output = vigil(
-            dir.path(),
-            &[
-                "export-model",
-                run_dir.to_str().unwrap(),
-                "--checkpoint",
-                "last",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-        );
+        let output = crate::util::export_model(dir.path(), &run_dir, "last", &out);
         assert!(output.status.success(), "{}", stderr(&output));
         assert!(
             stdout(&output).contains("ONNX model"),

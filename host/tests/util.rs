@@ -116,6 +116,21 @@ pub fn vigil(dir: &Path, args: &[&str]) -> Output {
         .expect("the vigil binary runs")
 }
 
+/// `vigil export-model RUN_DIR --checkpoint WHICH --out OUT`, run in `dir`.
+pub fn export_model(dir: &Path, run_dir: &Path, which: &str, out: &Path) -> Output {
+    vigil(
+        dir,
+        &[
+            "export-model",
+            run_dir.to_str().unwrap(),
+            "--checkpoint",
+            which,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }

@@ -96,8 +96,8 @@
 //! crate written against 1.3, and the break never reached a built plugin. It is the only one.
 //! From 1.3.0 on, CI runs `cargo semver-checks` on this crate against the 1.3.0 sources (the
 //! commit named in the repository's `.ci/semver-baseline`), and a change it reports as a
-//! break needs 2.0 (a new crate the host links beside this one; see the repository's
-//! DESIGN notes).
+//! break needs 2.0 (a new crate, `vigil-plugin-api-v2`, that the host links beside this one,
+//! so that 1.x plugins keep loading).
 
 #![warn(missing_docs)]
 

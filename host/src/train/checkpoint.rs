@@ -364,23 +364,21 @@ pub fn verify(dir: &Path, state: &TrainingState) -> Result<()> {
             path: path.clone(),
             reason: format!("cannot be read: {err}"),
         })?;
-        if found.bytes != expected.bytes {
-            return Err(Error::CheckpointDamaged {
-                path,
-                reason: format!(
-                    "is {} bytes long, but {} were written",
-                    found.bytes, expected.bytes
-                ),
-            });
-        }
-        if found.crc32c != expected.crc32c {
-            return Err(Error::CheckpointDamaged {
-                path,
-                reason: format!(
-                    "has CRC-32C {:08x}, but {:08x} was written: the file changed on disk",
-                    found.crc32c, expected.crc32c
-                ),
-            });
+        let problem = if found.bytes != expected.bytes {
+            Some(format!(
+                "is {} bytes long, but {} were written",
+                found.bytes, expected.bytes
+            ))
+        } else if found.crc32c != expected.crc32c {
+            Some(format!(
+                "has CRC-32C {:08x}, but {:08x} was written: the file changed on disk",
+                found.crc32c, expected.crc32c
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            return Err(Error::CheckpointDamaged { path, reason });
         }
     }
     Ok(())
