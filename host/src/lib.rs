@@ -22,6 +22,7 @@
 //! - [`fs`]: atomic, durable writes and cut-backs of the files a run keeps;
 //! - [`interrupt`]: SIGTERM, SIGINT and SIGUSR1 stop a run cleanly, with a checkpoint;
 //! - [`memory`]: the allocator settings training wants;
+//! - [`run_log`]: `vigil.log`, the run's console lines and debug detail, rotated by size;
 //! - [`rng`]: the seeded generator behind epoch orders, augmentation and samples shown.
 //!
 //! Arrows run one way: the CLI calls the trainer and the study; the trainer uses data, models
@@ -51,6 +52,7 @@ pub mod model;
 pub mod plugin;
 pub mod rng;
 pub mod run_dir;
+pub mod run_log;
 pub mod scaffold;
 pub mod sink;
 pub mod study;

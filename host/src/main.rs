@@ -6,6 +6,10 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 use cli::RunEnd;
 
@@ -54,18 +58,28 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     vigil::memory::reuse_freed_buffers();
-    // Warnings and monitor messages go to stderr; `RUST_LOG` is not needed for them.
-    tracing_subscriber::fmt()
+    // Warnings and monitor messages go to stderr; `RUST_LOG` is not needed for them. Twelve
+    // configurations' monitors would repeat their start-up reports twelve times: the benchmark
+    // shows warnings only, and keeps no log (nothing it times writes one).
+    let bench = matches!(cli.command, Command::Bench(_));
+    let console_level = if bench {
+        tracing::Level::WARN
+    } else {
+        tracing::Level::INFO
+    };
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
-        .with_max_level(match cli.command {
-            // Twelve configurations' monitors would repeat their start-up reports twelve
-            // times; the benchmark shows warnings only.
-            Command::Bench(_) => tracing::Level::WARN,
-            _ => tracing::Level::INFO,
-        })
+        .with_filter(filter::filter_fn(move |metadata| {
+            // The lines printed on standard output are for the run's log only.
+            *metadata.level() <= console_level
+                && metadata.target() != vigil::run_log::CONSOLE_TARGET
+        }));
+    tracing_subscriber::registry()
+        .with(console)
+        .with((!bench).then_some(vigil::run_log::RunLogLayer))
         .init();
     let ended = match cli.command {
         Command::Train(args) => cli::train::run(args),
@@ -77,8 +91,13 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(*args).map(|()| RunEnd::Done),
     };
     match ended {
-        Ok(RunEnd::Done) => ExitCode::SUCCESS,
-        Ok(RunEnd::Interrupted) => ExitCode::from(vigil::interrupt::EXIT_INTERRUPTED),
+        Ok(end) => {
+            vigil::run_log::close();
+            match end {
+                RunEnd::Done => ExitCode::SUCCESS,
+                RunEnd::Interrupted => ExitCode::from(vigil::interrupt::EXIT_INTERRUPTED),
+            }
+        }
         Err(err) => {
             let mut message = err.to_string();
             for cause in err.chain().skip(1) {
@@ -86,6 +105,8 @@ fn main() -> ExitCode {
                 message.push_str(&cause.to_string());
             }
             eprintln!("error: {message}");
+            tracing::error!(target: vigil::run_log::CONSOLE_TARGET, "{message}");
+            vigil::run_log::close();
             ExitCode::from(cli::exit_code(&err))
         }
     }

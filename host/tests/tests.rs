@@ -13,6 +13,7 @@ mod monitors;
 mod plugin_loading;
 mod reliability;
 mod resume;
+mod run_log;
 mod study;
 mod torchscript;
 mod training;

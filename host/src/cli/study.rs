@@ -128,7 +128,10 @@ pub fn run(action: StudyAction) -> anyhow::Result<RunEnd> {
             let threads = vigil::study::plan::started_threads(&study.run_dir(&run))
                 .unwrap_or(study.slurm.cpus_per_task.max(1));
             let interrupt = super::install_interrupt()?;
-            println!("study `{}` task {index}: run {}", study.name, run.name);
+            vigil::run_log::say(&format!(
+                "study `{}` task {index}: run {}",
+                study.name, run.name
+            ));
             let request = vigil::train::TrainRequest {
                 config: Some(run.config.clone()),
                 resume: Some(vigil::train::Resume::Auto),
@@ -138,8 +141,8 @@ pub fn run(action: StudyAction) -> anyhow::Result<RunEnd> {
             let outcome = vigil::train::train(&request)?;
             match outcome.interrupted {
                 Some(signal) if signal == libc::SIGUSR1 as usize => {
-                    println!(
-                        "SIGUSR1 before the time limit: checkpoint written; requeueing this task"
+                    vigil::run_log::say(
+                        "SIGUSR1 before the time limit: checkpoint written; requeueing this task",
                     );
                     vigil::study::slurm::requeue_self()?;
                     Ok(RunEnd::Interrupted)

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use vigil::run_log::say;
+
 use super::RunEnd;
 
 /// Train the model a config file describes, or resume a run. Exits 75 when SIGTERM, SIGINT or
@@ -59,24 +61,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<RunEnd> {
         let signal = vigil::train::signal_name(signal);
         let run_dir = outcome.run_dir.display();
         match outcome.checkpoint_step {
-            Some(step) if step == outcome.global_step => println!(
+            Some(step) if step == outcome.global_step => say(&format!(
                 "interrupted by {signal} at step {step}: checkpoint written; continue with `vigil train --resume {run_dir}`"
-            ),
-            Some(step) => println!(
+            )),
+            Some(step) => say(&format!(
                 "interrupted by {signal} at step {}: the checkpoint could not be written (see run.json); \
                  `vigil train --resume {run_dir}` continues from step {step}",
                 outcome.global_step
-            ),
-            None => println!(
+            )),
+            None => say(&format!(
                 "interrupted by {signal} at step {}: checkpoints are disabled (checkpoint.enabled = false), \
                  so this run cannot be resumed",
                 outcome.global_step
-            ),
+            )),
         }
         return Ok(RunEnd::Interrupted);
     }
     if let Some(last) = outcome.summary.last() {
-        println!(
+        say(&format!(
             "done: epoch {} in {:.1} s; val_acc {:.4}, val_loss {:.4}, best_val_loss {:.4}; results in {}",
             last.epoch,
             outcome.summary.seconds,
@@ -84,7 +86,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<RunEnd> {
             last.val.loss,
             outcome.best_val_loss.unwrap_or(f64::NAN),
             outcome.run_dir.display()
-        );
+        ));
     }
     Ok(RunEnd::Done)
 }

@@ -15,8 +15,10 @@ use super::{
 /// Keys that `--resume` may change: they do not change what the run computes. `epochs`
 /// trains a run longer (or ends it sooner); the rest say where files are and how plugins are
 /// found and policed. A monitor's loading keys are matched as `monitors[i].<key>`.
-pub const RESUMABLE_KEYS: [&str; 7] = [
+pub const RESUMABLE_KEYS: [&str; 9] = [
     "epochs",
+    "log_max_mb",
+    "log_backups",
     "image_folder.cache_mb",
     "image_folder.prefetch_batches",
     "name",
@@ -198,6 +200,9 @@ impl Settings {
         put(&mut checkpoint, "enabled", self.checkpoint.enabled.into());
         put(&mut checkpoint, "keep_best", int(self.checkpoint.keep_best));
         put(&mut root, "checkpoint", checkpoint.into());
+
+        put(&mut root, "log_max_mb", self.log.max_mb.into());
+        put(&mut root, "log_backups", int(self.log.backups));
 
         if let Some(dirs) = &self.plugin_dirs {
             put(

@@ -63,6 +63,8 @@ pub struct Settings {
     pub optim: OptimSettings,
     pub schedule: ScheduleSettings,
     pub checkpoint: CheckpointSettings,
+    /// How the run's `vigil.log` is rotated.
+    pub log: LogSettings,
     /// Directories searched for plugin libraries, in order, made absolute against the config
     /// file's directory; `None` when the config names none (the defaults of the vigil that
     /// runs it, which the plugin host resolves).
@@ -202,6 +204,21 @@ pub struct CheckpointSettings {
     pub enabled: bool,
     /// Keep the best this many by validation loss, plus `last`.
     pub keep_best: usize,
+}
+
+/// `log_max_mb` and `log_backups`: `vigil.log` is rotated when it passes `max_mb` MiB, and
+/// `backups` rotated (gzip-compressed) copies are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogSettings {
+    pub max_mb: f64,
+    pub backups: usize,
+}
+
+impl LogSettings {
+    /// The size past which the log is rotated.
+    pub fn max_bytes(&self) -> u64 {
+        (self.max_mb * 1024.0 * 1024.0).ceil().max(1.0) as u64
+    }
 }
 
 /// One `[[monitors]]` entry.

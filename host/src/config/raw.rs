@@ -11,7 +11,7 @@ use super::kinds::{
     ScheduleKind,
 };
 use super::{
-    CheckpointSettings, DataSettings, ModelSettings, MonitorSettings, OptimSettings,
+    CheckpointSettings, DataSettings, LogSettings, ModelSettings, MonitorSettings, OptimSettings,
     SamplerSettings, ScheduleSettings, Settings,
 };
 use crate::error::Result;
@@ -43,6 +43,8 @@ pub(super) struct RawConfig {
     optim: RawOptim,
     schedule: RawSchedule,
     checkpoint: RawCheckpoint,
+    log_max_mb: f64,
+    log_backups: usize,
     plugin_dirs: Option<Vec<PathBuf>>,
     allow_insecure_plugins: bool,
     monitors: Vec<RawMonitor>,
@@ -75,6 +77,8 @@ impl Default for RawConfig {
             optim: RawOptim::default(),
             schedule: RawSchedule::default(),
             checkpoint: RawCheckpoint::default(),
+            log_max_mb: 100.0,
+            log_backups: 5,
             plugin_dirs: None,
             allow_insecure_plugins: false,
             monitors: Vec::new(),
@@ -196,6 +200,7 @@ impl RawConfig {
     /// Check ranges and cross-field rules; `invalid(key, message)` builds the error for a key.
     pub(super) fn validate(self, path: &Path, invalid: Invalid<'_>) -> Result<Settings> {
         at_least_one(invalid, "epochs", self.epochs)?;
+        let log_max_mb = in_range(invalid, "log_max_mb", self.log_max_mb, 0.0..=1e6, true)?;
         at_least_one(invalid, "batch_size", self.batch_size)?;
         if let Some(eval) = self.eval_batch_size {
             at_least_one(invalid, "eval_batch_size", eval)?;
@@ -369,6 +374,10 @@ impl RawConfig {
                 kind: self.schedule.kind,
                 warmup_epochs: self.schedule.warmup_epochs,
                 eta_min: self.schedule.eta_min,
+            },
+            log: LogSettings {
+                max_mb: log_max_mb,
+                backups: self.log_backups,
             },
             checkpoint: CheckpointSettings {
                 enabled: self.checkpoint.enabled,

@@ -521,7 +521,7 @@ impl PluginHost {
             let name = &names[index];
             match level {
                 LogLevel::WARN => warnings.push(format!("[{name}] {message}")),
-                LogLevel::DEBUG => {}
+                LogLevel::DEBUG => tracing::debug!("[{name}] {message}"),
                 _ => tracing::info!("[{name}] {message}"),
             }
         }

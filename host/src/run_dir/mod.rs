@@ -14,6 +14,7 @@
 //! | [`TENSORBOARD_DIR`] | TensorBoard event files |
 //! | [`ARTIFACTS_DIR`] | what monitors wrote (PNGs, CSVs), one folder per monitor |
 //! | [`CHECKPOINT_DIR`] | checkpoints and their `index.json` |
+//! | [`LOG_FILE`] | the run's log, rotated by size ([`crate::run_log`]) |
 //! | [`LOCK_FILE`] | held (`flock`) by the process that trains the run |
 
 mod info;
@@ -43,6 +44,8 @@ pub const RUN_FILE: &str = "run.json";
 pub const TENSORBOARD_DIR: &str = "tensorboard";
 /// The monitors' files.
 pub const ARTIFACTS_DIR: &str = "artifacts";
+/// The run's log; rotated copies are `vigil.log.1.gz`, `vigil.log.2.gz`, ….
+pub const LOG_FILE: &str = "vigil.log";
 /// Checkpoints, each a `step_<global step>/` directory, and `index.json`.
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 
@@ -91,6 +94,25 @@ impl RunLayout {
 
     pub fn lock(&self) -> PathBuf {
         self.root.join(LOCK_FILE)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.root.join(LOG_FILE)
+    }
+
+    /// The log and its rotated copies that exist.
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        let rotated = format!("{LOG_FILE}.");
+        std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                name == LOG_FILE || name.starts_with(&rotated)
+            })
+            .map(|entry| entry.path())
+            .collect()
     }
 
     /// Everything a run writes, files then directories (what a run that is started over
@@ -207,7 +229,7 @@ fn utc_timestamp() -> String {
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);

@@ -35,8 +35,11 @@ impl ConsoleSink {
 
     fn line(&self, text: String) {
         match &self.bar {
-            Some(bar) => bar.println(text),
-            None => println!("{text}"),
+            Some(bar) => {
+                tracing::info!(target: crate::run_log::CONSOLE_TARGET, "{text}");
+                bar.println(text);
+            }
+            None => crate::run_log::say(&text),
         }
     }
 }

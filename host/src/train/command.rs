@@ -17,6 +17,7 @@ use crate::run_dir::{
     self, create_run_dir, read_run_info, Attempt, FinalMetrics, RunInfo, RunLayout, SkippedFiles,
     StoppedBy, CONFIG_FILE,
 };
+use crate::run_log::{self, say};
 use crate::sink::ConsoleSink;
 
 /// What `vigil train` was asked to do.
@@ -303,12 +304,13 @@ fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> 
             ),
         });
     }
-    println!(
+    say(&format!(
         "{}: the run stopped before its first checkpoint; starting it over",
         run_dir.display()
-    );
-    let (files, dirs) = RunLayout::new(run_dir).outputs();
-    for path in files {
+    ));
+    let layout = RunLayout::new(run_dir);
+    let (files, dirs) = layout.outputs();
+    for path in files.into_iter().chain(layout.log_files()) {
         if path.exists() {
             std::fs::remove_file(&path).map_err(|source| Error::io(&path, source))?;
         }
@@ -330,7 +332,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         Start::New { settings, .. } | Start::Resume { settings, .. } => settings.clone(),
     };
     let dataset = data::load(&settings.data.source)?;
-    println!(
+    say(&format!(
         "data: {} ({} train, {} validation images of {}×{}×{}, {} classes)",
         dataset.name,
         dataset.train.len(),
@@ -339,12 +341,12 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         dataset.train.height,
         dataset.train.width,
         dataset.num_classes()
-    );
+    ));
     if !dataset.skipped_files.is_empty() {
-        println!(
+        say(&format!(
             "skipped {} files that cannot be decoded (skip_bad_files = true; run.json lists them)",
             dataset.skipped_files.len()
-        );
+        ));
     }
     let mut trainer = match &start {
         // A TorchScript model continues from the checkpoint's copy of the module, whose
@@ -360,7 +362,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         }
         _ => Trainer::new(&settings, &dataset)?,
     };
-    println!(
+    say(&format!(
         "model: {} with {} parameters on {:?}; {} epochs of {} batches of {} (seed {})",
         settings.model.kind.name(),
         trainer.parameter_count(),
@@ -369,7 +371,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         trainer.batches_per_epoch(),
         settings.batch_size,
         settings.seed
-    );
+    ));
     // A failed layout check writes its report into the run directory when there is one.
     let existing_run_dir = match &start {
         Start::Resume { run_dir, .. } => Some(run_dir.clone()),
@@ -403,11 +405,11 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             trainer.resume(&checkpoint_dir, &state)?;
             let previous = read_run_info(&run_dir).unwrap_or_default();
             if trainer.is_complete() && previous.status == RunInfo::COMPLETED {
-                println!(
+                say(&format!(
                     "{} already completed its {} epochs; nothing to do",
                     run_dir.display(),
                     settings.epochs
-                );
+                ));
                 return Ok(RunOutcome {
                     run_dir,
                     dataset: dataset.name,
@@ -425,15 +427,16 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                 Some((&state.output_marks(), state.global_step)),
                 Some(console(&settings, &trainer)),
             )?;
+            open_log(&layout, &settings)?;
             write_atomically(&layout.config(), settings.to_toml().as_bytes())?;
             write_atomically(&layout.inputs(), &trainer.inputs().to_json())?;
-            println!(
+            say(&format!(
                 "resuming {} from step {} (epoch {}, batch {})",
                 run_dir.display(),
                 state.global_step,
                 state.epoch,
                 state.batches_done
-            );
+            ));
             (layout, settings, Some(state.global_step), previous)
         }
         Start::New {
@@ -446,12 +449,13 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             let layout = RunLayout::new(&run_dir);
             write_atomically(&layout.config(), settings.to_toml().as_bytes())?;
             write_atomically(&layout.inputs(), &trainer.inputs().to_json())?;
-            println!(
+            say(&format!(
                 "run directory: {} (config {})",
                 run_dir.display(),
                 config_path.display()
-            );
+            ));
             hub.open_run_dir(layout.clone(), None, Some(console(&settings, &trainer)))?;
+            open_log(&layout, &settings)?;
             (layout, settings, None, RunInfo::default())
         }
     };
@@ -535,7 +539,9 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     let summary = fitted?;
     flushed?;
     if let Some((monitor, reason)) = &summary.stopped_by {
-        println!("stopped early: monitor `{monitor}` asked to stop: {reason}");
+        say(&format!(
+            "stopped early: monitor `{monitor}` asked to stop: {reason}"
+        ));
     }
     Ok(RunOutcome {
         run_dir,
@@ -550,6 +556,24 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             .map(|last| last.global_step),
         already_complete: false,
     })
+}
+
+/// The run's `vigil.log` from now on (appended to on resume).
+fn open_log(layout: &RunLayout, settings: &Settings) -> Result<()> {
+    run_log::open(
+        &layout.log(),
+        run_log::Rotation {
+            max_bytes: settings.log.max_bytes(),
+            backups: settings.log.backups,
+        },
+    )?;
+    tracing::debug!(
+        "log opened in {}: rotated past {} bytes, {} rotated copies kept",
+        layout.root().display(),
+        settings.log.max_bytes(),
+        settings.log.backups
+    );
+    Ok(())
 }
 
 /// The console's progress line, counting from where the trainer stands.

@@ -169,9 +169,20 @@ impl Trainer {
             return Ok(());
         }
         let snapshots = hub.save_monitor_states(self.counters(0, 0), &self.services())?;
+        let started = std::time::Instant::now();
         let written = hub
             .output_marks()
             .and_then(|marks| self.write_checkpoint(marks, snapshots, val_loss));
+        if written.is_ok() {
+            tracing::debug!(
+                "checkpoint at step {} written in {:.1} ms ({})",
+                self.progress.global_step,
+                started.elapsed().as_secs_f64() * 1e3,
+                val_loss.map_or("taken without a validation".into(), |loss| format!(
+                    "validation loss {loss:.4}"
+                ))
+            );
+        }
         if let Err(err) = written {
             let message = format!(
                 "checkpoint at step {} not written (the previous one is intact): {err}",
