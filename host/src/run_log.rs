@@ -69,13 +69,21 @@ pub fn open(path: &Path, rotation: Rotation) -> Result<()> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no run directory for the log"),
         ));
     }
-    let file = FileRotate::new(
-        path,
-        AppendCount::new(rotation.backups),
-        ContentLimit::BytesSurpassed(rotation.max_bytes.max(1) as usize),
-        Compression::OnRotate(0),
-        None,
-    );
+    let file = std::panic::catch_unwind(|| {
+        FileRotate::new(
+            path,
+            AppendCount::new(rotation.backups),
+            ContentLimit::BytesSurpassed(rotation.max_bytes.max(1) as usize),
+            Compression::OnRotate(0),
+            None,
+        )
+    })
+    .map_err(|_| {
+        Error::io(
+            path,
+            std::io::Error::other("the log file could not be opened for rotation"),
+        )
+    })?;
     with_log(|log| {
         let mut file = file;
         for line in log.early.drain(..) {
@@ -126,13 +134,21 @@ impl<S: Subscriber> Layer<S> for RunLogLayer {
             metadata.level(),
             message.0
         );
+        let urgent = *metadata.level() <= Level::WARN;
         with_log(|log| match &mut log.file {
             Some(file) => {
-                let _ = file.write_all(line.as_bytes());
-                // Warnings and errors reach the disk at once: they are what a reader of a
-                // crashed run looks for.
-                if *metadata.level() <= Level::WARN {
-                    let _ = file.flush();
+                // The rotation crate panics where it cannot recreate the directory (a run
+                // directory removed while training): the log stops, training goes on.
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _ = file.write_all(line.as_bytes());
+                    // Warnings and errors reach the disk at once: they are what a reader of a
+                    // crashed run looks for.
+                    if urgent {
+                        let _ = file.flush();
+                    }
+                }));
+                if written.is_err() {
+                    log.file = None;
                 }
             }
             None => {
