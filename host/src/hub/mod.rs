@@ -1,5 +1,6 @@
 //! One owner for a run's outputs: its monitors ([`PluginHost`]), its sinks (`metrics.jsonl`,
-//! TensorBoard, the console, and whatever a bench adds) and its run directory ([`RunLayout`]).
+//! TensorBoard, the console, and whatever a bench adds), its run directory ([`RunLayout`])
+//! and its log (`vigil.log`, [`RunHub::open_log`]).
 //!
 //! The trainer hands the hub events as data ([`RunHub::emit`]); the hub routes them: a monitor
 //! event to the monitors that want it, then what they logged and drew to every sink; a record
@@ -15,12 +16,13 @@ use std::path::{Path, PathBuf};
 
 use vigil_plugin_api::{ArtifactKind, EventKind, StepCounters, Subscriptions};
 
-use crate::config::Settings;
+use crate::config::{LogSettings, Settings};
 use crate::error::{Error, Result};
 use crate::fs::cut_back;
 use crate::plugin::RunFacts;
 use crate::plugin::{self, EventData, HostServices, MonitorSnapshot, PluginHost, PluginSearch};
 use crate::run_dir::{MonitorReport, RunLayout, METRICS_FILE, TENSORBOARD_DIR};
+use crate::run_log;
 use crate::sink::tensorboard::TensorBoardMark;
 use crate::sink::{
     unix_time, Background, ConsoleSink, Histogram, JsonlSink, Record, RecordKind, Sink,
@@ -157,6 +159,28 @@ impl RunHub {
             Box::new(tensorboard),
         )));
         self.layout = Some(layout);
+        Ok(())
+    }
+
+    /// Send the process's log lines to the run directory's `vigil.log` from now on, rotated as
+    /// `log` says ([`crate::run_log`]); a resumed run appends. Needs [`RunHub::open_run_dir`].
+    pub fn open_log(&self, log: LogSettings) -> Result<()> {
+        let Some(layout) = &self.layout else {
+            return Ok(());
+        };
+        run_log::open(
+            &layout.log(),
+            run_log::Rotation {
+                max_bytes: log.max_bytes(),
+                backups: log.backups,
+            },
+        )?;
+        tracing::debug!(
+            "log opened in {}: rotated past {} bytes, {} rotated copies kept",
+            layout.root().display(),
+            log.max_bytes(),
+            log.backups
+        );
         Ok(())
     }
 

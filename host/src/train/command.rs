@@ -17,7 +17,7 @@ use crate::run_dir::{
     self, create_run_dir, read_run_info, Attempt, FinalMetrics, RunInfo, RunLayout, SkippedFiles,
     StoppedBy, CONFIG_FILE,
 };
-use crate::run_log::{self, say};
+use crate::run_log::say;
 use crate::sink::ConsoleSink;
 
 /// What `vigil train` was asked to do.
@@ -427,7 +427,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                 Some((&state.output_marks(), state.global_step)),
                 Some(console(&settings, &trainer)),
             )?;
-            open_log(&layout, &settings)?;
+            hub.open_log(settings.log)?;
             write_atomically(&layout.config(), settings.to_toml().as_bytes())?;
             write_atomically(&layout.inputs(), &trainer.inputs().to_json())?;
             say(&format!(
@@ -455,7 +455,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                 config_path.display()
             ));
             hub.open_run_dir(layout.clone(), None, Some(console(&settings, &trainer)))?;
-            open_log(&layout, &settings)?;
+            hub.open_log(settings.log)?;
             (layout, settings, None, RunInfo::default())
         }
     };
@@ -556,24 +556,6 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             .map(|last| last.global_step),
         already_complete: false,
     })
-}
-
-/// The run's `vigil.log` from now on (appended to on resume).
-fn open_log(layout: &RunLayout, settings: &Settings) -> Result<()> {
-    run_log::open(
-        &layout.log(),
-        run_log::Rotation {
-            max_bytes: settings.log.max_bytes(),
-            backups: settings.log.backups,
-        },
-    )?;
-    tracing::debug!(
-        "log opened in {}: rotated past {} bytes, {} rotated copies kept",
-        layout.root().display(),
-        settings.log.max_bytes(),
-        settings.log.backups
-    );
-    Ok(())
 }
 
 /// The console's progress line, counting from where the trainer stands.
