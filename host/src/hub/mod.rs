@@ -189,11 +189,6 @@ impl RunHub {
         self.sinks.push(sink);
     }
 
-    /// The run directory, once opened.
-    pub fn layout(&self) -> Option<&RunLayout> {
-        self.layout.as_ref()
-    }
-
     /// Whether any monitor wants `kind`: the trainer skips preparing events nobody wants.
     pub fn wants(&self, kind: EventKind) -> bool {
         self.plugins.wants(kind)
