@@ -115,16 +115,18 @@ impl RunLayout {
             .collect()
     }
 
-    /// Everything a run writes, files then directories (what a run that is started over
-    /// removes; the lock stays).
-    pub fn outputs(&self) -> ([PathBuf; 4], [PathBuf; 3]) {
+    /// Everything a run writes, files (the log's rotated copies among them) then directories:
+    /// what a run that is started over removes. The lock stays.
+    pub fn outputs(&self) -> (Vec<PathBuf>, [PathBuf; 3]) {
+        let mut files = vec![
+            self.metrics(),
+            self.run_info(),
+            self.config(),
+            self.inputs(),
+        ];
+        files.extend(self.log_files());
         (
-            [
-                self.metrics(),
-                self.run_info(),
-                self.config(),
-                self.inputs(),
-            ],
+            files,
             [self.tensorboard(), self.artifacts(), self.checkpoints()],
         )
     }
@@ -145,12 +147,17 @@ pub struct RunLock {
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     match crate::fs::try_lock_exclusive(&dir.join(LOCK_FILE))? {
         Some(file) => Ok(RunLock { _file: file }),
-        None => Err(Error::Busy {
-            path: dir.to_path_buf(),
-            message: format!(
-                "another vigil process is training this run (it holds {LOCK_FILE}); wait for it to end or stop it first"
-            ),
-        }),
+        None => Err(busy(dir)),
+    }
+}
+
+/// The error for a run directory another process is training in.
+pub fn busy(dir: &Path) -> Error {
+    Error::Busy {
+        path: dir.to_path_buf(),
+        message: format!(
+            "another vigil process is training this run (it holds {LOCK_FILE}); wait for it to end or stop it first"
+        ),
     }
 }
 

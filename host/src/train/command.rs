@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
-use super::checkpoint::{self, TrainingState};
+use super::checkpoint;
 use super::{signal_name, FitSummary, Trainer};
 use crate::config::{read_config, Settings, RESUMABLE_KEYS};
 use crate::data;
@@ -125,12 +125,8 @@ enum Start {
     Resume {
         settings: Settings,
         run_dir: PathBuf,
-        checkpoint_dir: PathBuf,
-        state: Box<TrainingState>,
-        /// Newer checkpoints passed over as damaged, with what is wrong.
-        damaged: Vec<(PathBuf, String)>,
-        /// What to warn of: the damaged checkpoints.
-        warnings: Vec<String>,
+        /// The checkpoint it continues from, and the newer ones passed over as damaged.
+        latest: Box<checkpoint::Latest>,
     },
 }
 
@@ -202,12 +198,7 @@ fn decide_resume(
     asked_by: &str,
 ) -> Result<Start> {
     let latest = checkpoint::newest_intact(run_dir)?;
-    let warnings = latest.warnings();
-    let checkpoint::Latest {
-        dir: checkpoint_dir,
-        state,
-        damaged,
-    } = latest;
+    let (checkpoint_dir, state) = (&latest.dir, &latest.state);
     if state.format != checkpoint::FORMAT {
         return Err(Error::Resume {
             run_dir: checkpoint_dir.clone(),
@@ -258,10 +249,7 @@ fn decide_resume(
     Ok(Start::Resume {
         settings: requested,
         run_dir: run_dir.to_path_buf(),
-        checkpoint_dir,
-        state: Box::new(state),
-        damaged,
-        warnings,
+        latest: Box::new(latest),
     })
 }
 
@@ -279,14 +267,9 @@ fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> 
     if run_dir::is_unused(run_dir) {
         return Ok(());
     }
-    if crate::fs::is_locked(&run_dir.join(run_dir::LOCK_FILE)) {
-        return Err(Error::Busy {
-            path: run_dir.to_path_buf(),
-            message: format!(
-                "another vigil process is training this run (it holds {}); wait for it to end or stop it first",
-                run_dir::LOCK_FILE
-            ),
-        });
+    let layout = RunLayout::new(run_dir);
+    if crate::fs::is_locked(&layout.lock()) {
+        return Err(run_dir::busy(run_dir));
     }
     let Ok((stored, _)) = stored_config(run_dir) else {
         return Err(Error::Resume {
@@ -308,9 +291,8 @@ fn start_over_if_unfinished(run_dir: &Path, requested: &Settings) -> Result<()> 
         "{}: the run stopped before its first checkpoint; starting it over",
         run_dir.display()
     ));
-    let layout = RunLayout::new(run_dir);
     let (files, dirs) = layout.outputs();
-    for path in files.into_iter().chain(layout.log_files()) {
+    for path in files {
         if path.exists() {
             std::fs::remove_file(&path).map_err(|source| Error::io(&path, source))?;
         }
@@ -351,14 +333,10 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     let mut trainer = match &start {
         // A TorchScript model continues from the checkpoint's copy of the module, whose
         // buffers (batch-norm statistics) the variable store does not hold.
-        Start::Resume { checkpoint_dir, .. }
+        Start::Resume { latest, .. }
             if settings.model.kind == crate::config::ModelKind::Torchscript =>
         {
-            Trainer::with_module(
-                &settings,
-                &dataset,
-                &checkpoint_dir.join(checkpoint::MODULE),
-            )?
+            Trainer::with_module(&settings, &dataset, &latest.dir.join(checkpoint::MODULE))?
         }
         _ => Trainer::new(&settings, &dataset)?,
     };
@@ -391,11 +369,14 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         Start::Resume {
             settings,
             run_dir,
-            checkpoint_dir,
-            state,
-            damaged,
-            warnings,
+            latest,
         } => {
+            let warnings = latest.warnings();
+            let checkpoint::Latest {
+                dir: checkpoint_dir,
+                state,
+                damaged,
+            } = *latest;
             _run_lock = Some(run_dir::lock_run_dir(&run_dir)?);
             for warning in &warnings {
                 tracing::warn!("{warning}");
