@@ -3,6 +3,7 @@
 mod checkpoint_integrity;
 mod cli;
 mod curvature;
+mod early_stopping;
 mod experiment;
 mod export;
 mod fuzz;

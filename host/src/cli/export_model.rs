@@ -11,7 +11,8 @@ use super::RunEnd;
 pub struct ExportModelArgs {
     /// The run directory (it holds checkpoints/ and inputs.json).
     run_dir: PathBuf,
-    /// Which checkpoint: best (by validation loss), last, or step_N.
+    /// Which checkpoint: best (by validation loss; with early stopping's `restore_best`, the
+    /// checkpoint it restored), last, or step_N.
     #[arg(long, default_value = "best", value_name = "best|last|step_N")]
     checkpoint: vigil::export::Which,
     /// Where to write the model (e.g. model.onnx or model.pt).

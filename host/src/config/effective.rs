@@ -15,10 +15,11 @@ use super::{
 /// Keys that `--resume` may change: they do not change what the run computes. `epochs`
 /// trains a run longer (or ends it sooner); the rest say where files are and how plugins are
 /// found and policed. A monitor's loading keys are matched as `monitors[i].<key>`.
-pub const RESUMABLE_KEYS: [&str; 9] = [
+pub const RESUMABLE_KEYS: [&str; 10] = [
     "epochs",
     "log_max_mb",
     "log_backups",
+    "system_metrics_every_s",
     "image_folder.cache_mb",
     "image_folder.prefetch_batches",
     "name",
@@ -203,6 +204,28 @@ impl Settings {
 
         put(&mut root, "log_max_mb", self.log.max_mb.into());
         put(&mut root, "log_backups", int(self.log.backups));
+        put(
+            &mut root,
+            "system_metrics_every_s",
+            self.system_metrics_every_s.into(),
+        );
+        if let Some(early) = &self.early_stopping {
+            let mut table = Table::new();
+            put(&mut table, "monitor", early.monitor.clone().into());
+            put(&mut table, "mode", early.mode.name().into());
+            put(&mut table, "min_delta", early.min_delta.into());
+            put(&mut table, "patience", int(early.patience));
+            if let Some(threshold) = early.stopping_threshold {
+                put(&mut table, "stopping_threshold", threshold.into());
+            }
+            if let Some(threshold) = early.divergence_threshold {
+                put(&mut table, "divergence_threshold", threshold.into());
+            }
+            put(&mut table, "check_finite", early.check_finite.into());
+            put(&mut table, "start_from_epoch", int(early.start_from_epoch));
+            put(&mut table, "restore_best", early.restore_best.into());
+            put(&mut root, "early_stopping", table.into());
+        }
 
         if let Some(dirs) = &self.plugin_dirs {
             put(

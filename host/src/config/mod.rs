@@ -23,6 +23,7 @@ mod data_source;
 mod effective;
 mod kinds;
 mod raw;
+mod watch;
 
 pub use effective::RESUMABLE_KEYS;
 
@@ -34,6 +35,7 @@ pub use kinds::{
     AnomalyPolicy, DataKind, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerKind,
     ScheduleKind,
 };
+pub use watch::{EarlyStoppingSettings, StopMode};
 
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const DEFAULT_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -65,6 +67,10 @@ pub struct Settings {
     pub checkpoint: CheckpointSettings,
     /// How the run's `vigil.log` is rotated.
     pub log: LogSettings,
+    /// `[early_stopping]`, when the config has it.
+    pub early_stopping: Option<EarlyStoppingSettings>,
+    /// Seconds between system-metric records (memory, CPU, disk); 0 for none.
+    pub system_metrics_every_s: f64,
     /// Directories searched for plugin libraries, in order, made absolute against the config
     /// file's directory; `None` when the config names none (the defaults of the vigil that
     /// runs it, which the plugin host resolves).

@@ -10,6 +10,7 @@ use super::kinds::{
     AnomalyPolicy, DataKind, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerKind,
     ScheduleKind,
 };
+use super::watch::{system_metrics_interval, RawEarlyStopping};
 use super::{
     CheckpointSettings, DataSettings, LogSettings, ModelSettings, MonitorSettings, OptimSettings,
     SamplerSettings, ScheduleSettings, Settings,
@@ -45,6 +46,8 @@ pub(super) struct RawConfig {
     checkpoint: RawCheckpoint,
     log_max_mb: f64,
     log_backups: usize,
+    early_stopping: Option<RawEarlyStopping>,
+    system_metrics_every_s: f64,
     plugin_dirs: Option<Vec<PathBuf>>,
     allow_insecure_plugins: bool,
     monitors: Vec<RawMonitor>,
@@ -79,6 +82,8 @@ impl Default for RawConfig {
             checkpoint: RawCheckpoint::default(),
             log_max_mb: 100.0,
             log_backups: 5,
+            early_stopping: None,
+            system_metrics_every_s: 10.0,
             plugin_dirs: None,
             allow_insecure_plugins: false,
             monitors: Vec::new(),
@@ -237,6 +242,11 @@ impl RawConfig {
         if self.checkpoint.enabled {
             at_least_one(invalid, "checkpoint.keep_best", self.checkpoint.keep_best)?;
         }
+        let early_stopping = self
+            .early_stopping
+            .map(|raw| raw.validate(invalid, self.top_k, self.checkpoint.enabled))
+            .transpose()?;
+        let system_metrics_every_s = system_metrics_interval(invalid, self.system_metrics_every_s)?;
 
         let source = RawData {
             data: self.data,
@@ -383,6 +393,8 @@ impl RawConfig {
                 enabled: self.checkpoint.enabled,
                 keep_best: self.checkpoint.keep_best,
             },
+            early_stopping,
+            system_metrics_every_s,
             plugin_dirs: self
                 .plugin_dirs
                 .map(|dirs| dirs.iter().map(|dir| beside(path, dir)).collect()),

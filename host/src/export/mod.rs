@@ -112,6 +112,25 @@ pub fn export_model(run_dir: &Path, which: Which, out: &Path) -> Result<Exported
     })
 }
 
+/// Whether the run's config has `[early_stopping]` with `restore_best` (its default).
+fn restores_best(run_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(run_dir.join(crate::run_dir::CONFIG_FILE)) else {
+        return false;
+    };
+    let Ok(config) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    config
+        .get("early_stopping")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|early| {
+            early
+                .get("restore_best")
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(true)
+        })
+}
+
 /// The checkpoint directory `which` names, checked against its checksums: the best or the
 /// last falls back to the next intact one (with a warning each), a step named is refused.
 fn choose(run_dir: &Path, which: Which) -> Result<(PathBuf, Vec<String>)> {
@@ -141,7 +160,12 @@ fn choose(run_dir: &Path, which: Which) -> Result<(PathBuf, Vec<String>)> {
                 return Err(missing("has no best checkpoint yet (none was taken after a validation); use --checkpoint last".into()));
             }
             let mut passed_over: Vec<(PathBuf, String)> = Vec::new();
-            for entry in &index.best {
+            // A run that early stopping restored ended with its best validation's weights.
+            let restored = index
+                .early_stopping_best
+                .iter()
+                .filter(|_| restores_best(run_dir));
+            for entry in restored.chain(&index.best) {
                 let dir = root.join(&entry.dir);
                 match checkpoint::read_state_of(&dir)
                     .and_then(|state| checkpoint::verify(&dir, &state))

@@ -24,6 +24,9 @@ pub struct RunInfo {
     pub config: String,
     pub dataset: String,
     pub device: String,
+    /// What early stopping saw and did, for a run that has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingReport>,
     pub epochs: usize,
     /// Why training failed (`status` = `failed`).
     pub error: Option<String>,
@@ -101,7 +104,28 @@ pub struct SkippedFiles {
     pub files: Vec<String>,
 }
 
-/// A monitor that asked to stop the run.
+/// Early stopping in `run.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EarlyStoppingReport {
+    /// The step of the best validation (by the watched metric).
+    pub best_step: Option<u64>,
+    pub best_value: Option<f64>,
+    pub mode: String,
+    /// The watched metric.
+    pub monitor: String,
+    /// Why it stopped the run (`None`: it did not).
+    pub reason: Option<String>,
+    /// The checkpoint whose weights the run ended with (`restore_best`).
+    pub restored_from: Option<String>,
+    pub stopped_epoch: Option<usize>,
+    pub stopped_step: Option<u64>,
+    /// Validations since the last improvement when the attempt ended.
+    pub wait_count: u32,
+}
+
+/// A monitor that asked to stop the run (`monitor` is `early_stopping` when early stopping
+/// did).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StoppedBy {
@@ -165,6 +189,10 @@ pub struct CheckpointEntry {
 pub struct CheckpointIndex {
     /// Best first.
     pub best: Vec<CheckpointEntry>,
+    /// The checkpoint of early stopping's best validation, kept for `restore_best` whatever
+    /// its validation loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping_best: Option<CheckpointEntry>,
     pub last: Option<CheckpointEntry>,
 }
 
@@ -215,6 +243,7 @@ mod tests {
                     global_step: 4,
                     val_loss: Some(0.5),
                 }],
+                early_stopping_best: None,
                 last: None,
             }),
             final_metrics: Some(FinalMetrics::default()),

@@ -27,8 +27,8 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 
 pub use info::{
-    read_run_info, Attempt, CheckpointEntry, CheckpointIndex, FinalMetrics, HookReport,
-    MonitorDisabled, MonitorReport, RunInfo, SkippedFiles, StoppedBy,
+    read_run_info, Attempt, CheckpointEntry, CheckpointIndex, EarlyStoppingReport, FinalMetrics,
+    HookReport, MonitorDisabled, MonitorReport, RunInfo, SkippedFiles, StoppedBy,
 };
 pub use status::{last_line, read_run, RunState, RunStatus};
 

@@ -58,7 +58,7 @@ pub struct Table {
 }
 
 /// The fixed summary columns after the grid's: name, type, meaning.
-const SUMMARY_COLUMNS: [(&str, ColumnType, &str); 15] = [
+const SUMMARY_COLUMNS: [(&str, ColumnType, &str); 16] = [
     ("alpha_early", ColumnType::Float, "least-squares slope of ln(mean train cross-entropy of the epoch) on ln(epoch) over epochs 5-15"),
     ("alpha_full", ColumnType::Float, "the same slope from the burn-in epoch (knee_epoch) to the last epoch"),
     ("r_squared", ColumnType::Float, "r² of that power-law fit (ln loss on ln epoch) after burn-in"),
@@ -69,6 +69,7 @@ const SUMMARY_COLUMNS: [(&str, ColumnType, &str); 15] = [
     ("best_val_step", ColumnType::Int, "the optimizer step of that validation"),
     ("final_val_acc", ColumnType::Float, "validation accuracy at the last validation"),
     ("epochs_done", ColumnType::Int, "epochs finished"),
+    ("stopped_epoch", ColumnType::Int, "the epoch (1-based) whose validation early stopping stopped the run at; null when it did not stop it"),
     ("global_step", ColumnType::Int, "optimizer steps taken"),
     ("steps_per_s", ColumnType::Float, "optimizer steps per second of training wall time (all attempts, validation and monitors included)"),
     ("tags", ColumnType::Text, "the run's tags, comma-separated"),
@@ -245,6 +246,10 @@ pub fn study_tables(dir: &Path) -> Result<(Table, Table)> {
             int(summary.best_val_step),
             float(summary.final_val_acc),
             int(summary.epochs_done),
+            int(crate::run_dir::read_run_info(&run_dir)
+                .and_then(|info| info.early_stopping)
+                .and_then(|early| early.stopped_epoch)
+                .map(|epoch| epoch as i64)),
             int(summary.global_step),
             float(summary.steps_per_second),
             Cell::Text(run.tags.join(",")),

@@ -85,6 +85,9 @@ pub struct TrainingState {
     /// Gradient averages the host keeps for monitors (their tensors are in `host.safetensors`).
     #[serde(default)]
     pub gradient_averages: Vec<SavedGradientAverage>,
+    /// Where early stopping stands, for a run that has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<super::early_stop::EarlyStopState>,
     pub vigil_version: String,
     /// Every other file of the checkpoint, by name, as it was written. Checkpoints of an
     /// older vigil have none, and are not checked.
@@ -177,11 +180,17 @@ impl Checkpoints {
         let exists = |entry: &CheckpointEntry| root.join(&entry.dir).join(STATE).is_file();
         index.best.retain(exists);
         index.last = index.last.filter(exists);
+        index.early_stopping_best = index.early_stopping_best.filter(exists);
         Ok(Checkpoints {
             root,
             keep_best,
             index,
         })
+    }
+
+    /// The `checkpoints` directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn index(&self) -> &CheckpointIndex {
@@ -233,6 +242,10 @@ impl Checkpoints {
             });
             index.best.truncate(self.keep_best);
         }
+        let early_best = state.early_stopping.as_ref().and_then(|e| e.best_step);
+        if early_best == Some(state.global_step) {
+            index.early_stopping_best = Some(entry.clone());
+        }
         index.last = Some(entry);
         let text = serde_json::to_vec_pretty(&index).map_err(|source| Error::Json {
             what: "checkpoint index".into(),
@@ -250,6 +263,7 @@ impl Checkpoints {
             .best
             .iter()
             .chain(self.index.last.iter())
+            .chain(self.index.early_stopping_best.iter())
             .map(|e| e.dir.as_str())
             .collect();
         let Ok(entries) = std::fs::read_dir(&self.root) else {

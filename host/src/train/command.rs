@@ -385,12 +385,21 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             fallback_warnings = warnings;
             trainer.resume(&checkpoint_dir, &state)?;
             let previous = read_run_info(&run_dir).unwrap_or_default();
-            if trainer.is_complete() && previous.status == RunInfo::COMPLETED {
-                say(&format!(
-                    "{} already completed its {} epochs; nothing to do",
-                    run_dir.display(),
-                    settings.epochs
-                ));
+            let finished = [RunInfo::COMPLETED, RunInfo::STOPPED];
+            if trainer.is_complete() && finished.contains(&previous.status.as_str()) {
+                match trainer.early_stop() {
+                    Some(stop) => say(&format!(
+                        "{} was stopped early at step {} (epoch {}); nothing to do",
+                        run_dir.display(),
+                        stop.global_step,
+                        stop.epoch
+                    )),
+                    None => say(&format!(
+                        "{} already completed its {} epochs; nothing to do",
+                        run_dir.display(),
+                        settings.epochs
+                    )),
+                }
                 return Ok(RunOutcome {
                     run_dir,
                     dataset: dataset.name,
@@ -494,6 +503,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         model: settings.model.kind.name().into(),
         parameters: trainer.parameter_count(),
         device: format!("{:?}", trainer.device()),
+        early_stopping: trainer.early_stopping_report(),
         seed: settings.seed,
         epochs: settings.epochs,
         global_step: trainer.global_step(),
@@ -519,10 +529,12 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     write_atomically(&layout.run_info(), &text)?;
     let summary = fitted?;
     flushed?;
-    if let Some((monitor, reason)) = &summary.stopped_by {
-        say(&format!(
+    match &summary.stopped_by {
+        // Early stopping said why when it stopped.
+        Some((monitor, reason)) if monitor != "early_stopping" => say(&format!(
             "stopped early: monitor `{monitor}` asked to stop: {reason}"
-        ));
+        )),
+        _ => {}
     }
     Ok(RunOutcome {
         run_dir,

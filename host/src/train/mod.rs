@@ -5,6 +5,7 @@
 mod averages;
 pub mod checkpoint;
 mod device;
+mod early_stop;
 mod events;
 mod feed;
 mod hessian;
@@ -39,6 +40,8 @@ use crate::sink::RecordKind;
 use averages::GradientAverages;
 pub use checkpoint::{CheckpointIndex, Checkpoints, TrainingState};
 use device::choose_device;
+pub use early_stop::{EarlyStop, EarlyStopState};
+use early_stop::{EarlyStopping, Verdict};
 use feed::Feed;
 pub use hessian::batch_hessian_vector_product;
 use hessian::ProbeCache;
@@ -110,6 +113,9 @@ pub struct Trainer {
     pending_restore: Option<resume::PendingRestore>,
     /// Set to a signal's number by a signal handler: stop cleanly after the current step.
     interrupt: Option<&'static AtomicUsize>,
+    /// `[early_stopping]`, and the checkpoint whose weights it restored.
+    early_stopping: Option<EarlyStopping>,
+    restored_from: Option<String>,
 }
 
 impl Trainer {
@@ -234,6 +240,8 @@ impl Trainer {
             epoch_order: None,
             pending_restore: None,
             interrupt: None,
+            early_stopping: settings.early_stopping.clone().map(EarlyStopping::new),
+            restored_from: None,
         })
     }
 
@@ -449,6 +457,10 @@ impl Trainer {
         let reached = |step: u64| until.is_some_and(|until| step >= until);
         let batches = self.batches_per_epoch();
         let points = self.validation_points();
+        if self.early_stop().is_some() {
+            // Resumed from the checkpoint of the validation that stopped it.
+            return self.end_early(summary);
+        }
         while self.progress.epoch <= self.settings.epochs {
             if reached(self.progress.global_step) {
                 return Ok(());
@@ -487,11 +499,15 @@ impl Trainer {
                 if points.contains(&done) {
                     let val = self.validate(hub)?;
                     summary.validations.push((self.progress.global_step, val));
+                    let verdict = self.check_early_stopping(&val)?;
                     if done == batches {
                         let metrics = self.end_epoch(epoch, val, epoch_started, hub)?;
                         summary.epochs.push(metrics);
                     }
                     self.save_checkpoint(hub, Some(val.loss))?;
+                    if let Some(Verdict::Stop { .. }) = verdict {
+                        return self.end_early(summary);
+                    }
                 }
                 if let Some(stop) = hub.take_stop_request() {
                     self.save_checkpoint(hub, None)?;

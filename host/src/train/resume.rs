@@ -94,6 +94,9 @@ impl Trainer {
             pending.push((snapshot, bytes));
         }
         self.pending_restore = Some(pending);
+        if let Some(early) = &mut self.early_stopping {
+            early.state = state.early_stopping.clone().unwrap_or_default();
+        }
         self.progress = if state.batches_done >= self.batches_per_epoch() {
             // Taken at the end of an epoch, after its epoch record: go on with the next one.
             Progress {
@@ -120,7 +123,7 @@ impl Trainer {
 
     /// Whether the run has trained all its epochs (a resume from its final checkpoint).
     pub fn is_complete(&self) -> bool {
-        self.progress.epoch > self.settings.epochs
+        self.progress.epoch > self.settings.epochs || self.early_stop().is_some()
     }
 
     /// The start of training: `fit_start` for a new run; for a resumed one, each monitor's
@@ -248,6 +251,7 @@ impl Trainer {
             tensorboard: marks.tensorboard,
             monitors,
             gradient_averages,
+            early_stopping: self.early_stopping.as_ref().map(|e| e.state.clone()),
             vigil_version: env!("CARGO_PKG_VERSION").into(),
             checksums: Default::default(),
         };
