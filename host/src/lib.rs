@@ -19,10 +19,13 @@
 //! - [`scaffold`]: `vigil new-monitor`;
 //! - [`bench`]: what training and monitoring cost (`vigil bench`), measured through the
 //!   trainer's and the hub's public interfaces;
+//! - [`notify`]: `[[notify]]` webhooks (Slack, Discord, JSON), sent off the training thread;
+//! - [`http`]: a blocking HTTP client with time-outs, for the MLflow sink and notifications;
 //! - [`fs`]: atomic, durable writes and cut-backs of the files a run keeps;
 //! - [`interrupt`]: SIGTERM, SIGINT and SIGUSR1 stop a run cleanly, with a checkpoint;
 //! - [`memory`]: the allocator settings training wants;
 //! - [`run_log`]: `vigil.log`, the run's console lines and debug detail, rotated by size;
+//! - [`system`]: memory, CPU, disk and GPU of a run, sampled on a thread of their own;
 //! - [`rng`]: the seeded generator behind epoch orders, augmentation and samples shown.
 //!
 //! Arrows run one way: the CLI calls the trainer and the study; the trainer uses data, models
@@ -45,10 +48,12 @@ pub mod data;
 mod error;
 pub mod export;
 pub mod fs;
+pub mod http;
 pub mod hub;
 pub mod interrupt;
 pub mod memory;
 pub mod model;
+pub mod notify;
 pub mod plugin;
 pub mod rng;
 pub mod run_dir;
@@ -56,6 +61,7 @@ pub mod run_log;
 pub mod scaffold;
 pub mod sink;
 pub mod study;
+pub mod system;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -257,11 +257,13 @@ pub fn records(run_dir: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Every record of a `metrics.jsonl` without its wall-clock fields (`wall_time`,
-/// `epoch_time_s`), for comparing two runs record by record.
+/// `epoch_time_s`) and without the `system` records (memory and CPU differ from run to run),
+/// for comparing two runs record by record.
 pub fn records_without_time(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
+        .filter(|line| !line.contains(r#""kind":"system""#))
         .map(|line| {
             let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
             let object = record.as_object_mut().unwrap();

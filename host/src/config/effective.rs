@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use toml::{Table, Value};
 
 use super::{
-    AnomalyPolicy, DataSource, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerSettings,
-    ScheduleKind, Settings, SyntheticSettings,
+    AnomalyPolicy, DataSource, DeviceChoice, ModelKind, Norm, NotifyTarget, OnError, OptimKind,
+    SamplerSettings, ScheduleKind, Settings, SyntheticSettings,
 };
 
 /// Keys that `--resume` may change: they do not change what the run computes. `epochs`
@@ -226,6 +226,51 @@ impl Settings {
             put(&mut table, "restore_best", early.restore_best.into());
             put(&mut root, "early_stopping", table.into());
         }
+        if let Some(mlflow) = &self.mlflow {
+            let mut table = Table::new();
+            put(
+                &mut table,
+                "tracking_uri",
+                mlflow.tracking_uri.clone().into(),
+            );
+            if let Some(experiment) = &mlflow.experiment {
+                put(&mut table, "experiment", experiment.clone().into());
+            }
+            if let Some(run_name) = &mlflow.run_name {
+                put(&mut table, "run_name", run_name.clone().into());
+            }
+            let tags: Table = mlflow
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            put(&mut table, "tags", tags.into());
+            put(&mut table, "artifacts", mlflow.artifacts.into());
+            put(&mut table, "every_n_steps", int(mlflow.every_n_steps));
+            put(&mut root, "mlflow", table.into());
+        }
+        if !self.notify.is_empty() {
+            let entries = self
+                .notify
+                .iter()
+                .map(|notify| {
+                    let mut table = Table::new();
+                    match &notify.target {
+                        NotifyTarget::Url(url) => put(&mut table, "url", url.clone().into()),
+                        NotifyTarget::Env(name) => put(&mut table, "url_env", name.clone().into()),
+                    }
+                    put(&mut table, "format", notify.format.name().into());
+                    put(
+                        &mut table,
+                        "on",
+                        Value::Array(notify.on.iter().map(|e| e.name().into()).collect()),
+                    );
+                    put(&mut table, "min_interval_s", notify.min_interval_s.into());
+                    Value::Table(table)
+                })
+                .collect();
+            put(&mut root, "notify", Value::Array(entries));
+        }
 
         if let Some(dirs) = &self.plugin_dirs {
             put(
@@ -306,7 +351,9 @@ impl Settings {
 }
 
 fn resumable(key: &str) -> bool {
-    if RESUMABLE_KEYS.contains(&key) || key.starts_with("plugin_dirs[") {
+    // Where a run is sent and who is told change nothing it computes.
+    let watching = key.starts_with("mlflow.") || key.starts_with("notify[") || key == "notify.len";
+    if RESUMABLE_KEYS.contains(&key) || key.starts_with("plugin_dirs[") || watching {
         return true;
     }
     key.strip_prefix("monitors[")

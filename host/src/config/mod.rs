@@ -35,7 +35,10 @@ pub use kinds::{
     AnomalyPolicy, DataKind, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerKind,
     ScheduleKind,
 };
-pub use watch::{EarlyStoppingSettings, StopMode};
+pub use watch::{
+    EarlyStoppingSettings, MlflowSettings, NotifyEvent, NotifyFormat, NotifySettings, NotifyTarget,
+    StopMode,
+};
 
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const DEFAULT_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -71,6 +74,10 @@ pub struct Settings {
     pub early_stopping: Option<EarlyStoppingSettings>,
     /// Seconds between system-metric records (memory, CPU, disk); 0 for none.
     pub system_metrics_every_s: f64,
+    /// `[mlflow]`: the tracking server the run is sent to.
+    pub mlflow: Option<MlflowSettings>,
+    /// `[[notify]]`: webhooks told when the run fails, finishes, …
+    pub notify: Vec<NotifySettings>,
     /// Directories searched for plugin libraries, in order, made absolute against the config
     /// file's directory; `None` when the config names none (the defaults of the vigil that
     /// runs it, which the plugin host resolves).

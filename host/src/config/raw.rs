@@ -10,7 +10,7 @@ use super::kinds::{
     AnomalyPolicy, DataKind, DeviceChoice, ModelKind, Norm, OnError, OptimKind, SamplerKind,
     ScheduleKind,
 };
-use super::watch::{system_metrics_interval, RawEarlyStopping};
+use super::watch::{system_metrics_interval, RawEarlyStopping, RawMlflow, RawNotify};
 use super::{
     CheckpointSettings, DataSettings, LogSettings, ModelSettings, MonitorSettings, OptimSettings,
     SamplerSettings, ScheduleSettings, Settings,
@@ -48,6 +48,8 @@ pub(super) struct RawConfig {
     log_backups: usize,
     early_stopping: Option<RawEarlyStopping>,
     system_metrics_every_s: f64,
+    mlflow: Option<RawMlflow>,
+    notify: Vec<RawNotify>,
     plugin_dirs: Option<Vec<PathBuf>>,
     allow_insecure_plugins: bool,
     monitors: Vec<RawMonitor>,
@@ -84,6 +86,8 @@ impl Default for RawConfig {
             log_backups: 5,
             early_stopping: None,
             system_metrics_every_s: 10.0,
+            mlflow: None,
+            notify: Vec::new(),
             plugin_dirs: None,
             allow_insecure_plugins: false,
             monitors: Vec::new(),
@@ -247,6 +251,13 @@ impl RawConfig {
             .map(|raw| raw.validate(invalid, self.top_k, self.checkpoint.enabled))
             .transpose()?;
         let system_metrics_every_s = system_metrics_interval(invalid, self.system_metrics_every_s)?;
+        let mlflow = self.mlflow.map(|raw| raw.validate(invalid)).transpose()?;
+        let notify = self
+            .notify
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| raw.validate(index, invalid))
+            .collect::<Result<Vec<_>>>()?;
 
         let source = RawData {
             data: self.data,
@@ -395,6 +406,8 @@ impl RawConfig {
             },
             early_stopping,
             system_metrics_every_s,
+            mlflow,
+            notify,
             plugin_dirs: self
                 .plugin_dirs
                 .map(|dirs| dirs.iter().map(|dir| beside(path, dir)).collect()),

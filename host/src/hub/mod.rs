@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use vigil_plugin_api::{ArtifactKind, EventKind, StepCounters, Subscriptions};
 
@@ -23,11 +24,15 @@ use crate::plugin::RunFacts;
 use crate::plugin::{self, EventData, HostServices, MonitorSnapshot, PluginHost, PluginSearch};
 use crate::run_dir::{MonitorReport, RunLayout, METRICS_FILE, TENSORBOARD_DIR};
 use crate::run_log;
+use crate::system::{self, SystemMetrics};
+
+mod watch;
 use crate::sink::tensorboard::TensorBoardMark;
 use crate::sink::{
     unix_time, Background, ConsoleSink, Histogram, JsonlSink, Record, RecordKind, Sink,
     TensorBoardSink,
 };
+pub use watch::RunEnd;
 
 /// What monitors are built against: the run's facts, the trainer's capabilities and where
 /// training stands.
@@ -71,6 +76,12 @@ pub struct RunHub {
     layout: Option<RunLayout>,
     /// The TensorBoard file the run writes, whose length each checkpoint records.
     tensorboard_file: Option<PathBuf>,
+    /// The system-metrics sampler, once started ([`RunHub::start_system_metrics`]).
+    system: Option<SystemMetrics>,
+    /// Warnings of the hub's own (low disk).
+    warnings: Vec<String>,
+    /// Who is told what happens ([`watch`]).
+    watch: watch::Watch,
 }
 
 impl std::fmt::Debug for RunHub {
@@ -104,7 +115,9 @@ impl RunHub {
             target.services,
             target.counters,
         )?;
-        Ok(Self::with_plugins(plugins))
+        let mut hub = Self::with_plugins(plugins);
+        hub.watch = watch::Watch::new(settings)?;
+        Ok(hub)
     }
 
     /// A hub with no monitors and no sinks (evaluation, training without outputs).
@@ -118,6 +131,9 @@ impl RunHub {
             sinks: Vec::new(),
             layout: None,
             tensorboard_file: None,
+            system: None,
+            warnings: Vec::new(),
+            watch: watch::Watch::default(),
         }
     }
 
@@ -204,7 +220,10 @@ impl RunHub {
     pub fn emit(&mut self, event: Event<'_>, services: &dyn HostServices) -> Result<()> {
         match event {
             Event::Monitor(event) => self.dispatch(&event, services),
-            Event::Record(record) => self.write(&record),
+            Event::Record(record) => {
+                self.write_system_metrics(record.epoch, record.global_step)?;
+                self.write(&record)
+            }
             Event::Histogram {
                 tag,
                 step,
@@ -223,7 +242,24 @@ impl RunHub {
             return Ok(());
         }
         let mut scalars = Vec::new();
+        let disabled = self.plugins.disabled_count();
         let dispatched = self.plugins.dispatch(event, services, &mut scalars);
+        if self.plugins.disabled_count() > disabled {
+            let message = self
+                .plugins
+                .warnings()
+                .iter()
+                .rev()
+                .find(|w| w.contains(" disabled: "))
+                .cloned()
+                .unwrap_or_else(|| "a monitor was disabled".into());
+            let counters = &event.counters;
+            self.alert(
+                crate::config::NotifyEvent::MonitorDisabled,
+                message,
+                Some((counters.epoch as usize, counters.global_step)),
+            );
+        }
         self.write_monitor_scalars(scalars, &event.counters)?;
         for (monitor, path, kind) in self.plugins.take_artifacts() {
             if kind != ArtifactKind::PNG {
@@ -245,7 +281,65 @@ impl RunHub {
         dispatched
     }
 
+    /// Sample system metrics every `every_s` seconds (none when 0) on a thread of their own,
+    /// for the run directory's file system and, on CUDA, device `cuda`. Samples are written
+    /// as `system` records at the next record the trainer emits.
+    pub fn start_system_metrics(&mut self, every_s: f64, cuda: Option<usize>) {
+        let Some(layout) = &self.layout else {
+            return;
+        };
+        if every_s > 0.0 {
+            self.system = Some(SystemMetrics::start(
+                Duration::from_secs_f64(every_s),
+                layout.root(),
+                cuda,
+            ));
+        }
+    }
+
+    /// What the sampler has taken since it was last asked, as records at `step`.
+    fn write_system_metrics(&mut self, epoch: usize, global_step: u64) -> Result<()> {
+        let Some(system) = &self.system else {
+            return Ok(());
+        };
+        for report in system.drain() {
+            match report {
+                system::Report::Sample(sample) => self.write(&Record {
+                    kind: RecordKind::System,
+                    source: None,
+                    epoch,
+                    global_step,
+                    wall_time: sample.wall_time,
+                    metrics: sample.metrics,
+                })?,
+                system::Report::LowDisk {
+                    free_bytes,
+                    needed_bytes,
+                } => {
+                    let message = format!(
+                        "the run directory's disk has {:.1} MB free, less than the newest \
+                         checkpoint took ({:.1} MB): the next checkpoint may not be written; \
+                         free some space",
+                        free_bytes as f64 / 1e6,
+                        needed_bytes as f64 / 1e6
+                    );
+                    tracing::warn!("{message}");
+                    self.alert(
+                        crate::config::NotifyEvent::Anomaly,
+                        message.clone(),
+                        Some((epoch, global_step)),
+                    );
+                    self.warnings.push(message);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write(&mut self, record: &Record) -> Result<()> {
+        if record.kind == RecordKind::Validation {
+            self.watch.note_validation(record);
+        }
         self.sinks
             .iter_mut()
             .try_for_each(|sink| sink.write(record))
@@ -363,6 +457,7 @@ impl RunHub {
 
     /// Flush and close the sinks (their threads end); the monitors' report stays readable.
     pub fn close_sinks(&mut self) -> Result<()> {
+        self.system = None;
         let flushed = self.flush();
         self.sinks.clear();
         flushed
@@ -384,8 +479,10 @@ impl RunHub {
         self.plugins.describe()
     }
 
-    /// The monitors' warnings so far.
-    pub fn warnings(&self) -> &[String] {
-        self.plugins.warnings()
+    /// The monitors' warnings so far, then the hub's own.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.plugins.warnings().to_vec();
+        warnings.extend(self.warnings.iter().cloned());
+        warnings
     }
 }

@@ -464,6 +464,14 @@ impl PluginHost {
         result
     }
 
+    /// How many monitors have been disabled so far.
+    pub fn disabled_count(&self) -> usize {
+        self.monitors
+            .iter()
+            .filter(|m| m.disabled.is_some())
+            .count()
+    }
+
     /// Warnings so far (skipped files, disabled monitors, dropped values, monitor warnings).
     pub fn warnings(&self) -> &[String] {
         &self.warnings

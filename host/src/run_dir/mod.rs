@@ -32,6 +32,9 @@ pub use info::{
 };
 pub use status::{last_line, read_run, RunState, RunStatus};
 
+/// What a study's directory keeps about the study; a run directory whose parent holds it is
+/// one of the study's runs.
+pub const STUDY_FILE: &str = "study.json";
 /// The effective config a run directory keeps.
 pub const CONFIG_FILE: &str = "config.toml";
 /// What the model takes: input shape, normalisation, class names.

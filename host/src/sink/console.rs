@@ -11,6 +11,10 @@ use crate::error::Result;
 pub struct ConsoleSink {
     epochs: usize,
     bar: Option<ProgressBar>,
+    /// The newest system sample's process memory and GPU memory, in bytes, for the
+    /// validation and epoch lines.
+    memory: Option<f64>,
+    gpu_memory: Option<f64>,
 }
 
 impl ConsoleSink {
@@ -30,7 +34,12 @@ impl ConsoleSink {
             bar.set_position(done);
             bar
         });
-        ConsoleSink { epochs, bar }
+        ConsoleSink {
+            epochs,
+            bar,
+            memory: None,
+            gpu_memory: None,
+        }
     }
 
     fn line(&self, text: String) {
@@ -60,6 +69,19 @@ impl Sink for ConsoleSink {
                 return Ok(());
             }
             RecordKind::Monitor => return Ok(()),
+            RecordKind::System => {
+                self.memory = record
+                    .get("process_memory_rss_megabytes")
+                    .map(|mb| mb * 1e6);
+                self.gpu_memory = record
+                    .metrics
+                    .iter()
+                    .find(|(name, _)| {
+                        name.ends_with("_memory_usage_megabytes") && name.starts_with("gpu_")
+                    })
+                    .map(|&(_, mb)| mb * 1e6);
+                return Ok(());
+            }
         };
         for (name, value) in &record.metrics {
             if name == "epoch_time_s" {
@@ -67,6 +89,12 @@ impl Sink for ConsoleSink {
             } else {
                 line.push_str(&format!("  {name} {value:.4}"));
             }
+        }
+        if let Some(bytes) = self.memory {
+            line.push_str(&format!("  RAM {}", gigabytes(bytes)));
+        }
+        if let Some(bytes) = self.gpu_memory {
+            line.push_str(&format!("  GPU {}", gigabytes(bytes)));
         }
         self.line(line);
         Ok(())
@@ -77,6 +105,11 @@ impl Sink for ConsoleSink {
         let _ = std::io::stdout().flush();
         Ok(())
     }
+}
+
+/// `1.2 GB` (10⁹ bytes, as the metrics count).
+fn gigabytes(bytes: f64) -> String {
+    format!("{:.1} GB", bytes / 1e9)
 }
 
 impl Drop for ConsoleSink {

@@ -24,6 +24,8 @@ pub enum RecordKind {
     Epoch,
     /// Scalars one monitor logged at one event.
     Monitor,
+    /// Memory, CPU, disk (and GPU) of the machine and the process ([`crate::system`]).
+    System,
 }
 
 impl RecordKind {
@@ -33,6 +35,7 @@ impl RecordKind {
             RecordKind::Validation => "validation",
             RecordKind::Epoch => "epoch",
             RecordKind::Monitor => "monitor",
+            RecordKind::System => "system",
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::fs::write_atomically;
 
 /// The record's file name in the study directory.
-pub const RECORD_FILE: &str = "study.json";
+pub const RECORD_FILE: &str = crate::run_dir::STUDY_FILE;
 /// The file an executor keeps locked while it runs the study.
 pub const STUDY_LOCK: &str = ".study.lock";
 

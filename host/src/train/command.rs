@@ -451,6 +451,11 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     };
     let run_dir = layout.root().to_path_buf();
     trainer.keep_checkpoints(&run_dir, settings.to_toml())?;
+    let cuda = match trainer.device() {
+        tch::Device::Cuda(index) => Some(index),
+        _ => None,
+    };
+    hub.start_system_metrics(settings.system_metrics_every_s, cuda);
     if let Some(flag) = request.interrupt {
         trainer.interrupt_on(flag);
     }
@@ -472,7 +477,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     let mut warnings = previous.warnings;
     warnings.extend(fallback_warnings);
     warnings.extend(trainer.warnings().iter().cloned());
-    warnings.extend(hub.warnings().iter().cloned());
+    warnings.extend(hub.warnings());
     let mut attempts = previous.attempts;
     attempts.push(Attempt {
         from_step: resumed_from.unwrap_or(0),
@@ -522,6 +527,14 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         warnings,
         vigil_version: env!("CARGO_PKG_VERSION").into(),
     };
+    // The last notification goes out (or fails, as a warning) before run.json is written.
+    let mut info = info;
+    let notified = hub.end_watching(&crate::hub::RunEnd {
+        info: &info,
+        step: trainer.global_step(),
+        epoch: trainer.counters(0, 0).epoch as usize,
+    });
+    info.warnings.extend(notified);
     let text = serde_json::to_vec_pretty(&info).map_err(|source| Error::Json {
         what: "run summary".into(),
         source,

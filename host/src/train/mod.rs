@@ -17,6 +17,7 @@ mod schedule;
 mod services;
 mod split;
 mod step;
+mod stopping;
 mod validation;
 
 use std::path::Path;

@@ -38,7 +38,7 @@ impl Trainer {
         self.optimizer.zero_grad();
         let mut skip = false;
         if !loss_value.is_finite() {
-            skip = self.anomaly(format!("training loss is {loss_value}"))?;
+            skip = self.anomaly(hub, format!("training loss is {loss_value}"))?;
         }
         if !skip {
             loss.f_backward()?;
@@ -53,7 +53,7 @@ impl Trainer {
             Some(_) => {
                 let norm = self.optimizer.grad_norm()?;
                 if !norm.is_finite() {
-                    skip = self.anomaly(format!("gradient norm is {norm}"))?;
+                    skip = self.anomaly(hub, format!("gradient norm is {norm}"))?;
                 }
                 Some(norm)
             }
@@ -104,7 +104,7 @@ impl Trainer {
     }
 
     /// Apply the anomaly policy; returns whether to skip the optimizer step.
-    fn anomaly(&mut self, what: String) -> Result<bool> {
+    fn anomaly(&mut self, hub: &mut RunHub, what: String) -> Result<bool> {
         let step = self.progress.global_step;
         match self.settings.anomaly_policy {
             AnomalyPolicy::Stop => Err(Error::Diverged {
@@ -120,6 +120,11 @@ impl Trainer {
                     if skip { "batch skipped" } else { "step taken anyway (anomaly_policy = \"warn\")" }
                 );
                 tracing::warn!("{message}");
+                hub.alert(
+                    crate::config::NotifyEvent::Anomaly,
+                    message.clone(),
+                    Some((self.progress.epoch, step)),
+                );
                 self.warnings.push(message);
                 Ok(skip)
             }
