@@ -7,12 +7,15 @@
 #      which `.cargo/config.toml` points LIBTORCH at;
 #   3. the bench venv (scripts/bench-venv.sh): Lightning, torchmetrics and matplotlib for
 #      `vigil bench`'s Lightning baseline, reusing that torch;
-#   4. Fashion-MNIST from Debian's `dataset-fashion-mnist` package, when apt is usable.
+#   4. the MLflow venv (scripts/mlflow-venv.sh): the `mlflow` package, whose tracking server
+#      and client the tests of the [mlflow] sink run;
+#   5. Fashion-MNIST from Debian's `dataset-fashion-mnist` package, when apt is usable.
 #
 # Environment:
 #   VIGIL_CACHE_DIR   where the venv lives (default: ${XDG_CACHE_HOME:-$HOME/.cache}/vigil)
 #   VIGIL_SKIP_DATA=1 do not try to install Fashion-MNIST
 #   VIGIL_SKIP_BENCH_VENV=1 do not install the bench venv (its tests then fail)
+#   VIGIL_SKIP_MLFLOW_VENV=1 do not install the MLflow venv (the [mlflow] tests then fail)
 # A second run finds everything in place and takes seconds.
 set -euo pipefail
 
@@ -126,9 +129,18 @@ install_bench_venv() {
     bash "$repo_root/scripts/bench-venv.sh" >/dev/null || die "could not install the bench venv (scripts/bench-venv.sh)"
 }
 
+install_mlflow_venv() {
+    if [[ "${VIGIL_SKIP_MLFLOW_VENV:-0}" == "1" ]]; then
+        say "VIGIL_SKIP_MLFLOW_VENV=1: not installing the MLflow venv"
+        return 0
+    fi
+    bash "$repo_root/scripts/mlflow-venv.sh" >/dev/null || die "could not install the MLflow venv (scripts/mlflow-venv.sh)"
+}
+
 install_torch
 ensure_python_packages
 link_libtorch
 install_bench_venv
+install_mlflow_venv
 install_fashion_mnist
 say "done"

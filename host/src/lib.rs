@@ -19,6 +19,8 @@
 //! - [`scaffold`]: `vigil new-monitor`;
 //! - [`bench`]: what training and monitoring cost (`vigil bench`), measured through the
 //!   trainer's and the hub's public interfaces;
+//! - [`mlflow`]: `[mlflow]`, a run sent to an MLflow tracking server through an outbox in the
+//!   run directory, and `vigil sync`;
 //! - [`notify`]: `[[notify]]` webhooks (Slack, Discord, JSON), sent off the training thread;
 //! - [`http`]: a blocking HTTP client with time-outs, for the MLflow sink and notifications;
 //! - [`fs`]: atomic, durable writes and cut-backs of the files a run keeps;
@@ -52,6 +54,7 @@ pub mod http;
 pub mod hub;
 pub mod interrupt;
 pub mod memory;
+pub mod mlflow;
 pub mod model;
 pub mod notify;
 pub mod plugin;

@@ -44,6 +44,9 @@ enum Command {
     /// hook, state for resume and a unit test on the API's fake host. `cargo test` tests it
     /// (no libtorch needed); `cargo build --release` builds the plugin.
     NewMonitor(cli::new_monitor::NewMonitorArgs),
+    /// Send what runs trained with [mlflow] left unsent (the server was down) to the tracking
+    /// server, exactly once: a second sync sends nothing.
+    Sync(cli::sync::SyncArgs),
     /// Plan and run a study: a grid of runs from one study file.
     Study {
         #[command(subcommand)]
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Plugins(args) => cli::plugins::run(args),
         Command::ExportModel(args) => cli::export_model::run(args),
         Command::NewMonitor(args) => cli::new_monitor::run(args),
+        Command::Sync(args) => cli::sync::run(args),
         Command::Study { action } => cli::study::run(action),
         Command::Bench(args) => cli::bench::run(*args).map(|()| RunEnd::Done),
     };

@@ -9,6 +9,7 @@ mod export;
 mod fuzz;
 mod idx_files;
 mod init;
+mod mlflow;
 mod monitor_kit;
 mod monitors;
 mod notifications;

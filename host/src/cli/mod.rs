@@ -8,6 +8,7 @@ pub mod export_model;
 pub mod new_monitor;
 pub mod plugins;
 pub mod study;
+pub mod sync;
 pub mod train;
 
 /// How a command ended without an error.

@@ -341,6 +341,24 @@ impl Settings {
         keys
     }
 
+    /// Every leaf of the effective config by dotted key (`optim.lr`, `monitors.0.name`: array
+    /// items by index, as MLflow's key characters allow), with its value as TOML writes it
+    /// (strings without their quotes): MLflow's params.
+    pub fn flattened(&self) -> BTreeMap<String, String> {
+        let mut leaves = BTreeMap::new();
+        flatten("", &Value::Table(self.to_table()), &mut leaves);
+        leaves
+            .into_iter()
+            .map(|(key, value)| {
+                let plain = toml::from_str::<Table>(&format!("v = {value}"))
+                    .ok()
+                    .and_then(|t| t.get("v").and_then(Value::as_str).map(str::to_string))
+                    .unwrap_or(value);
+                (key.replace('[', ".").replace(']', ""), plain)
+            })
+            .collect()
+    }
+
     /// The keys [`Settings::differences`] finds that would change what a resumed run computes.
     pub fn trajectory_differences(&self, other: &Settings) -> Vec<String> {
         self.differences(other)

@@ -26,6 +26,7 @@ use crate::run_dir::{MonitorReport, RunLayout, METRICS_FILE, TENSORBOARD_DIR};
 use crate::run_log;
 use crate::system::{self, SystemMetrics};
 
+mod tracking;
 mod watch;
 use crate::sink::tensorboard::TensorBoardMark;
 use crate::sink::{
@@ -67,6 +68,8 @@ pub struct OutputMarks {
     pub appended: BTreeMap<String, u64>,
     /// The TensorBoard event file and its length.
     pub tensorboard: Option<TensorBoardMark>,
+    /// The length of the MLflow outbox (`[mlflow]`).
+    pub mlflow_outbox: Option<u64>,
 }
 
 /// The owner of one run's monitors, sinks and directory.
@@ -82,6 +85,8 @@ pub struct RunHub {
     warnings: Vec<String>,
     /// Who is told what happens ([`watch`]).
     watch: watch::Watch,
+    /// The MLflow run (`[mlflow]`, [`tracking`]).
+    mlflow: Option<crate::mlflow::MlflowLink>,
 }
 
 impl std::fmt::Debug for RunHub {
@@ -134,6 +139,7 @@ impl RunHub {
             system: None,
             warnings: Vec::new(),
             watch: watch::Watch::default(),
+            mlflow: None,
         }
     }
 
@@ -447,6 +453,7 @@ impl RunHub {
             metrics_bytes,
             appended: self.plugins.appended_artifacts()?,
             tensorboard,
+            mlflow_outbox: self.mlflow.as_ref().map(|link| link.outbox_len()),
         })
     }
 
@@ -458,6 +465,7 @@ impl RunHub {
     /// Flush and close the sinks (their threads end); the monitors' report stays readable.
     pub fn close_sinks(&mut self) -> Result<()> {
         self.system = None;
+        // The last system sample is written before the sinks close.
         let flushed = self.flush();
         self.sinks.clear();
         flushed

@@ -36,6 +36,9 @@ pub struct RunInfo {
     pub global_step: u64,
     /// The signal that interrupted the attempt.
     pub interrupted_by: Option<String>,
+    /// The MLflow run, with what was left unsent (`[mlflow]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<MlflowReport>,
     pub model: String,
     /// Each monitor: where it was loaded from, its status and what its hooks cost.
     pub monitors: Vec<MonitorReport>,
@@ -102,6 +105,19 @@ pub struct FinalMetrics {
 pub struct SkippedFiles {
     pub count: usize,
     pub files: Vec<String>,
+}
+
+/// The MLflow run in `run.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MlflowReport {
+    pub tracking_uri: String,
+    pub experiment_id: Option<String>,
+    pub run_id: Option<String>,
+    /// Operations and metric points not yet sent when `run.json` was written (its own upload
+    /// and the final status, which follow it, not counted); `vigil sync RUN_DIR` sends them.
+    pub unsent_operations: u64,
+    pub unsent_points: u64,
 }
 
 /// Early stopping in `run.json`.

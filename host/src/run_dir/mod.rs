@@ -28,13 +28,15 @@ use crate::error::{Error, Result};
 
 pub use info::{
     read_run_info, Attempt, CheckpointEntry, CheckpointIndex, EarlyStoppingReport, FinalMetrics,
-    HookReport, MonitorDisabled, MonitorReport, RunInfo, SkippedFiles, StoppedBy,
+    HookReport, MlflowReport, MonitorDisabled, MonitorReport, RunInfo, SkippedFiles, StoppedBy,
 };
 pub use status::{last_line, read_run, RunState, RunStatus};
 
 /// What a study's directory keeps about the study; a run directory whose parent holds it is
 /// one of the study's runs.
 pub const STUDY_FILE: &str = "study.json";
+/// The MLflow outbox and its state (`[mlflow]`).
+pub const MLFLOW_DIR: &str = "mlflow";
 /// The effective config a run directory keeps.
 pub const CONFIG_FILE: &str = "config.toml";
 /// What the model takes: input shape, normalisation, class names.
@@ -120,7 +122,7 @@ impl RunLayout {
 
     /// Everything a run writes, files (the log's rotated copies among them) then directories:
     /// what a run that is started over removes. The lock stays.
-    pub fn outputs(&self) -> (Vec<PathBuf>, [PathBuf; 3]) {
+    pub fn outputs(&self) -> (Vec<PathBuf>, [PathBuf; 4]) {
         let mut files = vec![
             self.metrics(),
             self.run_info(),
@@ -130,7 +132,12 @@ impl RunLayout {
         files.extend(self.log_files());
         (
             files,
-            [self.tensorboard(), self.artifacts(), self.checkpoints()],
+            [
+                self.tensorboard(),
+                self.artifacts(),
+                self.checkpoints(),
+                self.root.join(MLFLOW_DIR),
+            ],
         )
     }
 }

@@ -85,6 +85,9 @@ pub struct TrainingState {
     /// Gradient averages the host keeps for monitors (their tensors are in `host.safetensors`).
     #[serde(default)]
     pub gradient_averages: Vec<SavedGradientAverage>,
+    /// The length of the MLflow outbox (`[mlflow]`): a resumed run cuts it back the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlflow_outbox: Option<u64>,
     /// Where early stopping stands, for a run that has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<super::early_stop::EarlyStopState>,
@@ -120,6 +123,7 @@ impl TrainingState {
             metrics_bytes: self.metrics_bytes,
             appended: self.appended.clone(),
             tensorboard: self.tensorboard.clone(),
+            mlflow_outbox: self.mlflow_outbox,
         }
     }
 }

@@ -7,16 +7,14 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use super::checkpoint;
-use super::{signal_name, FitSummary, Trainer};
+use super::conclude::Attempted;
+use super::{FitSummary, Trainer};
 use crate::config::{read_config, Settings, RESUMABLE_KEYS};
 use crate::data;
 use crate::error::{Error, Result};
 use crate::fs::write_atomically;
 use crate::hub::RunHub;
-use crate::run_dir::{
-    self, create_run_dir, read_run_info, Attempt, FinalMetrics, RunInfo, RunLayout, SkippedFiles,
-    StoppedBy, CONFIG_FILE,
-};
+use crate::run_dir::{self, create_run_dir, read_run_info, RunInfo, RunLayout, CONFIG_FILE};
 use crate::run_log::say;
 use crate::sink::ConsoleSink;
 
@@ -418,6 +416,11 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
                 Some(console(&settings, &trainer)),
             )?;
             hub.open_log(settings.log)?;
+            hub.open_mlflow(
+                &settings,
+                &mlflow_facts(&settings, &dataset),
+                Some((state.mlflow_outbox, state.global_step)),
+            )?;
             write_atomically(&layout.config(), settings.to_toml().as_bytes())?;
             write_atomically(&layout.inputs(), &trainer.inputs().to_json())?;
             say(&format!(
@@ -446,6 +449,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             ));
             hub.open_run_dir(layout.clone(), None, Some(console(&settings, &trainer)))?;
             hub.open_log(settings.log)?;
+            hub.open_mlflow(&settings, &mlflow_facts(&settings, &dataset), None)?;
             (layout, settings, None, RunInfo::default())
         }
     };
@@ -465,81 +469,20 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
     let flushed = hub.close_sinks();
 
     let interrupted = fitted.as_ref().ok().and_then(|s| s.interrupted);
-    let (status, error) = match &fitted {
-        Ok(_) if interrupted.is_some() => (RunInfo::INTERRUPTED, None),
-        Ok(summary) if summary.stopped_by.is_some() => (RunInfo::STOPPED, None),
-        Ok(_) => (RunInfo::COMPLETED, None),
-        Err(err) => (RunInfo::FAILED, Some(err.to_string())),
-    };
-    let summary = fitted.as_ref().ok();
-    let last = summary.and_then(FitSummary::last);
-    // Earlier attempts' warnings first: a resumed run's `run.json` replaces theirs.
-    let mut warnings = previous.warnings;
-    warnings.extend(fallback_warnings);
-    warnings.extend(trainer.warnings().iter().cloned());
-    warnings.extend(hub.warnings());
-    let mut attempts = previous.attempts;
-    attempts.push(Attempt {
-        from_step: resumed_from.unwrap_or(0),
-        to_step: trainer.global_step(),
-        status: status.into(),
-        signal: interrupted.map(|signal| signal_name(signal).into()),
-        wall_time_s: loop_seconds,
-    });
-    let info = RunInfo {
-        name: settings.name.clone(),
-        status: status.into(),
-        error,
-        stopped_by: summary
-            .and_then(|s| s.stopped_by.as_ref())
-            .map(|(monitor, reason)| StoppedBy {
-                monitor: monitor.clone(),
-                reason: reason.clone(),
-            }),
-        interrupted_by: interrupted.map(|signal| signal_name(signal).into()),
-        config: layout.config().display().to_string(),
-        resumed_from_step: resumed_from,
-        attempts,
-        dataset: dataset.name.clone(),
-        skipped_files: SkippedFiles {
-            count: dataset.skipped_files.len(),
-            files: dataset.skipped_files.clone(),
+    super::conclude::write_run_info(
+        Attempted {
+            settings: &settings,
+            layout: &layout,
+            dataset: &dataset,
+            trainer: &trainer,
+            fitted: &fitted,
+            loop_seconds,
+            resumed_from,
+            previous,
+            fallback_warnings,
         },
-        model: settings.model.kind.name().into(),
-        parameters: trainer.parameter_count(),
-        device: format!("{:?}", trainer.device()),
-        early_stopping: trainer.early_stopping_report(),
-        seed: settings.seed,
-        epochs: settings.epochs,
-        global_step: trainer.global_step(),
-        best_val_loss: trainer.best_val_loss(),
-        final_metrics: last.map(|m| FinalMetrics {
-            epoch: m.epoch,
-            train_loss: m.train.loss,
-            train_acc: m.train.accuracy,
-            val_loss: m.val.loss,
-            val_acc: m.val.accuracy,
-        }),
-        wall_time_s: loop_seconds,
-        steps_per_second: summary.map(|s| s.steps as f64 / s.seconds.max(1e-9)),
-        checkpoints: trainer.checkpoint_index().cloned(),
-        monitors: hub.monitor_report(loop_seconds),
-        warnings,
-        vigil_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    // The last notification goes out (or fails, as a warning) before run.json is written.
-    let mut info = info;
-    let notified = hub.end_watching(&crate::hub::RunEnd {
-        info: &info,
-        step: trainer.global_step(),
-        epoch: trainer.counters(0, 0).epoch as usize,
-    });
-    info.warnings.extend(notified);
-    let text = serde_json::to_vec_pretty(&info).map_err(|source| Error::Json {
-        what: "run summary".into(),
-        source,
-    })?;
-    write_atomically(&layout.run_info(), &text)?;
+        &mut hub,
+    )?;
     let summary = fitted?;
     flushed?;
     match &summary.stopped_by {
@@ -562,6 +505,14 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             .map(|last| last.global_step),
         already_complete: false,
     })
+}
+
+/// What the MLflow run is tagged with.
+fn mlflow_facts(settings: &Settings, dataset: &data::Dataset) -> crate::mlflow::RunFacts {
+    crate::mlflow::RunFacts {
+        model: settings.model.kind.name().into(),
+        dataset: dataset.name.clone(),
+    }
 }
 
 /// The console's progress line, counting from where the trainer stands.

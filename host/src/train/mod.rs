@@ -54,6 +54,7 @@ use services::{parameter_infos, TrainerServices};
 use split::TensorSplit;
 
 mod command;
+mod conclude;
 pub use command::{check_config, train, train_from_file, Resume, RunOutcome, TrainRequest};
 
 /// Serialises "seed libtorch's global generator, then initialise a model".

@@ -249,6 +249,7 @@ impl Trainer {
             metrics_bytes: marks.metrics_bytes,
             appended: marks.appended,
             tensorboard: marks.tensorboard,
+            mlflow_outbox: marks.mlflow_outbox,
             monitors,
             gradient_averages,
             early_stopping: self.early_stopping.as_ref().map(|e| e.state.clone()),
