@@ -278,3 +278,50 @@ fn a_url_from_url_env_is_written_nowhere() {
     );
     assert!(!again.path().join("o").exists());
 }
+
+#[test]
+fn a_study_says_once_that_it_fails_too_often_and_once_that_it_finished() {
+    let server = Recorder::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Two runs at once; the one with lr 1e30 fails at its first step (anomaly_policy "stop").
+    let variant = format!(
+        "epochs = 1\nbatch_size = 32\ndata = \"synthetic\"\n\
+         [synthetic]\ntrain_size = 256\ntest_size = 64\nclasses = 4\nimage_size = 8\n\
+         [model]\nkind = \"mlp\"\nhidden = [16]\n[optim]\nlr = 0.05\n\
+         [[notify]]\nurl = \"{}\"\non = [\"study_finished\", \"study_failure_rate\", \"failed\"]\n",
+        server.url("/study")
+    );
+    std::fs::write(dir.path().join("v.toml"), variant).unwrap();
+    std::fs::write(
+        dir.path().join("study.toml"),
+        "name = \"tiny\"\nroot = \"studies\"\nvariants = { v = \"v.toml\" }\nthreads = 1\n\
+         [grid]\n\"optim.lr\" = [0.05, 1e30]\n",
+    )
+    .unwrap();
+    let output = crate::util::vigil(dir.path(), &["study", "run", "study.toml", "--jobs", "2"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let bodies = server.bodies();
+    let mut seen = events(&bodies);
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        ["failed", "study_failure_rate", "study_finished"],
+        "{bodies:?}"
+    );
+    let finished = bodies
+        .iter()
+        .find(|b| b["event"] == "study_finished")
+        .unwrap();
+    assert_eq!(finished["study"], "tiny");
+    assert_eq!(finished["metrics"]["runs"], 2.0);
+    assert_eq!(finished["metrics"]["failed"], 1.0);
+    assert!(finished["run_dir"]
+        .as_str()
+        .unwrap()
+        .ends_with("studies/tiny"));
+
+    // Run again: nothing is left to run, and nothing is sent twice.
+    let again = crate::util::vigil(dir.path(), &["study", "run", "study.toml"]);
+    assert!(again.status.code().is_some(), "{}", stderr(&again));
+    assert_eq!(server.bodies().len(), bodies.len());
+}

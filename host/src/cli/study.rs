@@ -138,7 +138,12 @@ pub fn run(action: StudyAction) -> anyhow::Result<RunEnd> {
                 overrides: study.set_arguments(&run, Some(threads)),
                 interrupt: Some(interrupt),
             };
-            let outcome = vigil::train::train(&request)?;
+            let trained = vigil::train::train(&request);
+            // The task that ends the study (or pushes its failure rate past 10 %) says so.
+            for warning in vigil::study::notify::after_run(&study, &run) {
+                eprintln!("warning: {warning}");
+            }
+            let outcome = trained?;
             match outcome.interrupted {
                 Some(signal) if signal == libc::SIGUSR1 as usize => {
                     vigil::run_log::say(

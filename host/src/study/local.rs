@@ -154,6 +154,9 @@ pub fn run_local(
             };
             let finished = running.swap_remove(index);
             let name = finished.run.name.clone();
+            for warning in super::notify::after_run(study, &finished.run) {
+                say(&format!("warning: {warning}"));
+            }
             match read_run(&study.run_dir(&finished.run)).state {
                 RunState::Completed => {
                     outcome.completed += 1;

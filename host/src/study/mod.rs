@@ -11,7 +11,8 @@
 //! - [`summary`]: a run's row (slopes, burn-in, best validation) and trajectories, and H1/H2;
 //! - [`export`]: `vigil study export`, the rows and trajectories as Parquet or CSV;
 //! - [`report`]: `vigil study report`, H1 and H2 with counts;
-//! - [`retry`]: `vigil study retry`, failed runs again (their attempts kept), recording why.
+//! - [`retry`]: `vigil study retry`, failed runs again (their attempts kept), recording why;
+//! - [`notify`]: the study's `study_finished` and `study_failure_rate` notifications, sent once.
 //!
 //! The study sits above the trainer: it starts `vigil train` processes and reads what they
 //! write through [`crate::run_dir`], and nothing in `train/` knows of it.
@@ -19,6 +20,7 @@
 pub mod expand;
 pub mod export;
 pub mod local;
+pub mod notify;
 pub mod plan;
 pub mod record;
 pub mod report;

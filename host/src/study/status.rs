@@ -25,8 +25,7 @@ use crate::run_dir::{read_run, RunLayout, RunState};
 pub const BURN_IN_LOSS: f64 = 1.0;
 /// A burn-in epoch outside this range is flagged.
 pub const BURN_IN_EPOCHS: (u64, u64) = (1, 20);
-/// A failure rate above this (of the runs that ended) is flagged.
-pub const MAX_FAILURE_RATE: f64 = 0.10;
+pub use super::notify::MAX_FAILURE_RATE;
 
 /// One flagged problem.
 #[derive(Debug, Clone, Serialize)]
