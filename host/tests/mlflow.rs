@@ -322,12 +322,14 @@ fn a_run_and_a_killed_and_resumed_run_reach_mlflow_as_one_run_each() {
     assert_eq!(summary["mlflow"]["unsent_operations"], 0, "{summary}");
     assert_same_as_server(&server.uri(), &dir.path().join("a"), true);
 
-    // Killed after a checkpoint, then resumed: one MLflow run, no step twice in a history,
-    // every history (system metrics aside) equal to the resumed run's metrics.jsonl.
-    let slow = "[[monitors]]\nname = \"fault-injector\"\nsettings = { sleep_ms = 15 }";
+    // Killed once the server has points from past the newest checkpoint, then resumed: one
+    // MLflow run, no step twice in a history, every history (system metrics aside) equal to
+    // the resumed run's metrics.jsonl. Steps of 100 ms and a checkpoint an epoch (16 steps),
+    // so that a send (every 3 s) lands between two checkpoints.
+    let slow = "[[monitors]]\nname = \"fault-injector\"\nsettings = { sleep_ms = 100 }";
     std::fs::write(
         dir.path().join("k.toml"),
-        config(&server.uri(), "").replace(
+        config(&server.uri(), "val_check_interval = 1.0").replace(
             "[[monitors]]\nname = \"training-history\"",
             &format!("{slow}\n\n[[monitors]]\nname = \"training-history\""),
         ),
@@ -342,18 +344,24 @@ fn a_run_and_a_killed_and_resumed_run_reach_mlflow_as_one_run_each() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let sent_past_checkpoint = || {
+        let checkpoint = vigil::train::checkpoint::latest(&run_b)
+            .map(|(_, state)| state.global_step)
+            .unwrap_or(u64::MAX);
+        let state: Value = std::fs::read(run_b.join("mlflow/state.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(Value::Null);
+        state["max_steps"]["train_loss"]
+            .as_u64()
+            .is_some_and(|sent| sent > checkpoint)
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Past the second checkpoint (step 8 of 16 a epoch, validations every 4 steps) and on.
-    while vigil::train::checkpoint::latest(&run_b)
-        .map(|(_, state)| state.global_step)
-        .unwrap_or(0)
-        < 12
-    {
+    while !sent_past_checkpoint() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended first");
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(Duration::from_millis(30));
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     child.wait().unwrap();

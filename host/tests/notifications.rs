@@ -325,3 +325,50 @@ fn a_study_says_once_that_it_fails_too_often_and_once_that_it_finished() {
     assert!(again.status.code().is_some(), "{}", stderr(&again));
     assert_eq!(server.bodies().len(), bodies.len());
 }
+
+#[test]
+fn a_disabled_monitor_and_an_interruption_are_told() {
+    let server = Recorder::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "seed = 1\nepochs = 500\nbatch_size = 32\ndata = \"synthetic\"\nrun_dir = \"o\"\n{}\n\
+         [synthetic]\ntrain_size = 256\ntest_size = 64\nclasses = 4\nimage_size = 8\n\
+         [model]\nkind = \"mlp\"\nhidden = [16]\n\
+         [[monitors]]\nname = \"fault-injector\"\n\
+         settings = {{ fault = \"panic\", event = \"train_batch_end\", at_step = 3 }}\n\
+         [[notify]]\nurl = \"{}\"\n",
+        crate::util::plugin_dirs_toml(),
+        server.url("/hook")
+    );
+    std::fs::write(dir.path().join("c.toml"), config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["train", "c.toml"])
+        .current_dir(dir.path())
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the monitor has been disabled (its message has arrived).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !events(&server.bodies()).contains(&"monitor_disabled") {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(75), "{}", stderr(&output));
+    let bodies = server.bodies();
+    assert_eq!(
+        events(&bodies),
+        ["monitor_disabled", "interrupted"],
+        "{bodies:?}"
+    );
+    assert!(bodies[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("monitor `fault-injector` disabled"));
+    assert_eq!(bodies[1]["status"], "interrupted");
+}

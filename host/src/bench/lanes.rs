@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::baseline::ExternalLoop;
 use super::workload::{
     summarize, LaneMeasure, Segment, Workload, WorkloadOptions, WorkloadReport, ALL, BARE_WEIGHTED,
-    CONTROL, LIGHTNING_VARIANT, SHIPPED_MONITORS,
+    CONTROL, LIGHTNING_VARIANT, SHIPPED_MONITORS, WATCHING,
 };
 use crate::config::Settings;
 use crate::data::{self, Dataset};
@@ -50,6 +50,8 @@ struct Lane {
     monitors: Vec<String>,
     /// Trains with the weighted sampler (the configurations with `sampler-distribution`).
     weighted: bool,
+    /// Sends to MLflow and samples system metrics.
+    watching: bool,
     trainer: Trainer,
     hub: RunHub,
     curvature: Rc<CurvatureLog>,
@@ -67,6 +69,7 @@ impl Lane {
             name: self.name.clone(),
             monitors: self.monitors.clone(),
             weighted: self.weighted,
+            watching: self.watching,
             segments: self.segments.clone(),
             hook_seconds: self.hub.hook_seconds() - self.hooks_before,
             curvature_estimates: self.curvature.estimates.get() - self.curvature_before.0,
@@ -202,6 +205,9 @@ pub fn run_workload(
         ("bare".into(), Vec::new(), false),
         (CONTROL.into(), Vec::new(), false),
     ];
+    if options.mlflow.is_some() {
+        configs.push((WATCHING.into(), Vec::new(), false));
+    }
     // `sampler-distribution` reports the sampler's draws, so where it is measured the sampler
     // is the weighted one, against a bare configuration with the same sampler.
     let weighted = options.monitors.iter().any(|m| m == "sampler-distribution");
@@ -225,7 +231,24 @@ pub fn run_workload(
 
     let mut lanes: Vec<Lane> = Vec::new();
     for (index, (name, monitors, weighted)) in configs.iter().enumerate() {
-        let settings = workload_settings(options, monitors, epochs, *weighted)?;
+        let mut settings = workload_settings(options, monitors, epochs, *weighted)?;
+        let watching = name == WATCHING;
+        if watching {
+            // What a user who adds `[mlflow]` gets: every step sent, system metrics at their
+            // default interval.
+            settings.mlflow = options
+                .mlflow
+                .as_ref()
+                .map(|uri| crate::config::MlflowSettings {
+                    tracking_uri: uri.trim_end_matches('/').to_string(),
+                    experiment: Some("vigil-bench".into()),
+                    run_name: Some(format!("bench-{}", options.workload.key())),
+                    tags: Default::default(),
+                    artifacts: false,
+                    every_n_steps: 1,
+                });
+            settings.system_metrics_every_s = 10.0;
+        }
         let trainer = match lanes.first() {
             Some(first) => Trainer::sharing_data(&settings, &dataset, &first.trainer)?,
             None => Trainer::new(&settings, &dataset)?,
@@ -236,12 +259,21 @@ pub fn run_workload(
             .join(format!("{index:02}-{}", name.replace(' ', "-")));
         std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
         hub.open_run_dir(RunLayout::new(&dir), None, None)?;
+        if watching {
+            let facts = crate::mlflow::RunFacts {
+                model: settings.model.kind.name().into(),
+                dataset: dataset.name.clone(),
+            };
+            hub.open_mlflow(&settings, &facts, None)?;
+            hub.start_system_metrics(settings.system_metrics_every_s, None);
+        }
         let curvature = Rc::new(CurvatureLog::default());
         hub.add_sink(Box::new(CurvatureCapture(Rc::clone(&curvature))));
         lanes.push(Lane {
             name: name.clone(),
             monitors: monitors.clone(),
             weighted: *weighted,
+            watching,
             trainer,
             hub,
             curvature,

@@ -62,10 +62,16 @@ pub(super) const LIGHTNING_VARIANT: &str = "all monitors as callbacks";
 /// The configuration with every measured monitor.
 pub const ALL: &str = "all monitors";
 
+/// The bare configuration sending to an MLflow server (`--mlflow`), with system metrics at
+/// their default interval.
+pub const WATCHING: &str = "MLflow sink + system metrics";
+
 /// Overhead targets, in percent of the bare step time.
 const TARGET_EACH: f64 = 1.0;
 const TARGET_CURVATURE: f64 = 2.0;
 const TARGET_ALL: f64 = 3.0;
+/// The MLflow sink and system metrics together.
+const TARGET_WATCHING: f64 = 1.0;
 /// Host steps/s over the Python loop's.
 const TARGET_SPEEDUP: f64 = 1.1;
 /// Host steps/s with all monitors over Lightning's with the same monitors as callbacks.
@@ -144,6 +150,9 @@ pub struct WorkloadOptions {
     pub lightning: Option<PythonBaseline>,
     /// Where the configurations' runs write (removed afterwards).
     pub scratch: PathBuf,
+    /// An MLflow tracking server: measure the bare configuration sending to it, with system
+    /// metrics ([`WATCHING`]).
+    pub mlflow: Option<String>,
 }
 
 /// One configuration's results.
@@ -252,6 +261,8 @@ pub(super) struct LaneMeasure {
     pub(super) monitors: Vec<String>,
     /// Trained with the weighted sampler.
     pub(super) weighted: bool,
+    /// Sends to MLflow and samples system metrics ([`WATCHING`]).
+    pub(super) watching: bool,
     /// The timed segments, one per repeat.
     pub(super) segments: Vec<Segment>,
     /// Seconds in the monitors' hooks over the timed segments.
@@ -298,7 +309,7 @@ pub(super) fn summarize(
                     .map(|s| s.wall * 1e3 / s.steps as f64)
                     .collect(),
             );
-            let is_bare = lane.monitors.is_empty();
+            let is_bare = lane.monitors.is_empty() && !lane.watching;
             // The control against bare: the noise floor. A monitored configuration against
             // the mean of both bare ones, so that neither's luck (a slower repeat, a less
             // favourable memory layout) tilts every overhead one way.
@@ -340,7 +351,9 @@ pub(super) fn summarize(
                 )
             });
             let target_pct = (!is_bare).then(|| {
-                if lane.monitors.len() > 1 {
+                if lane.watching {
+                    TARGET_WATCHING
+                } else if lane.monitors.len() > 1 {
                     TARGET_ALL
                 } else if lane.monitors[0] == "curvature" {
                     TARGET_CURVATURE

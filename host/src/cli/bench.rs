@@ -66,6 +66,11 @@ pub struct BenchArgs {
     /// Do not run the Lightning baseline.
     #[arg(long, conflicts_with = "lightning")]
     pub no_lightning: bool,
+    /// Also measure the bare configuration sending every step to the MLflow tracking server
+    /// at this address, with system metrics every 10 s (the defaults), against bare
+    /// (target: 1 %).
+    #[arg(long, value_name = "URI")]
+    pub mlflow: Option<String>,
     /// The Lightning baseline script.
     #[arg(
         long,
@@ -243,6 +248,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 threads: args.threads,
                 python: python.clone(),
                 lightning: lightning.clone(),
+                mlflow: args.mlflow.clone(),
                 scratch: std::env::temp_dir().join(format!(
                     "vigil-bench-{}-{}",
                     std::process::id(),

@@ -38,6 +38,9 @@ use outbox::{op_line, Files, Op, Point, Pump, Pumped, State, Unsent};
 /// The directory of the outbox and its state, in the run directory.
 pub const DIR: &str = crate::run_dir::MLFLOW_DIR;
 
+/// The sending thread's passes are at least this far apart.
+const SEND_EVERY: Duration = Duration::from_secs(3);
+
 /// How long the end of a run keeps sending before it leaves the rest to `vigil sync`.
 const FINAL_SEND: Duration = Duration::from_secs(30);
 
@@ -243,6 +246,18 @@ impl MlflowLink {
         let dir = files.dir();
         std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
         match files.read_state() {
+            // Resumed with another tracking server: it gets the whole run, from the outbox's
+            // start (the points of this resume's checkpoint on).
+            Some(known) if resume.is_some() && known.tracking_uri != mlflow.tracking_uri => {
+                crate::fs::cut_back(&files.outbox(), mark.unwrap_or(0).min(files.outbox_len()))?;
+                files.write_state(&State {
+                    tracking_uri: mlflow.tracking_uri.clone(),
+                    ..State::default()
+                })?;
+                if mark.unwrap_or(0) == 0 {
+                    files.append(&[start_op(settings, mlflow, layout.root(), facts)])?;
+                }
+            }
             Some(known) if resume.is_some() => {
                 // A resumed run: its outbox back to the checkpoint (all of it, when the
                 // checkpoint predates the link), then on with the same MLflow run.
@@ -427,8 +442,9 @@ fn collect_files(dir: &Path, root: &Path, out: &mut Vec<String>) {
     }
 }
 
-/// The sending thread: a pass over the outbox whenever a record arrives (and at least every
-/// few seconds), backing off from 1 s to 60 s while the server cannot be reached.
+/// The sending thread: a pass over the outbox when records have arrived, at most every
+/// [`SEND_EVERY`] (so that a request carries many steps' records and the server is asked
+/// little), backing off from 1 s to 60 s while the server cannot be reached.
 fn spawn_sender(
     files: Files,
     woken: Receiver<()>,
@@ -441,20 +457,30 @@ fn spawn_sender(
                 return Vec::new();
             };
             let mut pump = Pump::new(files, state);
+            let stopping = || stop.load(Ordering::SeqCst);
+            // Wait until `until` (or the stop), whatever arrives meanwhile.
+            let pause = |until: Instant| {
+                while Instant::now() < until && !stopping() {
+                    let left = until.saturating_duration_since(Instant::now());
+                    let _ = woken.recv_timeout(left.min(Duration::from_millis(200)));
+                }
+            };
             let mut backoff = Duration::from_secs(1);
-            let mut wait = Duration::ZERO;
             let mut reported = false;
-            while let Ok(()) | Err(RecvTimeoutError::Timeout) = woken.recv_timeout(wait) {
-                if stop.load(Ordering::SeqCst) {
+            let mut next_pass = Instant::now();
+            // A pass when something arrived, or a minute went by.
+            while let Ok(()) | Err(RecvTimeoutError::Timeout) =
+                woken.recv_timeout(Duration::from_secs(60))
+            {
+                pause(next_pass);
+                if stopping() {
                     break;
                 }
-                // Records that arrive while a pass runs are taken by the next one.
+                // What arrives during the pass is taken by the next one.
                 while woken.try_recv().is_ok() {}
+                next_pass = Instant::now() + SEND_EVERY;
                 match pump.pump() {
-                    Ok(Pumped::Done) => {
-                        backoff = Duration::from_secs(1);
-                        wait = Duration::from_secs(5);
-                    }
+                    Ok(Pumped::Done) => backoff = Duration::from_secs(1),
                     Ok(Pumped::Unreachable(why)) => {
                         if !reported {
                             tracing::warn!(
@@ -463,19 +489,10 @@ fn spawn_sender(
                             );
                             reported = true;
                         }
-                        wait = backoff;
+                        next_pass = Instant::now() + backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(60));
-                        // Records arriving meanwhile do not cut the back-off short.
-                        let deadline = Instant::now() + wait;
-                        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-                            let _ = woken.recv_timeout(Duration::from_millis(200));
-                        }
-                        wait = Duration::ZERO;
                     }
-                    Err(err) => {
-                        tracing::warn!("MLflow: {err}");
-                        wait = Duration::from_secs(5);
-                    }
+                    Err(err) => tracing::warn!("MLflow: {err}"),
                 }
             }
             pump.warnings
