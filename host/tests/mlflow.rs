@@ -324,9 +324,9 @@ fn a_run_and_a_killed_and_resumed_run_reach_mlflow_as_one_run_each() {
 
     // Killed once the server has points from past the newest checkpoint, then resumed: one
     // MLflow run, no step twice in a history, every history (system metrics aside) equal to
-    // the resumed run's metrics.jsonl. Steps of 100 ms and a checkpoint an epoch (16 steps),
-    // so that a send (every 3 s) lands between two checkpoints.
-    let slow = "[[monitors]]\nname = \"fault-injector\"\nsettings = { sleep_ms = 100 }";
+    // the resumed run's metrics.jsonl. Steps of 250 ms and a checkpoint an epoch (16 steps),
+    // so that a send (every 10 s) lands between two checkpoints.
+    let slow = "[[monitors]]\nname = \"fault-injector\"\nsettings = { sleep_ms = 250 }";
     std::fs::write(
         dir.path().join("k.toml"),
         config(&server.uri(), "val_check_interval = 1.0").replace(

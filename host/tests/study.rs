@@ -424,10 +424,18 @@ fn a_study_on_slurm_survives_a_requeue_and_equals_the_local_executors() {
     let study = write_small_study(dir.path(), 100, 16);
     let text = std::fs::read_to_string(&study).unwrap();
     let slurm_study = dir.path().join("slurm.toml");
+    // The SLURM study's runs also tell a webhook when the study has finished: the last task to
+    // end sends it, once.
+    let webhook = crate::notifications::Recorder::start();
     std::fs::write(
         &slurm_study,
-        text.replace("root = \"studies\"", "root = \"on-slurm\"")
-            + "[slurm]\nmax_running = 2\ncpus_per_task = 1\ntime = \"00:20:00\"\nsignal_seconds = 60\n",
+        text.replace("root = \"studies\"", "root = \"on-slurm\"").replace(
+            "[set]\n",
+            &format!(
+                "[set]\nnotify = [{{ url = \"{}\", on = [\"study_finished\"] }}]\n",
+                webhook.url("/study")
+            ),
+        ) + "[slurm]\nmax_running = 2\ncpus_per_task = 1\ntime = \"00:20:00\"\nsignal_seconds = 60\n",
     )
     .unwrap();
     let output = vigil(
@@ -509,6 +517,24 @@ fn a_study_on_slurm_survives_a_requeue_and_equals_the_local_executors() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while webhook.bodies().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no study_finished from the SLURM tasks"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every task has ended; none sends it again.
+    std::thread::sleep(Duration::from_secs(2));
+    let told = webhook.bodies();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["event"], "study_finished");
+    assert_eq!(told[0]["metrics"]["completed"], 8.0, "{told:?}");
+    assert!(told[0]["run_dir"]
+        .as_str()
+        .unwrap()
+        .ends_with("on-slurm/small"));
     let run = json(study_dir.join(&signalled).join("run.json"));
     let attempts = run["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{signalled} was not requeued: {run}");

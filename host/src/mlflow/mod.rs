@@ -39,7 +39,7 @@ use outbox::{op_line, Files, Op, Point, Pump, Pumped, State, Unsent};
 pub const DIR: &str = crate::run_dir::MLFLOW_DIR;
 
 /// The sending thread's passes are at least this far apart.
-const SEND_EVERY: Duration = Duration::from_secs(3);
+const SEND_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the end of a run keeps sending before it leaves the rest to `vigil sync`.
 const FINAL_SEND: Duration = Duration::from_secs(30);
