@@ -59,14 +59,8 @@ impl Http {
         body: &[u8],
         headers: &[(String, String)],
     ) -> Result<Response, CallError> {
-        let mut request = self
-            .agent
-            .post(url)
-            .header("Content-Type", "application/json");
-        for (name, value) in headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        finish(url, request.send(body))
+        let request = self.agent.post(url);
+        send(url, request, "application/json", body, headers)
     }
 
     /// GET with query parameters.
@@ -93,15 +87,24 @@ impl Http {
         body: &[u8],
         headers: &[(String, String)],
     ) -> Result<Response, CallError> {
-        let mut request = self
-            .agent
-            .put(url)
-            .header("Content-Type", "application/octet-stream");
-        for (name, value) in headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        finish(url, request.send(body))
+        let request = self.agent.put(url);
+        send(url, request, "application/octet-stream", body, headers)
     }
+}
+
+/// Send a request with a body of `content_type` and the given headers.
+fn send(
+    url: &str,
+    request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    content_type: &str,
+    body: &[u8],
+    headers: &[(String, String)],
+) -> Result<Response, CallError> {
+    let mut request = request.header("Content-Type", content_type);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    finish(url, request.send(body))
 }
 
 fn finish(

@@ -224,23 +224,6 @@ fn an_unreachable_webhook_leaves_the_run_completed_with_a_warning() {
     );
 }
 
-/// Every file under `dir`, read as bytes.
-fn every_file(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        for entry in std::fs::read_dir(&current).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push((path.display().to_string(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn a_url_from_url_env_is_written_nowhere() {
     let server = Recorder::start();
@@ -256,8 +239,8 @@ fn a_url_from_url_env_is_written_nowhere() {
     let bodies = server.bodies();
     assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert!(bodies[0]["content"].as_str().unwrap().contains("finished"));
-    for (path, bytes) in every_file(&dir.path().join("o")) {
-        let text = String::from_utf8_lossy(&bytes);
+    for (path, file) in crate::resume::files(&dir.path().join("o")) {
+        let text = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
         assert!(
             !text.contains("s3cr3t-token"),
             "{path} holds the webhook's address"

@@ -106,7 +106,7 @@ fn same_record(a: &Value, b: &Value) -> bool {
 }
 
 /// Every file under `dir`, by relative path.
-fn files(dir: &Path) -> BTreeMap<String, PathBuf> {
+pub fn files(dir: &Path) -> BTreeMap<String, PathBuf> {
     let mut found = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {

@@ -421,8 +421,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_cut_keeps_the_points_it_removes_for_the_resumed_run_to_send_again() {
+    /// An outbox in a new run directory, holding one point.
+    fn outbox_with(first: Point) -> (tempfile::TempDir, Files) {
         let dir = tempfile::tempdir().unwrap();
         let files = Files {
             run_dir: dir.path().to_path_buf(),
@@ -430,9 +430,15 @@ mod tests {
         std::fs::create_dir_all(files.dir()).unwrap();
         files
             .append(&[Op::Metrics {
-                points: vec![point("lr", 12, 1000)],
+                points: vec![first],
             }])
             .unwrap();
+        (dir, files)
+    }
+
+    #[test]
+    fn a_cut_keeps_the_points_it_removes_for_the_resumed_run_to_send_again() {
+        let (_dir, files) = outbox_with(point("lr", 12, 1000));
         let mark = files.outbox_len();
         files
             .append(&[
@@ -467,16 +473,7 @@ mod tests {
 
     #[test]
     fn unsent_counts_operations_and_points_after_the_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = Files {
-            run_dir: dir.path().to_path_buf(),
-        };
-        std::fs::create_dir_all(files.dir()).unwrap();
-        files
-            .append(&[Op::Metrics {
-                points: vec![point("lr", 1, 1)],
-            }])
-            .unwrap();
+        let (_dir, files) = outbox_with(point("lr", 1, 1));
         let sent = files.outbox_len();
         files
             .append(&[
