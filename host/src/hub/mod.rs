@@ -464,8 +464,8 @@ impl RunHub {
 
     /// Flush and close the sinks (their threads end); the monitors' report stays readable.
     pub fn close_sinks(&mut self) -> Result<()> {
+        // The sampler stops first: a sample taken after the last record is not written.
         self.system = None;
-        // The last system sample is written before the sinks close.
         let flushed = self.flush();
         self.sinks.clear();
         flushed

@@ -54,16 +54,6 @@ pub struct RunEnd<'a> {
     pub epoch: usize,
 }
 
-/// The study a run directory belongs to: its parent holds `study.json`.
-fn study_of(run_dir: &Path) -> Option<String> {
-    let parent = run_dir.parent()?;
-    parent
-        .join(crate::run_dir::STUDY_FILE)
-        .is_file()
-        .then(|| parent.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .flatten()
-}
-
 /// `dir` as an absolute path, for a message read on another machine.
 fn absolute(dir: &Path) -> String {
     std::fs::canonicalize(dir)
@@ -83,15 +73,10 @@ fn last_log_lines(layout: &RunLayout, count: usize) -> Vec<String> {
 }
 
 impl RunHub {
-    /// Tell the webhooks that want `event`; `at` is (epoch, global step).
-    pub fn alert(&mut self, event: NotifyEvent, message: String, at: Option<(usize, u64)>) {
-        let Some(notifier) = &self.watch.notifier else {
-            return;
-        };
-        if !notifier.wants(event) {
-            return;
-        }
-        let mut notice = Notice::new(event, format!("run `{}`: {message}", self.watch.run));
+    /// A notice about this run: its name, study, directory and last validation's metrics,
+    /// at (epoch, global step).
+    fn notice(&self, event: NotifyEvent, message: String, at: Option<(usize, u64)>) -> Notice {
+        let mut notice = Notice::new(event, message);
         notice.run = Some(self.watch.run.clone());
         notice.metrics = self.watch.metrics.clone();
         if let Some((epoch, step)) = at {
@@ -100,8 +85,18 @@ impl RunHub {
         }
         if let Some(layout) = &self.layout {
             notice.run_dir = Some(absolute(layout.root()));
-            notice.study = study_of(layout.root());
+            notice.study = crate::run_dir::study_point(layout.root()).map(|(name, _)| name);
         }
+        notice
+    }
+
+    /// Tell the webhooks that want `event`; `at` is (epoch, global step).
+    pub fn alert(&mut self, event: NotifyEvent, message: String, at: Option<(usize, u64)>) {
+        if !self.watch.notifier.as_ref().is_some_and(|n| n.wants(event)) {
+            return;
+        }
+        let message = format!("run `{}`: {message}", self.watch.run);
+        let notice = self.notice(event, message, at);
         if let Some(notifier) = &mut self.watch.notifier {
             notifier.send(event, &notice);
         }
@@ -153,19 +148,12 @@ impl RunHub {
             ),
         };
         if notifier.wants(event) {
-            let mut notice = Notice::new(event, format!("run `{}` {message}", self.watch.run));
-            notice.run = Some(self.watch.run.clone());
+            let message = format!("run `{}` {message}", self.watch.run);
+            let mut notice = self.notice(event, message, Some((end.epoch, end.step)));
             notice.status = Some(info.status.clone());
-            notice.metrics = self.watch.metrics.clone();
-            notice.step = Some(end.step);
-            notice.epoch = Some(end.epoch);
             notice.error = info.error.clone();
-            if let Some(layout) = &self.layout {
-                notice.run_dir = Some(absolute(layout.root()));
-                notice.study = study_of(layout.root());
-                if info.error.is_some() {
-                    notice.error_lines = last_log_lines(layout, 20);
-                }
+            if let (Some(layout), Some(_)) = (&self.layout, &info.error) {
+                notice.error_lines = last_log_lines(layout, 20);
             }
             if let Some(notifier) = &mut self.watch.notifier {
                 notifier.send(event, &notice);

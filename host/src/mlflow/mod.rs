@@ -148,34 +148,11 @@ impl std::fmt::Debug for MlflowLink {
     }
 }
 
-/// The study a run directory belongs to, and the run's grid values: `study.json` in its parent.
-fn study_point(run_dir: &Path) -> Option<(String, Vec<(String, String)>)> {
-    let parent = run_dir.parent()?;
-    let bytes = std::fs::read(parent.join(crate::run_dir::STUDY_FILE)).ok()?;
-    let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let study = &record["study"];
-    let name = study["name"].as_str()?.to_string();
-    let run_name = run_dir.file_name()?.to_string_lossy().into_owned();
-    let run = study["runs"]
-        .as_array()?
-        .iter()
-        .find(|run| run["name"] == run_name.as_str())?;
-    let mut values = vec![("variant".to_string(), run["variant"].as_str()?.to_string())];
-    for pair in run["overrides"].as_array().into_iter().flatten() {
-        let (Some(key), Some(value)) = (pair[0].as_str(), pair.get(1)) else {
-            continue;
-        };
-        let value = value.as_str().map_or(value.to_string(), str::to_string);
-        values.push((key.to_string(), value));
-    }
-    Some((name, values))
-}
-
 /// The first operation of a new MLflow run.
 fn start_op(settings: &Settings, mlflow: &MlflowSettings, run_dir: &Path, facts: &RunFacts) -> Op {
     use sha2::Digest;
     let config = settings.to_toml();
-    let study = study_point(run_dir);
+    let study = crate::run_dir::study_point(run_dir);
     let mut tags = vec![
         (
             "vigil.version".to_string(),
@@ -246,19 +223,7 @@ impl MlflowLink {
         let dir = files.dir();
         std::fs::create_dir_all(&dir).map_err(|source| Error::io(&dir, source))?;
         match files.read_state() {
-            // Resumed with another tracking server: it gets the whole run, from the outbox's
-            // start (the points of this resume's checkpoint on).
-            Some(known) if resume.is_some() && known.tracking_uri != mlflow.tracking_uri => {
-                crate::fs::cut_back(&files.outbox(), mark.unwrap_or(0).min(files.outbox_len()))?;
-                files.write_state(&State {
-                    tracking_uri: mlflow.tracking_uri.clone(),
-                    ..State::default()
-                })?;
-                if mark.unwrap_or(0) == 0 {
-                    files.append(&[start_op(settings, mlflow, layout.root(), facts)])?;
-                }
-            }
-            Some(known) if resume.is_some() => {
+            Some(known) if resume.is_some() && known.tracking_uri == mlflow.tracking_uri => {
                 // A resumed run: its outbox back to the checkpoint (all of it, when the
                 // checkpoint predates the link), then on with the same MLflow run.
                 outbox::cut_back(&files, mark.unwrap_or(0), step)?;
@@ -271,14 +236,18 @@ impl MlflowLink {
                 }])?;
             }
             _ => {
-                // A new run, or a resumed one that had no MLflow link before.
+                // A new run; a resumed one that had no MLflow link before; or one resumed with
+                // another tracking server, which gets the whole run from the outbox's start (a
+                // start operation of its own when the checkpoint's part of the outbox is empty).
                 let fresh = State {
                     tracking_uri: mlflow.tracking_uri.clone(),
                     ..State::default()
                 };
                 crate::fs::cut_back(&files.outbox(), mark.unwrap_or(0).min(files.outbox_len()))?;
                 files.write_state(&fresh)?;
-                files.append(&[start_op(settings, mlflow, layout.root(), facts)])?;
+                if files.outbox_len() == 0 {
+                    files.append(&[start_op(settings, mlflow, layout.root(), facts)])?;
+                }
             }
         }
         let path = files.outbox();

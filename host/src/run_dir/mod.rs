@@ -142,6 +142,29 @@ impl RunLayout {
     }
 }
 
+/// The study a run directory belongs to, and the run's grid values: `study.json` in its parent.
+pub fn study_point(run_dir: &Path) -> Option<(String, Vec<(String, String)>)> {
+    let parent = run_dir.parent()?;
+    let bytes = std::fs::read(parent.join(STUDY_FILE)).ok()?;
+    let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let study = &record["study"];
+    let name = study["name"].as_str()?.to_string();
+    let run_name = run_dir.file_name()?.to_string_lossy().into_owned();
+    let run = study["runs"]
+        .as_array()?
+        .iter()
+        .find(|run| run["name"] == run_name.as_str())?;
+    let mut values = vec![("variant".to_string(), run["variant"].as_str()?.to_string())];
+    for pair in run["overrides"].as_array().into_iter().flatten() {
+        let (Some(key), Some(value)) = (pair[0].as_str(), pair.get(1)) else {
+            continue;
+        };
+        let value = value.as_str().map_or(value.to_string(), str::to_string);
+        values.push((key.to_string(), value));
+    }
+    Some((name, values))
+}
+
 /// The file a training process keeps locked (`flock`, exclusive) in its run directory for as
 /// long as it trains: a second `vigil train` on the same directory is refused, and a study's
 /// status tells a running run from one that was killed.
