@@ -4,7 +4,7 @@
 //! run killed and resumed stops at the same validation as the run left alone.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -213,14 +213,7 @@ fn a_run_killed_and_resumed_stops_at_the_same_validation() {
         .unwrap();
 
     let run_b = dir.path().join("b");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["train", "c.toml", "--set", "run_dir=b"])
-        .current_dir(dir.path())
-        .env_remove("LD_LIBRARY_PATH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = crate::resume::start(dir.path(), &["train", "c.toml", "--set", "run_dir=b"]);
     // Past the best validation and into the patience, before the stop.
     let kill_after = stopped_at - 4;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -231,7 +224,7 @@ fn a_run_killed_and_resumed_stops_at_the_same_validation() {
     }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    child.wait().unwrap();
+    child.wait_with_output().unwrap();
     let killed_at = last_checkpoint(&run_b).unwrap();
     assert!(
         killed_at < stopped_at,

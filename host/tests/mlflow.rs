@@ -336,14 +336,7 @@ fn a_run_and_a_killed_and_resumed_run_reach_mlflow_as_one_run_each() {
     )
     .unwrap();
     let run_b = dir.path().join("b");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["train", "k.toml", "--set", "run_dir=b"])
-        .current_dir(dir.path())
-        .env_remove("LD_LIBRARY_PATH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = crate::resume::start(dir.path(), &["train", "k.toml", "--set", "run_dir=b"]);
     let sent_past_checkpoint = || {
         let checkpoint = vigil::train::checkpoint::latest(&run_b)
             .map(|(_, state)| state.global_step)
@@ -364,7 +357,7 @@ fn a_run_and_a_killed_and_resumed_run_reach_mlflow_as_one_run_each() {
     }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    child.wait().unwrap();
+    child.wait_with_output().unwrap();
     let state: Value =
         serde_json::from_slice(&std::fs::read(run_b.join("mlflow/state.json")).unwrap()).unwrap();
     let first_run = state["run_id"].as_str().unwrap().to_string();
@@ -426,14 +419,7 @@ fn a_server_down_during_the_run_costs_no_time_and_sync_completes_it_once() {
         .unwrap();
 
     let run_dir = dir.path().join("r");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["train", "c.toml", "--set", "run_dir=r"])
-        .current_dir(dir.path())
-        .env_remove("LD_LIBRARY_PATH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::resume::start(dir.path(), &["train", "c.toml", "--set", "run_dir=r"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while vigil::train::checkpoint::latest(&run_dir).is_err() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended first");

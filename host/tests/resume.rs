@@ -189,7 +189,9 @@ impl Choices {
     }
 }
 
-fn start(dir: &Path, args: &[&str]) -> Child {
+/// Start `vigil` in `dir` with `args`: standard output discarded, standard error piped (wait
+/// with `wait_with_output`, which drains it).
+pub fn start(dir: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
         .current_dir(dir)
