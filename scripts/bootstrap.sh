@@ -9,13 +9,18 @@
 #      `vigil bench`'s Lightning baseline, reusing that torch;
 #   4. the MLflow venv (scripts/mlflow-venv.sh): the `mlflow` package, whose tracking server
 #      and client the tests of the [mlflow] sink run;
-#   5. Fashion-MNIST from Debian's `dataset-fashion-mnist` package, when apt is usable.
+#   5. Fashion-MNIST from Debian's `dataset-fashion-mnist` package, when apt is usable;
+#   6. the dashboard's charting library (scripts/web-assets.sh: uPlot from the npm registry
+#      into the git-ignored host/web/vendor/, which the build embeds);
+#   7. Chromium and ChromeDriver (Debian's `chromium`, `chromium-driver`), which the
+#      dashboard's tests drive, when apt is usable.
 #
 # Environment:
 #   VIGIL_CACHE_DIR   where the venv lives (default: ${XDG_CACHE_HOME:-$HOME/.cache}/vigil)
 #   VIGIL_SKIP_DATA=1 do not try to install Fashion-MNIST
 #   VIGIL_SKIP_BENCH_VENV=1 do not install the bench venv (its tests then fail)
 #   VIGIL_SKIP_MLFLOW_VENV=1 do not install the MLflow venv (the [mlflow] tests then fail)
+#   VIGIL_SKIP_BROWSER=1 do not install Chromium (the dashboard's browser tests then fail)
 # A second run finds everything in place and takes seconds.
 set -euo pipefail
 
@@ -89,6 +94,37 @@ link_libtorch() {
     say "linked .libtorch -> $torch_dir"
 }
 
+# Run a command as root: directly, through password-less sudo, or not at all (returns 1).
+as_root() {
+    if [[ "$(id -u)" == "0" ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        return 1
+    fi
+}
+
+install_browser() {
+    if [[ "${VIGIL_SKIP_BROWSER:-0}" == "1" ]]; then
+        say "VIGIL_SKIP_BROWSER=1: not installing Chromium"
+        return 0
+    fi
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        say "Chromium and ChromeDriver already installed"
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        { say "skipping Chromium: apt-get not found (the dashboard's browser tests need chromium and chromedriver on PATH)"; return 0; }
+    say "installing Chromium and ChromeDriver (apt-get install chromium chromium-driver)"
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 || true
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null ||
+            { say "could not install chromium and chromium-driver (not root, or apt failed); the dashboard's browser tests need them"; return 0; }
+    fi
+    say "Chromium installed"
+}
+
 install_fashion_mnist() {
     local dir=/usr/share/datasets/fashion-mnist
     if [[ "${VIGIL_SKIP_DATA:-0}" == "1" ]]; then
@@ -143,4 +179,6 @@ link_libtorch
 install_bench_venv
 install_mlflow_venv
 install_fashion_mnist
+bash "$repo_root/scripts/web-assets.sh" || die "could not fetch the dashboard's charting library (scripts/web-assets.sh)"
+install_browser
 say "done"

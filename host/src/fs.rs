@@ -119,13 +119,21 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<std::fs::File>> {
     Ok(locked.then_some(file))
 }
 
-/// Whether some process holds an exclusive lock on `path` (it exists and `flock` with
-/// `LOCK_NB` fails).
+/// Whether some process holds an exclusive lock on `path`.
+///
+/// Read from `/proc/locks` where there is one, which takes no lock: a probe that took even a
+/// shared lock for a moment could make a `vigil train` starting at that moment find its run
+/// busy, and the dashboard asks often. Elsewhere: the file exists and `flock` with `LOCK_NB`
+/// fails.
 pub fn is_locked(path: &Path) -> bool {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
     let Ok(file) = std::fs::File::open(path) else {
         return false;
     };
+    if let (Ok(locks), Ok(meta)) = (std::fs::read_to_string("/proc/locks"), file.metadata()) {
+        return held_in_proc_locks(&locks, meta.dev(), meta.ino());
+    }
     // SAFETY: flock on a descriptor we own; a shared, non-blocking request.
     let got = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if got == 0 {
@@ -135,6 +143,19 @@ pub fn is_locked(path: &Path) -> bool {
     } else {
         true
     }
+}
+
+/// Whether `/proc/locks` lists a `flock` write lock on the file (device, inode). Its lines
+/// read `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF`, the device as hex major:minor.
+fn held_in_proc_locks(locks: &str, dev: u64, ino: u64) -> bool {
+    let wanted = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // A blocked waiter's line has `->` after the number.
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(3) == Some(&"WRITE")
+            && fields.get(5) == Some(&wanted.as_str())
+    })
 }
 
 #[cfg(test)]

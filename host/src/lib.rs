@@ -23,6 +23,9 @@
 //!   run directory, and `vigil sync`;
 //! - [`notify`]: `[[notify]]` webhooks (Slack, Discord, JSON), sent off the training thread;
 //! - [`http`]: a blocking HTTP client with time-outs, for the MLflow sink and notifications;
+//! - [`serve`]: `vigil serve`, a read-only web dashboard over run and study directories, live
+//!   while runs train;
+//! - [`compare`]: `vigil compare` and the dashboard's comparisons: runs side by side;
 //! - [`fs`]: atomic, durable writes and cut-backs of the files a run keeps;
 //! - [`interrupt`]: SIGTERM, SIGINT and SIGUSR1 stop a run cleanly, with a checkpoint;
 //! - [`memory`]: the allocator settings training wants;
@@ -45,6 +48,7 @@
 //! ```
 
 pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod data;
 mod error;
@@ -62,6 +66,7 @@ pub mod rng;
 pub mod run_dir;
 pub mod run_log;
 pub mod scaffold;
+pub mod serve;
 pub mod sink;
 pub mod study;
 pub mod system;

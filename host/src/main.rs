@@ -47,6 +47,12 @@ enum Command {
     /// Send what runs trained with [mlflow] left unsent (the server was down) to the tracking
     /// server, exactly once: a second sync sends nothing.
     Sync(cli::sync::SyncArgs),
+    /// Serve a read-only web dashboard of run and study directories (default `runs`) on
+    /// 127.0.0.1:6070: runs list, live charts, images, studies, comparisons.
+    Serve(cli::serve::ServeArgs),
+    /// Compare runs (or a study's runs): the config keys that differ, then best and final
+    /// metrics, steps, time and speed, with each run's difference to the first.
+    Compare(cli::compare::CompareArgs),
     /// Plan and run a study: a grid of runs from one study file.
     Study {
         #[command(subcommand)]
@@ -91,6 +97,8 @@ fn main() -> ExitCode {
         Command::ExportModel(args) => cli::export_model::run(args),
         Command::NewMonitor(args) => cli::new_monitor::run(args),
         Command::Sync(args) => cli::sync::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Compare(args) => cli::compare::run(args),
         Command::Study { action } => cli::study::run(action),
         Command::Bench(args) => cli::bench::run(*args).map(|()| RunEnd::Done),
     };

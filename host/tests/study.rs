@@ -10,7 +10,7 @@ use crate::util::{json, plugin_dirs_toml, records_without_time, stderr, stdout, 
 
 /// A small MLP study: 2 variants × 2 learning rates × 2 seeds, each run `epochs` epochs of
 /// 16 steps on synthetic data, with the gradient monitor.
-fn write_small_study(dir: &Path, epochs: usize, batch_size: usize) -> PathBuf {
+pub fn write_small_study(dir: &Path, epochs: usize, batch_size: usize) -> PathBuf {
     let variant = |hidden: &str| {
         format!(
             "epochs = {epochs}\nbatch_size = {batch_size}\ndata = \"synthetic\"\n{}\n\

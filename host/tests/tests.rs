@@ -1,8 +1,10 @@
 //! Integration tests: real files on disk, the real `vigil` binary, real training.
 
+mod browser;
 mod checkpoint_integrity;
 mod cli;
 mod curvature;
+mod dashboard;
 mod early_stopping;
 mod experiment;
 mod export;

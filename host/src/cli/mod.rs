@@ -4,9 +4,11 @@
 
 pub mod bench;
 pub mod check;
+pub mod compare;
 pub mod export_model;
 pub mod new_monitor;
 pub mod plugins;
+pub mod serve;
 pub mod study;
 pub mod sync;
 pub mod train;

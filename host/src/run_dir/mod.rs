@@ -173,13 +173,51 @@ pub const LOCK_FILE: &str = ".vigil.lock";
 /// The lock on a run directory; released when dropped (or when the process ends, however).
 #[derive(Debug)]
 pub struct RunLock {
-    _file: File,
+    file: File,
+}
+
+/// What the training process writes into its lock file, for whoever watches the run (the
+/// dashboard's progress and ETA): stale once the lock is released.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LockFacts {
+    pub pid: u32,
+    /// The steps the run takes in all when it trains every epoch.
+    pub total_steps: u64,
+    pub steps_per_epoch: u64,
+}
+
+impl RunLock {
+    /// Write `facts` into the lock file (best effort: a watcher only loses its ETA).
+    pub fn describe(&self, facts: &LockFacts) {
+        use std::io::{Seek, Write};
+        let Ok(text) = serde_json::to_vec(facts) else {
+            return;
+        };
+        let mut file = &self.file;
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(&text));
+        if let Err(err) = written {
+            tracing::debug!("could not describe the run in its lock file: {err}");
+        }
+    }
+}
+
+/// What the process training the run in `dir` wrote into its lock file; `None` when no
+/// process holds the lock (a released lock's facts are stale).
+pub fn read_lock_facts(dir: &Path) -> Option<LockFacts> {
+    let path = dir.join(LOCK_FILE);
+    if !crate::fs::is_locked(&path) {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// Lock `dir` for this process, or say which directory another process is training in.
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     match crate::fs::try_lock_exclusive(&dir.join(LOCK_FILE))? {
-        Some(file) => Ok(RunLock { _file: file }),
+        Some(file) => Ok(RunLock { file }),
         None => Err(busy(dir)),
     }
 }
@@ -301,5 +339,29 @@ mod tests {
     #[test]
     fn names_become_safe_directory_names() {
         assert_eq!(sanitize("cnn lr=0.1/a"), "cnn_lr_0.1_a");
+    }
+
+    #[test]
+    fn the_lock_file_tells_progress_while_held_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let facts = LockFacts {
+            pid: 7,
+            total_steps: 300,
+            steps_per_epoch: 100,
+        };
+        {
+            let lock = lock_run_dir(dir.path()).unwrap();
+            lock.describe(&facts);
+            assert_eq!(read_lock_facts(dir.path()), Some(facts));
+        }
+        assert_eq!(
+            read_lock_facts(dir.path()),
+            None,
+            "a released lock's facts are stale"
+        );
+        assert!(
+            is_unused(dir.path()),
+            "a described lock file still counts as unused"
+        );
     }
 }

@@ -453,6 +453,14 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
             (layout, settings, None, RunInfo::default())
         }
     };
+    if let Some(lock) = &_run_lock {
+        let steps_per_epoch = trainer.batches_per_epoch() as u64;
+        lock.describe(&run_dir::LockFacts {
+            pid: std::process::id(),
+            total_steps: steps_per_epoch * settings.epochs as u64,
+            steps_per_epoch,
+        });
+    }
     let run_dir = layout.root().to_path_buf();
     trainer.keep_checkpoints(&run_dir, settings.to_toml())?;
     let cuda = match trainer.device() {
