@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::browser::{free_port, Browser};
 use crate::study::write_small_study;
 use crate::util::{json, plugin_dirs_toml, stderr, stdout, vigil};
+use vigil::bench::webdriver::{free_port, Browser};
 
 /// A `vigil serve` process in a process group of its own, killed when dropped.
 struct Serve {

@@ -1,6 +1,5 @@
 //! Integration tests: real files on disk, the real `vigil` binary, real training.
 
-mod browser;
 mod checkpoint_integrity;
 mod cli;
 mod curvature;

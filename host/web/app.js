@@ -660,6 +660,8 @@ async function route() {
     else if (path === "/compare") await compareView(new URLSearchParams(query || ""));
     else await runsView();
     document.body.dataset.view = path.split("/")[1] || "runs";
+    // When the view was drawn, in ms from the start of navigation (vigil bench --dashboard).
+    window.vigilRendered = performance.now();
   } catch (err) {
     view.replaceChildren(el("h1", {}, "Could not load this page"), el("p", { class: "bad" }, String(err.message || err)),
       el("p", {}, el("a", { href: "#/" }, "Back to the runs")));

@@ -14,15 +14,18 @@
 //! wrong side of the target meets it. Nothing here is a test with a time limit.
 
 pub mod baseline;
+pub mod dashboard;
 pub mod image_folder;
 mod lanes;
 pub mod plugins;
 pub mod table;
+pub mod webdriver;
 pub mod workload;
 
 use serde::Serialize;
 
 pub use baseline::{bootstrap_python, lightning_python, PythonBaseline};
+pub use dashboard::{dashboard_table, run_dashboard, DashboardOptions};
 pub use image_folder::{image_folder_table, run_image_folder, ImageFolderOptions};
 pub use lanes::run_workload;
 pub use plugins::{plugin_costs, DISPATCH_PLUGIN};

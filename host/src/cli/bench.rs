@@ -89,6 +89,17 @@ pub struct BenchArgs {
     /// step on cached image-folder data beside IDX data of the same shape.
     #[arg(long, conflicts_with = "plugins_only")]
     pub image_folder: bool,
+    /// Only measure the dashboard (`vigil serve`): its runs list of --dashboard-runs runs and a
+    /// run of --dashboard-lines metric lines, answered by the server and drawn in Chromium
+    /// (targets 1 s and 2 s).
+    #[arg(long, conflicts_with_all = ["plugins_only", "image_folder"])]
+    pub dashboard: bool,
+    /// Runs in the dashboard benchmark's runs list.
+    #[arg(long, default_value_t = 216)]
+    pub dashboard_runs: usize,
+    /// Lines of `metrics.jsonl` of the dashboard benchmark's big run.
+    #[arg(long, default_value_t = 100_000)]
+    pub dashboard_lines: usize,
     /// JPEGs the image-folder benchmark writes and decodes.
     #[arg(long, default_value_t = 4000)]
     pub decode_images: usize,
@@ -102,6 +113,24 @@ pub struct BenchArgs {
 
 /// Run the benchmarks `args` ask for and print their tables.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.dashboard {
+        let report = vigil::bench::run_dashboard(
+            &vigil::bench::DashboardOptions {
+                runs: args.dashboard_runs,
+                lines: args.dashboard_lines,
+                repeats: args.repeats,
+                scratch: std::env::temp_dir()
+                    .join(format!("vigil-bench-{}-dashboard", std::process::id())),
+            },
+            |message| eprintln!("bench dashboard: {message}"),
+        )?;
+        print!("{}", vigil::bench::dashboard_table(&report));
+        if let Some(path) = &args.json {
+            let text = serde_json::to_vec_pretty(&serde_json::json!({ "dashboard": report }))?;
+            vigil::fs::write_atomically(path, &text)?;
+        }
+        return Ok(());
+    }
     if args.image_folder {
         let python = if args.no_lightning {
             None

@@ -87,16 +87,24 @@ pub fn run_facts(dir: &Path, total_steps: Option<u64>) -> RunFacts {
         facts.warnings = summary.warnings.len();
         facts.error = summary.error.clone();
     }
-    if summary.is_none() || running {
-        from_tail(&layout.metrics(), &mut facts);
+    let needs_tail = summary.is_none() || running;
+    let tail = if needs_tail {
+        tail_records(&layout.metrics())
+    } else {
+        Vec::new()
+    };
+    if needs_tail {
+        from_tail(&tail, &mut facts);
     }
     if running && facts.total_steps.is_none() {
         facts.total_steps = read_lock_facts(dir).map(|lock| lock.total_steps);
     }
-    if facts.total_steps.is_none() {
+    // A run killed before it wrote `run.json`: epochs × the steps of an epoch, read from its
+    // tail (a process that trains says so in its lock file; a run that ended needs none).
+    if facts.total_steps.is_none() && needs_tail {
         facts.total_steps = facts
             .epochs
-            .zip(tail_steps_per_epoch(&layout.metrics()))
+            .zip(steps_per_epoch(&tail))
             .map(|(epochs, per_epoch)| epochs * per_epoch);
     }
     if running {
@@ -135,8 +143,22 @@ fn first_wall_time(metrics: &Path) -> Option<f64> {
     record["wall_time"].as_f64()
 }
 
+/// The fields of a `metrics.jsonl` record the facts need; serde skips the rest unparsed.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct TailRecord {
+    kind: String,
+    epoch: Option<f64>,
+    global_step: Option<f64>,
+    wall_time: Option<f64>,
+    train_loss: Option<f64>,
+    val_loss: Option<f64>,
+    val_acc: Option<f64>,
+    best_val_loss: Option<f64>,
+}
+
 /// The complete records of the last [`TAIL_BYTES`] of `metrics.jsonl`, oldest first.
-fn tail_records(metrics: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+fn tail_records(metrics: &Path) -> Vec<TailRecord> {
     let Ok(mut file) = std::fs::File::open(metrics) else {
         return Vec::new();
     };
@@ -153,42 +175,26 @@ fn tail_records(metrics: &Path) -> Vec<serde_json::Map<String, serde_json::Value
     // not parse is left out.
     bytes
         .split(|&b| b == b'\n')
-        .filter_map(|line| match serde_json::from_slice(line) {
-            Ok(serde_json::Value::Object(record)) => Some(record),
-            _ => None,
-        })
+        .filter_map(|line| serde_json::from_slice(line).ok())
         .collect()
 }
 
-fn number(record: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<f64> {
-    record.get(key).and_then(serde_json::Value::as_f64)
-}
-
 /// Step, epoch, last validation and recent speed from the end of `metrics.jsonl`.
-fn from_tail(metrics: &Path, facts: &mut RunFacts) {
-    let records = tail_records(metrics);
-    let kind = |r: &serde_json::Map<String, serde_json::Value>| {
-        r.get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    let train: Vec<_> = records.iter().filter(|r| kind(r) == "train").collect();
-    if let Some(last) = records.iter().rev().find(|r| r.contains_key("global_step")) {
-        facts.global_step = number(last, "global_step").map(|s| s as u64);
-        facts.epoch = number(last, "epoch").map(|e| e as u64);
+fn from_tail(records: &[TailRecord], facts: &mut RunFacts) {
+    let train: Vec<&TailRecord> = records.iter().filter(|r| r.kind == "train").collect();
+    if let Some(last) = records.iter().rev().find(|r| r.global_step.is_some()) {
+        facts.global_step = last.global_step.map(|s| s as u64);
+        facts.epoch = last.epoch.map(|e| e as u64);
     }
-    if let Some(validation) = records.iter().rev().find(|r| kind(r) == "validation") {
-        facts.best_val_loss = number(validation, "best_val_loss");
-        facts.last_val_loss = number(validation, "val_loss");
-        facts.last_val_acc = number(validation, "val_acc");
+    if let Some(validation) = records.iter().rev().find(|r| r.kind == "validation") {
+        facts.best_val_loss = validation.best_val_loss;
+        facts.last_val_loss = validation.val_loss;
+        facts.last_val_acc = validation.val_acc;
     }
-    facts.final_train_loss = train.last().and_then(|r| number(r, "train_loss"));
+    facts.final_train_loss = train.last().and_then(|r| r.train_loss);
     let recent = &train[train.len().saturating_sub(200)..];
     if let (Some(first), Some(last)) = (recent.first(), recent.last()) {
-        let pair = |r: &serde_json::Map<String, serde_json::Value>| {
-            number(r, "global_step").zip(number(r, "wall_time"))
-        };
+        let pair = |r: &TailRecord| r.global_step.zip(r.wall_time);
         if let (Some((s0, t0)), Some((s1, t1))) = (pair(first), pair(last)) {
             if t1 > t0 && s1 > s0 {
                 facts.steps_per_second = Some((s1 - s0) / (t1 - t0));
@@ -199,13 +205,13 @@ fn from_tail(metrics: &Path, facts: &mut RunFacts) {
 }
 
 /// The steps of one epoch, from the last epoch record of the tail.
-fn tail_steps_per_epoch(metrics: &Path) -> Option<u64> {
-    tail_records(metrics)
+fn steps_per_epoch(records: &[TailRecord]) -> Option<u64> {
+    records
         .iter()
         .rev()
-        .filter(|r| r.get("kind").and_then(|k| k.as_str()) == Some("epoch"))
+        .filter(|r| r.kind == "epoch")
         .find_map(|r| {
-            let (step, epoch) = (number(r, "global_step")?, number(r, "epoch")?);
+            let (step, epoch) = (r.global_step?, r.epoch?);
             (epoch >= 1.0).then(|| (step / epoch).round() as u64)
         })
 }

@@ -1,6 +1,7 @@
-//! A WebDriver client for the dashboard's tests: Debian's ChromeDriver driving headless
-//! Chromium, spoken to over the W3C WebDriver protocol (JSON over HTTP) with ureq. The
-//! driver runs in a process group of its own, killed (with its browser) when dropped.
+//! A WebDriver client for the dashboard's benchmark and tests: Debian's ChromeDriver driving
+//! headless Chromium, spoken to over the W3C WebDriver protocol (JSON over HTTP) with ureq.
+//! The driver runs in a process group of its own, killed (with its browser) when dropped.
+//! Failures panic with what went wrong: this is measuring and testing code.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -19,18 +20,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn find(program: &str) -> PathBuf {
+/// A program on `PATH`.
+pub fn find(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join(program))
         .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{program} is not on PATH: the dashboard's tests need Debian's chromium and \
-                 chromium-driver (scripts/bootstrap.sh installs them)"
-            )
-        })
+}
+
+fn required(program: &str) -> PathBuf {
+    find(program).unwrap_or_else(|| {
+        panic!(
+            "{program} is not on PATH: the dashboard's tests and benchmark need Debian's \
+             chromium and chromium-driver (scripts/bootstrap.sh installs them)"
+        )
+    })
+}
+
+/// Whether Chromium and ChromeDriver are both on `PATH`.
+pub fn available() -> bool {
+    find("chromium").is_some() && find("chromedriver").is_some()
 }
 
 /// One browser session.
@@ -39,14 +49,14 @@ pub struct Browser {
     base: String,
     session: String,
     agent: ureq::Agent,
-    _profile: tempfile::TempDir,
+    profile: PathBuf,
 }
 
 impl Browser {
     /// Start ChromeDriver and a headless Chromium with a fresh profile, 1400×1000.
     pub fn start() -> Browser {
-        let chromium = find("chromium");
-        let driver_path = find("chromedriver");
+        let chromium = required("chromium");
+        let driver_path = required("chromedriver");
         let port = free_port();
         let driver = Command::new(driver_path)
             .arg(format!("--port={port}"))
@@ -66,7 +76,12 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let profile = tempfile::tempdir().unwrap();
+        static PROFILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "vigil-chromium-{}-{}",
+            std::process::id(),
+            PROFILES.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
         let args = [
             "--headless".to_string(),
             "--no-sandbox".into(),
@@ -79,14 +94,14 @@ impl Browser {
             "--disable-dev-shm-usage".into(),
             "--hide-scrollbars".into(),
             "--window-size=1400,1000".into(),
-            format!("--user-data-dir={}", profile.path().display()),
+            format!("--user-data-dir={}", profile.display()),
         ];
         let mut browser = Browser {
             driver,
             base,
             session: String::new(),
             agent,
-            _profile: profile,
+            profile,
         };
         let answer = browser.post(
             "/session",
@@ -200,6 +215,7 @@ impl Drop for Browser {
         // SAFETY: a signal to the process group this struct started.
         unsafe { libc::kill(-(self.driver.id() as i32), libc::SIGKILL) };
         let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -232,6 +248,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
+#[cfg(test)]
 #[test]
 fn base64_decodes() {
     assert_eq!(base64_decode("aGVsbG8="), b"hello");
