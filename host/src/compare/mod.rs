@@ -179,6 +179,13 @@ fn number(value: f64) -> String {
     if value == value.trunc() && value.abs() < 1e15 {
         return format!("{value:.0}");
     }
+    if value.abs() < 1e-3 || value.abs() >= 1e9 {
+        // 6.83528e-5: six significant digits, as below.
+        let text = format!("{value:.5e}");
+        let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{exponent}");
+    }
     let magnitude = value.abs().log10().floor() as i32;
     let decimals = (5 - magnitude).clamp(0, 12) as usize;
     let text = format!("{value:.decimals$}");
@@ -339,5 +346,7 @@ mod tests {
         assert_eq!(number(0.123456789), "0.123457");
         assert_eq!(number(12.3456789), "12.3457");
         assert_eq!(signed(-0.25), "-0.25");
+        assert_eq!(number(0.0000683528123), "6.83528e-5");
+        assert_eq!(number(2.5e-7), "2.5e-7");
     }
 }

@@ -3,11 +3,21 @@
 //! (checked by `build.rs`). Nothing is loaded from anywhere but this server.
 
 /// (URL path, content type, bytes).
-const ASSETS: [(&str, &str, &[u8]); 6] = [
+const ASSETS: [(&str, &str, &[u8]); 8] = [
     (
         "/",
         "text/html; charset=utf-8",
         include_bytes!("../../web/index.html"),
+    ),
+    (
+        "/lib.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/lib.js"),
+    ),
+    (
+        "/charts.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/charts.js"),
     ),
     (
         "/app.js",
