@@ -114,26 +114,32 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<std::fs::File>> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|source| Error::io(path, source))?;
-    // SAFETY: flock on a descriptor this function owns.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    Ok(locked.then_some(file))
+    // A watcher's probe ([`is_locked`]: the dashboard, a study's status) holds a shared lock
+    // for microseconds; one that lands on this instant must not look like another training
+    // process, so a refusal is tried again for 100 ms before it counts.
+    for attempt in 0..LOCK_ATTEMPTS {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(file));
+        }
+        if attempt + 1 < LOCK_ATTEMPTS {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Ok(None)
 }
 
-/// Whether some process holds an exclusive lock on `path`.
-///
-/// Read from `/proc/locks` where there is one, which takes no lock: a probe that took even a
-/// shared lock for a moment could make a `vigil train` starting at that moment find its run
-/// busy, and the dashboard asks often. Elsewhere: the file exists and `flock` with `LOCK_NB`
-/// fails.
+/// Tries of [`try_lock_exclusive`], 10 ms apart.
+const LOCK_ATTEMPTS: u32 = 10;
+
+/// Whether some process holds an exclusive lock on `path` (it exists and `flock` with
+/// `LOCK_NB` fails). The probe holds a shared lock for a moment; [`try_lock_exclusive`] tries
+/// again for a while, so that a watcher's probe never makes a starting run find itself busy.
 pub fn is_locked(path: &Path) -> bool {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::MetadataExt;
     let Ok(file) = std::fs::File::open(path) else {
         return false;
     };
-    if let (Ok(locks), Ok(meta)) = (std::fs::read_to_string("/proc/locks"), file.metadata()) {
-        return held_in_proc_locks(&locks, meta.dev(), meta.ino());
-    }
     // SAFETY: flock on a descriptor we own; a shared, non-blocking request.
     let got = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if got == 0 {
@@ -143,19 +149,6 @@ pub fn is_locked(path: &Path) -> bool {
     } else {
         true
     }
-}
-
-/// Whether `/proc/locks` lists a `flock` write lock on the file (device, inode). Its lines
-/// read `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF`, the device as hex major:minor.
-fn held_in_proc_locks(locks: &str, dev: u64, ino: u64) -> bool {
-    let wanted = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
-    locks.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // A blocked waiter's line has `->` after the number.
-        fields.get(1) == Some(&"FLOCK")
-            && fields.get(3) == Some(&"WRITE")
-            && fields.get(5) == Some(&wanted.as_str())
-    })
 }
 
 #[cfg(test)]
@@ -175,6 +168,28 @@ mod tests {
         assert!(is_locked(&path));
         drop(file);
         assert!(!is_locked(&path));
+    }
+
+    #[test]
+    fn a_watchers_brief_probe_does_not_make_the_lock_busy() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        std::fs::write(&path, "").unwrap();
+        let probe = std::fs::File::open(&path).unwrap();
+        // SAFETY: flock on our own descriptor.
+        assert_eq!(unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_SH) }, 0);
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(probe);
+        });
+        let held = try_lock_exclusive(&path).unwrap();
+        release.join().unwrap();
+        assert!(held.is_some(), "a 30 ms shared probe is waited out");
+        assert!(
+            try_lock_exclusive(&path).unwrap().is_none(),
+            "a lock really held is still refused"
+        );
     }
 
     #[test]

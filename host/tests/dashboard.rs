@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::study::write_small_study;
+use crate::study::run_small_study;
 use crate::util::{json, plugin_dirs_toml, stderr, stdout, vigil};
 use vigil::bench::webdriver::{free_port, Browser};
 
@@ -58,18 +58,21 @@ impl Drop for Serve {
     }
 }
 
-/// One request written by hand (so that nothing normalises the path), and the answer's
-/// status and body.
-fn raw(port: u16, method: &str, target: &str, host: &str, extra: &str) -> (u16, String) {
+/// One request written by hand (so that nothing normalises the path), and the whole answer.
+fn exchange(port: u16, request: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
-    )
-    .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer).into_owned();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A request's status and body.
+fn raw(port: u16, method: &str, target: &str, host: &str, extra: &str) -> (u16, String) {
+    let text = exchange(
+        port,
+        &format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"),
+    );
     let status = text
         .split(' ')
         .nth(1)
@@ -98,7 +101,7 @@ fn number(browser: &Browser, script: &str) -> f64 {
 fn the_run_page_draws_a_training_run_live_with_its_images() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "name = \"live\"\nseed = 0\nepochs = 2\nbatch_size = 32\ndata = \"synthetic\"\n{}\n\
+        "name = \"live\"\nseed = 0\nepochs = 3\nbatch_size = 32\ndata = \"synthetic\"\n{}\n\
          [synthetic]\ntrain_size = 1024\ntest_size = 256\nclasses = 4\nimage_size = 12\n\
          [model]\nkind = \"mlp\"\nhidden = [32]\n[optim]\nlr = 0.05\n\
          [[monitors]]\nname = \"fault-injector\"\nsettings = {{ sleep_ms = 120 }}\n\
@@ -214,13 +217,7 @@ fn the_run_page_draws_a_training_run_live_with_its_images() {
 #[test]
 fn the_study_and_compare_pages_show_a_studys_runs_flags_and_differences() {
     let dir = tempfile::tempdir().unwrap();
-    let study = write_small_study(dir.path(), 1, 32);
-    let output = vigil(
-        dir.path(),
-        &["study", "run", study.to_str().unwrap(), "--jobs", "2"],
-    );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let study_dir = dir.path().join("studies/small");
+    let study_dir = run_small_study(dir.path(), 1);
     // One run logged a value that was not finite: the study flags it.
     let mut file = std::fs::OpenOptions::new()
         .append(true)
@@ -539,14 +536,10 @@ fn serving_beyond_loopback_needs_a_token() {
         200
     );
     // The first visit sets the cookie the page's own requests then carry.
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET /?token={token} HTTP/1.1\r\nHost: {host}\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    let answer = exchange(
+        port,
+        &format!("GET /?token={token} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer.contains(&format!(

@@ -35,6 +35,17 @@ pub fn write_small_study(dir: &Path, epochs: usize, batch_size: usize) -> PathBu
     study
 }
 
+/// Write the small study and run it here, two runs at a time; its directory.
+pub fn run_small_study(dir: &Path, epochs: usize) -> PathBuf {
+    let study = write_small_study(dir, epochs, 32);
+    let output = vigil(
+        dir,
+        &["study", "run", study.to_str().unwrap(), "--jobs", "2"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    dir.join("studies/small")
+}
+
 const NAMES: [&str; 8] = [
     "narrow-lr0.05-s0",
     "narrow-lr0.05-s1",
@@ -575,13 +586,7 @@ fn a_study_on_slurm_survives_a_requeue_and_equals_the_local_executors() {
 #[test]
 fn export_writes_a_typed_table_that_pyarrow_reads_and_the_report_tests_both_hypotheses() {
     let dir = tempfile::tempdir().unwrap();
-    let study = write_small_study(dir.path(), 6, 32);
-    let output = vigil(
-        dir.path(),
-        &["study", "run", study.to_str().unwrap(), "--jobs", "2"],
-    );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let study_dir = dir.path().join("studies/small");
+    let study_dir = run_small_study(dir.path(), 6);
     let table = dir.path().join("study.parquet");
     let output = vigil(
         dir.path(),

@@ -93,10 +93,11 @@ async function runView(id) {
   const charts = el("div", { class: "grid", "data-charts": "" });
   const systemCharts = el("div", { class: "grid" });
   const images = el("div");
+  const problems = el("div", { "data-problems": "" });
   const summary = el("div");
   const config = el("div");
   const title = el("h1", {}, run.name, " ", badge(run.facts.status));
-  view.replaceChildren(title, head,
+  view.replaceChildren(title, head, problems,
     el("div", { class: "toolbar" }, el("label", {}, "smoothing ", smoothing), smoothingValue,
       el("span", { class: "muted" }, "drag on a chart to zoom (full resolution), double-click to reset")),
     charts, el("details", {}, el("summary", {}, "system metrics"), systemCharts),
@@ -115,6 +116,13 @@ async function runView(id) {
         .map(([k, v]) => el("div", {}, el("b", {}, k), v ?? "—"))));
   }
   drawHead(run.facts);
+  // What went wrong so far, from the log: shown while the run trains, before run.json exists.
+  function drawProblems(lines) {
+    problems.replaceChildren(...(lines.length ? [el("div", { class: "card" },
+      el("h3", { class: "warn" }, `Warnings and errors in vigil.log (${lines.length}, newest last)`),
+      el("ul", {}, lines.map((line) => el("li", { class: line.includes("[ERROR]") ? "bad" : "warn" }, line))))] : []));
+  }
+  drawProblems(run.log_problems);
 
   let built = new Map();
   function build() {
@@ -166,6 +174,7 @@ async function runView(id) {
       liveBadge.textContent = state === "running" ? "● live" : "";
       const fresh = await getJSON(`/api/run?${q({ run: id })}`);
       drawHead(fresh.facts);
+      drawProblems(fresh.log_problems);
       drawImages(images, id, fresh.images);
       drawSummary(summary, fresh.run);
     });
@@ -182,6 +191,7 @@ async function runView(id) {
       liveBadge.textContent = "";
       const fresh = await getJSON(`/api/run?${q({ run: id })}`);
       drawHead(fresh.facts);
+      drawProblems(fresh.log_problems);
       drawImages(images, id, fresh.images);
       drawSummary(summary, fresh.run);
     });
@@ -192,6 +202,7 @@ async function runView(id) {
     if (run.facts.status !== "running" && source.readyState === 2) return;
     const fresh = await getJSON(`/api/run?${q({ run: id })}`);
     drawHead(fresh.facts);
+    drawProblems(fresh.log_problems);
     if (fresh.images.length !== images.dataset.count * 1) drawImages(images, id, fresh.images);
   }, 10000);
   onLeave(() => { source.close(); clearInterval(imageTimer); liveBadge.textContent = ""; });

@@ -21,6 +21,8 @@ use crate::study::status::study_status;
 const STUCK_AFTER: Duration = Duration::from_secs(30 * 60);
 /// Runs compared at most at once.
 const MAX_COMPARED: usize = 64;
+/// Warning lines of `vigil.log` the run page shows at most.
+const LOG_PROBLEMS: usize = 50;
 /// Image files the run page shows.
 const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
@@ -100,7 +102,31 @@ pub fn run(roots: &Roots, request: &Request) -> Response {
         "config": config,
         "run": info,
         "images": images(&dir),
+        "log_problems": log_problems(&layout.log()),
     }))
+}
+
+/// Lines of `vigil.log` at WARN or ERROR (anomalies, monitors disabled, unsent data…) among
+/// its last 256 KiB, newest last, at most [`LOG_PROBLEMS`]: what went wrong while the run
+/// trains, before `run.json` lists its warnings.
+fn log_problems(log: &Path) -> Vec<String> {
+    // Only the tail: a long run's log can be 100 MB.
+    let length = std::fs::metadata(log).map_or(0, |m| m.len());
+    let start = length.saturating_sub(256 * 1024);
+    let Ok(Some((bytes, _))) = super::series::read_complete_lines(log, start) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut problems: Vec<String> = text
+        .lines()
+        // A tail's first line may start mid-line.
+        .skip(usize::from(start > 0))
+        .filter(|line| line.contains("] [WARN] [") || line.contains("] [ERROR] ["))
+        .map(str::to_string)
+        .collect();
+    let keep = problems.len().saturating_sub(LOG_PROBLEMS);
+    problems.drain(..keep);
+    problems
 }
 
 /// The monitors' images under `artifacts/`, each with the epoch its path names
@@ -288,6 +314,25 @@ pub fn compare_runs(roots: &Roots, request: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_logs_warnings_and_errors_newest_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("vigil.log");
+        let mut text = String::new();
+        for i in 0..60 {
+            text.push_str(&format!(
+                "[t] [INFO] [console] line {i}\n[t] [WARN] [hub] warning {i}\n"
+            ));
+        }
+        text.push_str("[t] [ERROR] [console] failed\n[t] [WARN] [hub] being writt");
+        std::fs::write(&log, text).unwrap();
+        let problems = log_problems(&log);
+        assert_eq!(problems.len(), LOG_PROBLEMS);
+        assert_eq!(problems.last().unwrap(), "[t] [ERROR] [console] failed");
+        assert_eq!(problems[0], "[t] [WARN] [hub] warning 11");
+        assert!(log_problems(&dir.path().join("missing")).is_empty());
+    }
 
     #[test]
     fn parents_of_ids() {
