@@ -322,13 +322,7 @@ fn the_study_and_compare_pages_show_a_studys_runs_flags_and_differences() {
             .unwrap()
     };
     let compared: Value = serde_json::from_str(&run(&["--json"])).unwrap();
-    let keys: Vec<&str> = compared["config"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| row["key"].as_str().unwrap())
-        .collect();
-    assert_eq!(keys, ["optim.lr", "seed"]);
+    assert_eq!(config_keys(&compared), ["optim.lr", "seed"]);
     let best_row = &compared["metrics"][0];
     assert_eq!(best_row["metric"], "best_val_loss");
     assert_eq!(best_row["values"][0].as_f64(), Some(best(&dir_a)));
@@ -354,13 +348,10 @@ fn the_study_and_compare_pages_show_a_studys_runs_flags_and_differences() {
     );
     let whole: Value = serde_json::from_str(&stdout(&whole)).unwrap();
     assert_eq!(whole["runs"].as_array().unwrap().len(), 8);
-    let keys: Vec<&str> = whole["config"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| row["key"].as_str().unwrap())
-        .collect();
-    assert_eq!(keys, ["model.hidden", "name", "optim.lr", "seed"]);
+    assert_eq!(
+        config_keys(&whole),
+        ["model.hidden", "name", "optim.lr", "seed"]
+    );
     let bad = vigil(dir.path(), &["compare", dir.path().to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(
@@ -368,6 +359,16 @@ fn the_study_and_compare_pages_show_a_studys_runs_flags_and_differences() {
         "{}",
         stderr(&bad)
     );
+}
+
+/// The config keys of `vigil compare --json`'s answer.
+fn config_keys(compared: &Value) -> Vec<&str> {
+    compared["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["key"].as_str().unwrap())
+        .collect()
 }
 
 #[test]
