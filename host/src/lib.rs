@@ -26,6 +26,8 @@
 //! - [`serve`]: `vigil serve`, a read-only web dashboard over run and study directories, live
 //!   while runs train;
 //! - [`compare`]: `vigil compare` and the dashboard's comparisons: runs side by side;
+//! - [`profile`]: `vigil train --profile`, where a run's time went, as a table and a flame
+//!   graph;
 //! - [`fs`]: atomic, durable writes and cut-backs of the files a run keeps;
 //! - [`interrupt`]: SIGTERM, SIGINT and SIGUSR1 stop a run cleanly, with a checkpoint;
 //! - [`memory`]: the allocator settings training wants;
@@ -62,6 +64,7 @@ pub mod mlflow;
 pub mod model;
 pub mod notify;
 pub mod plugin;
+pub mod profile;
 pub mod rng;
 pub mod run_dir;
 pub mod run_log;

@@ -15,6 +15,7 @@ mod monitor_kit;
 mod monitors;
 mod notifications;
 mod plugin_loading;
+mod profile;
 mod reliability;
 mod resume;
 mod run_log;

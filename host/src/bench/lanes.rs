@@ -57,6 +57,7 @@ struct Lane {
     curvature: Rc<CurvatureLog>,
     segments: Vec<Segment>,
     hooks_before: f64,
+    service_before: f64,
     /// Hessian-vector products and their seconds since [`Lane::mark`].
     hvps: (u64, f64),
     curvature_before: (u64, f64),
@@ -72,6 +73,7 @@ impl Lane {
             watching: self.watching,
             segments: self.segments.clone(),
             hook_seconds: self.hub.hook_seconds() - self.hooks_before,
+            service_seconds: self.hub.service_seconds() - self.service_before,
             curvature_estimates: self.curvature.estimates.get() - self.curvature_before.0,
             curvature_hvps: self.curvature.hvps.get() - self.curvature_before.1,
             hvps: self.hvps,
@@ -111,6 +113,7 @@ impl Lane {
     /// Start counting hook time and HVPs from here (after the warm-up).
     fn mark(&mut self) {
         self.hooks_before = self.hub.hook_seconds();
+        self.service_before = self.hub.service_seconds();
         self.hvps = (0, 0.0);
         self.curvature_before = (self.curvature.estimates.get(), self.curvature.hvps.get());
     }
@@ -279,6 +282,7 @@ pub fn run_workload(
             curvature,
             segments: Vec::new(),
             hooks_before: 0.0,
+            service_before: 0.0,
             hvps: (0, 0.0),
             curvature_before: (0, 0.0),
         });

@@ -169,6 +169,9 @@ pub struct ConfigResult {
     pub overhead_pct: Option<Measurement>,
     /// Time inside the monitors' hooks per bare training time, in percent, over all repeats.
     pub in_hooks_pct: f64,
+    /// The host's time serving the monitors outside their hooks (data for their
+    /// subscriptions, routing their output), per bare training time, in percent.
+    pub in_service_pct: f64,
     /// The overhead's upper bound: the larger of the high end of its 90 % bootstrap interval
     /// and the time in hooks (a floor under the true overhead). The verdict is from this.
     pub upper_pct: Option<f64>,
@@ -267,6 +270,8 @@ pub(super) struct LaneMeasure {
     pub(super) segments: Vec<Segment>,
     /// Seconds in the monitors' hooks over the timed segments.
     pub(super) hook_seconds: f64,
+    /// Seconds the training thread spent serving them outside their hooks.
+    pub(super) service_seconds: f64,
     /// Curvature estimates logged over the timed segments, and their Hessian-vector products.
     pub(super) curvature_estimates: u64,
     pub(super) curvature_hvps: f64,
@@ -363,7 +368,10 @@ pub(super) fn summarize(
             });
             let in_hooks_pct =
                 100.0 * lane.hook_seconds / bare_train_total;
-            let upper_pct = overhead_pct.as_ref().map(|o| o.high.max(in_hooks_pct));
+            let in_service_pct = 100.0 * lane.service_seconds / bare_train_total;
+            let upper_pct = overhead_pct
+                .as_ref()
+                .map(|o| o.high.max(in_hooks_pct + in_service_pct));
             // Segments without a curvature estimate, or without a validation, leave out what
             // the monitors cost at those events: such an overhead is no upper bound, and is
             // not judged.
@@ -393,6 +401,7 @@ pub(super) fn summarize(
                 ms_per_step,
                 overhead_pct,
                 in_hooks_pct,
+                in_service_pct,
                 upper_pct,
                 target_pct,
             }

@@ -21,6 +21,11 @@ pub struct TrainArgs {
     /// Override a config value, e.g. --set optim.lr=0.1 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// When training ends (or is interrupted), write where the time went into the run
+    /// directory's profile/: breakdown.txt (each part of the step, each monitor's hooks,
+    /// service and sink time), stacks.folded and flamegraph.svg.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// Train or resume as `args` say; 75 (interrupted) when a signal stopped it after a checkpoint.
@@ -29,6 +34,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<RunEnd> {
         config,
         resume,
         overrides,
+        profile,
     } = args;
     let resume = match (&config, resume) {
         (Some(_), Some(word)) if word.as_os_str() == "auto" => Some(vigil::train::Resume::Auto),
@@ -57,6 +63,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<RunEnd> {
         interrupt: Some(interrupt),
     };
     let outcome = vigil::train::train(&request)?;
+    if profile && !outcome.already_complete {
+        let written = vigil::profile::write_profile(&outcome.run_dir)?;
+        say(&format!(
+            "profile: {} (breakdown.txt, flamegraph.svg)",
+            written.display()
+        ));
+    }
     if let Some(signal) = outcome.interrupted {
         let signal = vigil::train::signal_name(signal);
         let run_dir = outcome.run_dir.display();

@@ -26,6 +26,7 @@ use crate::run_dir::{MonitorReport, RunLayout, METRICS_FILE, TENSORBOARD_DIR};
 use crate::run_log;
 use crate::system::{self, SystemMetrics};
 
+mod costs;
 mod tracking;
 mod watch;
 use crate::sink::tensorboard::TensorBoardMark;
@@ -87,6 +88,8 @@ pub struct RunHub {
     watch: watch::Watch,
     /// The MLflow run (`[mlflow]`, [`tracking`]).
     mlflow: Option<crate::mlflow::MlflowLink>,
+    /// What serving each monitor cost outside its hooks ([`costs`]).
+    costs: costs::ServiceCosts,
 }
 
 impl std::fmt::Debug for RunHub {
@@ -140,6 +143,7 @@ impl RunHub {
             warnings: Vec::new(),
             watch: watch::Watch::default(),
             mlflow: None,
+            costs: costs::ServiceCosts::default(),
         }
     }
 
@@ -221,6 +225,13 @@ impl RunHub {
         self.plugins.subscribes(data)
     }
 
+    /// The trainer spent `spent` preparing `data` for the monitors that subscribed to it:
+    /// their service time, shared equally.
+    pub fn charge_subscribers(&mut self, data: Subscriptions, spent: Duration) {
+        let subscribers = self.plugins.subscribers(data);
+        self.costs.charge_shared(&subscribers, spent);
+    }
+
     /// Route one event. An error is a sink that failed or a monitor with
     /// `on_error = "abort"` that failed.
     pub fn emit(&mut self, event: Event<'_>, services: &dyn HostServices) -> Result<()> {
@@ -271,6 +282,7 @@ impl RunHub {
             if kind != ArtifactKind::PNG {
                 continue;
             }
+            let started = std::time::Instant::now();
             // The file was just written; TensorBoard shows it under a tag that stays the
             // same from epoch to epoch, so its slider steps through them.
             let png = std::fs::read(&path).map_err(|source| Error::io(&path, source))?;
@@ -283,6 +295,7 @@ impl RunHub {
             for sink in self.sinks.iter_mut() {
                 sink.image(&tag, event.counters.global_step, wall_time, &png)?;
             }
+            self.costs.charge(&monitor, started.elapsed());
         }
         dispatched
     }
@@ -374,7 +387,14 @@ impl RunHub {
                 }),
             }
         }
-        records.iter().try_for_each(|record| self.write(record))
+        for record in &records {
+            let started = std::time::Instant::now();
+            self.write(record)?;
+            if let Some(monitor) = &record.source {
+                self.costs.charge(monitor, started.elapsed());
+            }
+        }
+        Ok(())
     }
 
     /// A resumed run's monitors get their saved state back (or start fresh, with
@@ -467,6 +487,8 @@ impl RunHub {
         // The sampler stops first: a sample taken after the last record is not written.
         self.system = None;
         let flushed = self.flush();
+        // What the sinks spent stays in the monitors' report.
+        self.costs.keep_sink_cpu(self.sink_cpu_by_source());
         self.sinks.clear();
         flushed
     }
@@ -477,9 +499,36 @@ impl RunHub {
         self.plugins.hook_seconds()
     }
 
+    /// Seconds the training thread spent serving the monitors outside their hooks.
+    pub fn service_seconds(&self) -> f64 {
+        self.costs.total().as_secs_f64()
+    }
+
     /// Per-monitor facts and costs for `run.json`, relative to `loop_seconds` of training.
     pub fn monitor_report(&self, loop_seconds: f64) -> Vec<MonitorReport> {
-        self.plugins.report(loop_seconds)
+        let mut reports = self.plugins.report(loop_seconds);
+        self.costs
+            .fill(&mut reports, &self.sink_cpu_by_source(), loop_seconds);
+        reports
+    }
+
+    /// The sinks' CPU time by source (a monitor's name, or the host), summed over sinks, as
+    /// of their last flush.
+    pub fn sink_cpu_by_source(&self) -> Vec<(String, Duration)> {
+        let mut totals: Vec<(String, Duration)> = Vec::new();
+        let closed = self.costs.closed_sink_cpu().iter().cloned();
+        for (source, spent) in self
+            .sinks
+            .iter()
+            .flat_map(|sink| sink.cpu_by_source())
+            .chain(closed)
+        {
+            match totals.iter_mut().find(|(name, _)| *name == source) {
+                Some((_, total)) => *total += spent,
+                None => totals.push((source, spent)),
+            }
+        }
+        totals
     }
 
     /// What `vigil check` prints for each monitor: file, sha256, events and data.

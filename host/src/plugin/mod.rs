@@ -282,6 +282,16 @@ impl PluginHost {
         self.subscriptions.contains(data)
     }
 
+    /// The enabled monitors that subscribed to `data`, by name.
+    pub fn subscribers(&self, data: Subscriptions) -> Vec<String> {
+        self.monitors
+            .iter()
+            .filter(|m| m.disabled.is_none() && m.handle.is_some())
+            .filter(|m| m.library.info.subscriptions.contains(data))
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.monitors.is_empty()
     }

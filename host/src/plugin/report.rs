@@ -59,6 +59,8 @@ impl PluginHost {
                     total_ms: total.as_secs_f64() * 1e3,
                     share_of_step_time: share(total, loop_seconds),
                     hooks,
+                    // The hub adds what serving the monitor cost outside its hooks.
+                    ..MonitorReport::default()
                 }
             })
             .collect()

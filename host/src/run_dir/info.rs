@@ -50,6 +50,11 @@ pub struct RunInfo {
     pub skipped_files: SkippedFiles,
     /// `completed`, `stopped` (a monitor asked), `interrupted` or `failed`.
     pub status: String,
+    /// Where the training thread's time went, by part (`data`, `forward`, `backward`,
+    /// `gradient_copy`, `monitors`, `optimizer`, `record`, `validation`, `checkpoint`,
+    /// `epochs`), over the last attempt.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub step_breakdown: BTreeMap<String, PhaseReport>,
     pub steps_per_second: Option<f64>,
     pub stopped_by: Option<StoppedBy>,
     pub vigil_version: String,
@@ -163,13 +168,31 @@ pub struct MonitorReport {
     /// How the monitor came back on resume.
     pub resumed: Option<String>,
     pub saves_state: bool,
+    /// The training thread's time serving the monitor outside its hooks: data prepared for
+    /// its subscriptions (shared among their subscribers) and the routing of its records and
+    /// images to the sinks.
+    pub service_ms: f64,
+    /// That over the training loop's wall time.
+    pub service_share_of_step_time: f64,
     pub sha256: String,
     /// Time in its hooks over the training loop's wall time.
     pub share_of_step_time: f64,
+    /// CPU time the sinks' threads spent writing its records and images (it competes with
+    /// training for the cores, but is not on the training thread).
+    pub sink_cpu_ms: f64,
     /// `ok` or `disabled`.
     pub status: String,
     pub total_ms: f64,
     pub version: String,
+}
+
+/// One part of the training thread's time in `run.json`'s `step_breakdown`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PhaseReport {
+    /// Over the training loop's wall time.
+    pub share_of_loop_time: f64,
+    pub total_ms: f64,
 }
 
 /// Why a monitor was disabled.

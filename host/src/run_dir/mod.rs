@@ -28,7 +28,8 @@ use crate::error::{Error, Result};
 
 pub use info::{
     read_run_info, Attempt, CheckpointEntry, CheckpointIndex, EarlyStoppingReport, FinalMetrics,
-    HookReport, MlflowReport, MonitorDisabled, MonitorReport, RunInfo, SkippedFiles, StoppedBy,
+    HookReport, MlflowReport, MonitorDisabled, MonitorReport, PhaseReport, RunInfo, SkippedFiles,
+    StoppedBy,
 };
 pub use status::{last_line, read_run, RunState, RunStatus};
 

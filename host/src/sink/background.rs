@@ -4,11 +4,17 @@
 //! than eating memory). `flush` waits until everything queued before it is written and
 //! flushed, which checkpoints rely on. The first error the sink hits is returned by the next
 //! call; dropping the sink writes what is queued and joins the thread.
+//!
+//! The thread measures its own CPU time for each message and adds it to the message's source
+//! (the monitor that logged a record or drew an image, or the host), so that `run.json` can
+//! say what writing a monitor's output cost beside what its hooks cost.
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use super::{Histogram, Record, Sink};
+use super::{thread_cpu_time, Histogram, Record, Sink, HOST_SOURCE};
 use crate::error::{Error, Result};
 
 const QUEUE: usize = 8192;
@@ -33,6 +39,8 @@ enum Message {
 /// A sink whose writes happen on a background thread.
 pub struct Background {
     name: &'static str,
+    /// CPU time by source, published by the thread at every flush and at its end.
+    cpu: Arc<Mutex<Vec<(String, Duration)>>>,
     sender: Option<SyncSender<Message>>,
     errors: Receiver<String>,
     thread: Option<JoinHandle<()>>,
@@ -42,30 +50,45 @@ impl Background {
     pub fn spawn(name: &'static str, mut sink: Box<dyn Sink + Send>) -> Self {
         let (sender, receiver) = mpsc::sync_channel::<Message>(QUEUE);
         let (error_sender, errors) = mpsc::sync_channel::<String>(1);
+        let cpu = Arc::new(Mutex::new(Vec::new()));
+        let published = Arc::clone(&cpu);
         let thread = std::thread::Builder::new()
             .name(format!("vigil-sink-{name}"))
             .spawn(move || {
                 let mut failed = false;
+                let mut spent: Vec<(String, Duration)> = Vec::new();
+                let publish = |spent: &Vec<(String, Duration)>| {
+                    *published.lock().unwrap_or_else(|e| e.into_inner()) = spent.clone();
+                };
                 for message in receiver {
-                    let result = match message {
-                        Message::Record(record) => sink.write(&record),
+                    let started = thread_cpu_time();
+                    let source = source_of(&message);
+                    let result = match &message {
+                        Message::Record(record) => sink.write(record),
                         Message::Image {
                             tag,
                             step,
                             wall_time,
                             png,
-                        } => sink.image(&tag, step, wall_time, &png),
+                        } => sink.image(tag, *step, *wall_time, png),
                         Message::Histogram {
                             tag,
                             step,
                             wall_time,
                             histogram,
-                        } => sink.histogram(&tag, step, wall_time, &histogram),
+                        } => sink.histogram(tag, *step, *wall_time, histogram),
                         Message::Flush(done) => {
-                            let _ = done.send(sink.flush().map_err(|err| err.to_string()));
+                            let flushed = sink.flush().map_err(|err| err.to_string());
+                            publish(&spent);
+                            let _ = done.send(flushed);
                             continue;
                         }
                     };
+                    let took = thread_cpu_time().saturating_sub(started);
+                    match spent.iter_mut().find(|(name, _)| *name == source) {
+                        Some((_, total)) => *total += took,
+                        None => spent.push((source.to_string(), took)),
+                    }
                     if let Err(err) = result {
                         if !failed {
                             failed = true;
@@ -74,10 +97,12 @@ impl Background {
                     }
                 }
                 let _ = sink.flush();
+                publish(&spent);
             })
             .ok();
         Background {
             name,
+            cpu,
             sender: thread.as_ref().map(|_| sender),
             errors,
             thread,
@@ -102,7 +127,24 @@ impl Background {
     }
 }
 
+/// Whom a message is written for: a record's monitor, an image's or histogram's tag prefix
+/// (`confusion-matrix/confusion_matrix.png`), or the host.
+fn source_of(message: &Message) -> &str {
+    match message {
+        Message::Record(record) => record.source.as_deref().unwrap_or(HOST_SOURCE),
+        Message::Image { tag, .. } | Message::Histogram { tag, .. } => match tag.split_once('/') {
+            Some(("weights", _)) | None => HOST_SOURCE,
+            Some((monitor, _)) => monitor,
+        },
+        Message::Flush(_) => HOST_SOURCE,
+    }
+}
+
 impl Sink for Background {
+    fn cpu_by_source(&self) -> Vec<(String, Duration)> {
+        self.cpu.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn write(&mut self, record: &Record) -> Result<()> {
         self.send(Message::Record(record.clone()))
     }
@@ -190,6 +232,51 @@ mod tests {
             wall_time: 0.0,
             metrics: Vec::new(),
         }
+    }
+
+    /// A sink that burns CPU for a monitor's records.
+    struct Busy;
+
+    impl Sink for Busy {
+        fn write(&mut self, record: &Record) -> Result<()> {
+            if record.source.is_some() {
+                let until = thread_cpu_time() + std::time::Duration::from_millis(5);
+                while thread_cpu_time() < until {}
+            }
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn cpu_time_is_counted_by_source_and_published_at_a_flush() {
+        let mut sink = Background::spawn("test", Box::new(Busy));
+        for step in 0..4 {
+            let mut monitor = record(step);
+            monitor.source = Some("noise".into());
+            sink.write(&monitor).unwrap();
+            sink.write(&record(step)).unwrap();
+        }
+        assert!(sink.cpu_by_source().is_empty(), "published at a flush");
+        sink.flush().unwrap();
+        let spent = sink.cpu_by_source();
+        let of = |name: &str| {
+            spent
+                .iter()
+                .find(|(source, _)| source == name)
+                .map(|(_, d)| *d)
+                .unwrap_or_default()
+        };
+        assert!(
+            of("noise") >= std::time::Duration::from_millis(20),
+            "{spent:?}"
+        );
+        assert!(
+            of(HOST_SOURCE) < std::time::Duration::from_millis(5),
+            "{spent:?}"
+        );
     }
 
     #[test]

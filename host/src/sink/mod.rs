@@ -153,6 +153,29 @@ pub trait Sink {
     }
     /// Make everything written so far durable (or visible).
     fn flush(&mut self) -> Result<()>;
+    /// CPU time spent writing, by whom it was written for: a monitor's name for its records
+    /// and images, [`HOST_SOURCE`] for the loop's own (sinks on the training thread report
+    /// none: their time is the step's).
+    fn cpu_by_source(&self) -> Vec<(String, std::time::Duration)> {
+        Vec::new()
+    }
+}
+
+/// The source of what the loop itself writes (train, validation, epoch and system records,
+/// weight histograms), in [`Sink::cpu_by_source`].
+pub const HOST_SOURCE: &str = "host";
+
+/// The CPU time this thread has run, from `CLOCK_THREAD_CPUTIME_ID` (zero where unreadable).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// Seconds since the Unix epoch, now.

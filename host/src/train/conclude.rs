@@ -53,6 +53,9 @@ pub(super) fn write_run_info(attempt: Attempted<'_>, hub: &mut RunHub) -> Result
     warnings.extend(fallback_warnings);
     warnings.extend(trainer.warnings().iter().cloned());
     warnings.extend(hub.warnings());
+    // The sinks publish their CPU time by source when they flush: everything written so far
+    // counts in the monitors' costs. (A failing sink's error is the run's already.)
+    let _ = hub.flush();
     let mut attempts = previous.attempts;
     attempts.push(Attempt {
         from_step: resumed_from.unwrap_or(0),
@@ -100,6 +103,7 @@ pub(super) fn write_run_info(attempt: Attempted<'_>, hub: &mut RunHub) -> Result
         steps_per_second: summary.map(|s| s.steps as f64 / s.seconds.max(1e-9)),
         checkpoints: trainer.checkpoint_index().cloned(),
         monitors: hub.monitor_report(loop_seconds),
+        step_breakdown: trainer.phases().report(loop_seconds).into_iter().collect(),
         warnings,
         vigil_version: env!("CARGO_PKG_VERSION").into(),
     };

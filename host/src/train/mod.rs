@@ -12,6 +12,7 @@ mod hessian;
 mod loss;
 mod optim;
 mod outcome;
+pub mod profile;
 mod resume;
 mod schedule;
 mod services;
@@ -118,6 +119,8 @@ pub struct Trainer {
     /// `[early_stopping]`, and the checkpoint whose weights it restored.
     early_stopping: Option<EarlyStopping>,
     restored_from: Option<String>,
+    /// Where the training thread's time went ([`profile`]).
+    phases: profile::Phases,
 }
 
 impl Trainer {
@@ -244,6 +247,7 @@ impl Trainer {
             interrupt: None,
             early_stopping: settings.early_stopping.clone().map(EarlyStopping::new),
             restored_from: None,
+            phases: profile::Phases::default(),
         })
     }
 
@@ -265,6 +269,11 @@ impl Trainer {
     }
 
     /// What the model takes, for `inputs.json` and exported models.
+    /// Where the training thread's time went so far.
+    pub fn phases(&self) -> &profile::Phases {
+        &self.phases
+    }
+
     pub fn inputs(&self) -> InputSpec {
         let [_, channels, height, width] = self.train.size();
         InputSpec {
@@ -479,6 +488,7 @@ impl Trainer {
             };
             let order_on_device = (order.clone(), order_on_device);
             if self.progress.batches_done == 0 {
+                let mut lap = profile::Lap::start();
                 let mut event =
                     EventData::new(EventKind::TRAIN_EPOCH_START, self.counters(0, 0), &[]);
                 let weights = self.feed.sample_weights();
@@ -490,6 +500,7 @@ impl Trainer {
                     });
                 }
                 self.notify(hub, event)?;
+                lap.to(&mut self.phases, profile::Phase::Epochs);
             }
             while self.progress.batches_done < batches {
                 if reached(self.progress.global_step) {
@@ -499,14 +510,18 @@ impl Trainer {
                 self.train_batch(batch_index, &order_on_device, hub)?;
                 let done = self.progress.batches_done;
                 if points.contains(&done) {
+                    let mut lap = profile::Lap::start();
                     let val = self.validate(hub)?;
                     summary.validations.push((self.progress.global_step, val));
                     let verdict = self.check_early_stopping(&val)?;
+                    lap.to(&mut self.phases, profile::Phase::Validation);
                     if done == batches {
                         let metrics = self.end_epoch(epoch, val, epoch_started, hub)?;
                         summary.epochs.push(metrics);
+                        lap.to(&mut self.phases, profile::Phase::Epochs);
                     }
                     self.save_checkpoint(hub, Some(val.loss))?;
+                    lap.to(&mut self.phases, profile::Phase::Checkpoint);
                     if let Some(Verdict::Stop { .. }) = verdict {
                         return self.end_early(summary);
                     }

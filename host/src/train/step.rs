@@ -2,11 +2,13 @@
 //! gradient as backward produced it), clipping, the optimizer step, and the step's record.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tch::Tensor;
 use vigil_plugin_api::{EventKind, Subscriptions};
 
 use super::loss::{correct_count, cross_entropy};
+use super::profile::{Lap, Phase};
 use super::{services, Trainer};
 use crate::config::AnomalyPolicy;
 use crate::error::{Error, Result};
@@ -21,6 +23,7 @@ impl Trainer {
         (order, order_on_device): &(Arc<Vec<i64>>, Tensor),
         hub: &mut RunHub,
     ) -> Result<()> {
+        let mut lap = Lap::start();
         let samples = self.train.len();
         let batch_size = self.settings.batch_size as i64;
         let start = i64::from(batch_index) * batch_size;
@@ -31,10 +34,12 @@ impl Trainer {
             .epoch_batch(self.progress.epoch, order, start, size, &indices)?;
         let images = self.feed.augment(&batch, self.progress.global_step)?;
         let labels = self.train.labels.f_index_select(0, &indices)?;
+        lap.to(&mut self.phases, Phase::Data);
         let lr = self.schedule.at(self.progress.global_step);
         let logits = self.model.forward(&images, true)?;
         let loss = cross_entropy(&logits, &labels, tch::Reduction::Mean)?;
         let loss_value = loss.f_double_value(&[])?;
+        lap.to(&mut self.phases, Phase::Forward);
         self.optimizer.zero_grad();
         let mut skip = false;
         if !loss_value.is_finite() {
@@ -42,8 +47,13 @@ impl Trainer {
         }
         if !skip {
             loss.f_backward()?;
+            lap.to(&mut self.phases, Phase::Backward);
             if self.flat_grads.is_none() && hub.subscribes(Subscriptions::GRADIENT) {
+                let started = Instant::now();
                 self.flat_grads = services::flatten_grads(&self.parameters)?;
+                // Done for the monitors that read the gradient: their service time.
+                hub.charge_subscribers(Subscriptions::GRADIENT, started.elapsed());
+                lap.to(&mut self.phases, Phase::GradientCopy);
             }
         }
         // With clipping: the norm now, for the anomaly check and the record; the gradients
@@ -70,12 +80,14 @@ impl Trainer {
         if let Some(norm) = grad_norm {
             values.push(("grad_norm_before_clip", norm));
         }
+        lap.to(&mut self.phases, Phase::Optimizer);
         if hub.wants(EventKind::TRAIN_BATCH_END) && !skip {
             let counters = self.counters(batch_index, size as u32);
             self.notify(
                 hub,
                 EventData::new(EventKind::TRAIN_BATCH_END, counters, &values),
             )?;
+            lap.to(&mut self.phases, Phase::Monitors);
         }
         if let (Some(max), Some(norm)) = (clip, grad_norm) {
             if !skip {
@@ -87,6 +99,7 @@ impl Trainer {
             self.optimizer.step(lr)?;
             self.progress.global_step += 1;
         }
+        lap.to(&mut self.phases, Phase::Optimizer);
         self.progress.batches_done += 1;
         if loss_value.is_finite() {
             self.progress.epoch_loss_sum += loss_value * size as f64;
@@ -100,7 +113,9 @@ impl Trainer {
         if skip {
             record.metrics.push(("skipped".into(), 1.0));
         }
-        self.write_record(hub, record)
+        let written = self.write_record(hub, record);
+        lap.to(&mut self.phases, Phase::Record);
+        written
     }
 
     /// Apply the anomaly policy; returns whether to skip the optimizer step.

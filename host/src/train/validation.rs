@@ -99,6 +99,7 @@ impl Trainer {
                 }
             }
             if per_batch {
+                let copied = Instant::now();
                 let (cpu_logits, cpu_labels) = if copy_outputs {
                     (
                         Vec::<f32>::try_from(
@@ -112,6 +113,9 @@ impl Trainer {
                 } else {
                     (Vec::new(), Vec::new())
                 };
+                if copy_outputs {
+                    hub.charge_subscribers(Subscriptions::VALIDATION_OUTPUTS, copied.elapsed());
+                }
                 let mut event = EventData::new(
                     EventKind::VALIDATION_BATCH_END,
                     self.counters(batch_index, size as u32),
@@ -142,6 +146,7 @@ impl Trainer {
                 values.extend([(name, value), ("val_top_k", top_k as f64)]);
             }
             let mut event = EventData::new(EventKind::VALIDATION_END, self.counters(0, 0), &values);
+            let copied = Instant::now();
             let (pixels, labels) = if want_images {
                 (
                     self.test.display_images(&self.shown_samples)?,
@@ -153,6 +158,9 @@ impl Trainer {
             } else {
                 (Vec::new(), Vec::new())
             };
+            if want_images {
+                hub.charge_subscribers(Subscriptions::SAMPLE_IMAGES, copied.elapsed());
+            }
             if want_images {
                 let size = self.test.size();
                 event.images = Some(ImageBatch {
