@@ -1,6 +1,6 @@
 //! `vigil train --profile`: where a run's time went, from its `run.json`, as a table
-//! (`profile/breakdown.txt`) and a flame graph (`profile/flamegraph.svg`, drawn by inferno
-//! from `profile/stacks.folded`).
+//! (`profile/breakdown.txt`) and flame graphs drawn by inferno from `profile/stacks.folded`:
+//! the whole run (`flamegraph.svg`) and the monitors' part alone (`monitors.svg`).
 //!
 //! The stacks are the training thread's parts (`step;forward`, `step;backward`, …) with each
 //! monitor's hooks inside the part that called them (`step;monitors;curvature;hooks`) and the
@@ -53,18 +53,46 @@ pub fn write_profile(run_dir: &Path) -> Result<PathBuf> {
     };
     write("stacks.folded", (folded.join("\n") + "\n").as_bytes())?;
     write("breakdown.txt", breakdown(&info).as_bytes())?;
+    let title = format!("vigil: {} ({} steps)", info.name, info.global_step);
+    write("flamegraph.svg", &flame_graph(&title, &folded)?)?;
+    // The monitors' part alone, where the whole run's picture leaves it too narrow to read.
+    let monitors: Vec<String> = folded
+        .iter()
+        .filter(|line| is_monitor_stack(line))
+        .cloned()
+        .collect();
+    let title = format!("vigil: {}: what the monitors cost", info.name);
+    write("monitors.svg", &flame_graph(&title, &monitors)?)?;
+    Ok(dir)
+}
+
+/// Stacks of the monitors' hooks, the host's work for them, and the sinks' work for them.
+fn is_monitor_stack(line: &str) -> bool {
+    line.contains(";hooks ")
+        || line.starts_with("sink threads;")
+        || line.starts_with("training thread;other events;")
+        || line.starts_with("training thread;step;monitors;")
+}
+
+fn flame_graph(title: &str, folded: &[String]) -> Result<Vec<u8>> {
     let mut svg = Vec::new();
     let mut options = inferno::flamegraph::Options::default();
-    options.title = format!("vigil: {} ({} steps)", info.name, info.global_step);
+    options.title = title.to_string();
     options.count_name = "µs".into();
     options.min_width = 0.05;
-    inferno::flamegraph::from_lines(&mut options, folded.iter().map(String::as_str), &mut svg)
-        .map_err(|err| Error::Usage {
-            command: "train --profile",
-            message: format!("drawing the flame graph: {err}"),
-        })?;
-    write("flamegraph.svg", &svg)?;
-    Ok(dir)
+    if folded.is_empty() {
+        // inferno refuses an empty input; an empty picture says the same.
+        options.title = format!("{title}: nothing");
+        let empty = ["none 1"];
+        inferno::flamegraph::from_lines(&mut options, empty, &mut svg)
+    } else {
+        inferno::flamegraph::from_lines(&mut options, folded.iter().map(String::as_str), &mut svg)
+    }
+    .map_err(|err| Error::Usage {
+        command: "train --profile",
+        message: format!("drawing the flame graph: {err}"),
+    })?;
+    Ok(svg)
 }
 
 fn micros(ms: f64) -> u64 {

@@ -109,6 +109,8 @@ fn hooks_and_service_account_for_what_the_monitors_add_and_the_parts_cover_the_l
     }
     let svg = std::fs::read_to_string(profile.join("flamegraph.svg")).unwrap();
     assert!(svg.contains("fault-injector") && svg.contains("backward"));
+    let svg = std::fs::read_to_string(profile.join("monitors.svg")).unwrap();
+    assert!(svg.contains("fault-injector") && !svg.contains("backward"));
     let folded = std::fs::read_to_string(profile.join("stacks.folded")).unwrap();
     let injector: u64 = folded
         .lines()

@@ -23,7 +23,8 @@ pub struct TrainArgs {
     overrides: Vec<String>,
     /// When training ends (or is interrupted), write where the time went into the run
     /// directory's profile/: breakdown.txt (each part of the step, each monitor's hooks,
-    /// service and sink time), stacks.folded and flamegraph.svg.
+    /// service and sink time), stacks.folded, flamegraph.svg and monitors.svg. With
+    /// `--resume` on a completed run: the profile of its last attempt.
     #[arg(long)]
     profile: bool,
 }
@@ -63,7 +64,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<RunEnd> {
         interrupt: Some(interrupt),
     };
     let outcome = vigil::train::train(&request)?;
-    if profile && !outcome.already_complete {
+    // A run that was already complete is profiled from the run.json it has.
+    if profile {
         let written = vigil::profile::write_profile(&outcome.run_dir)?;
         say(&format!(
             "profile: {} (breakdown.txt, flamegraph.svg)",
