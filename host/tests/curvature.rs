@@ -239,5 +239,15 @@ fn lambda_max_and_the_trace_match_the_exact_hessian() {
     );
     assert!(lambda_ok >= 19, "{lambda_ok} of {SEEDS}");
     assert!(mean_trace_error <= 0.03, "{mean_trace_error}");
+    // A user looks at a handful of runs, not twenty: every five seeds in a row also hold the
+    // target (with 16 basis vectors and 24 samples, seeds 14–18 averaged 3.5 %).
+    for window in trace_errors.windows(5) {
+        let mean = window.iter().sum::<f64>() / 5.0;
+        assert!(
+            mean <= 0.03,
+            "five seeds in a row average {:.2} %: {window:?}",
+            100.0 * mean
+        );
+    }
     assert!(within_two_se >= 18, "{within_two_se} of {SEEDS}");
 }

@@ -17,9 +17,9 @@ pub const DEFAULT_TOL: f64 = 1e-3;
 /// ... the products it may take for λ, ...
 pub const DEFAULT_MAX_ITER: u32 = 12;
 /// ... the Krylov basis the trace is deflated by, filled up to this many vectors after λ ...
-pub const DEFAULT_DEFLATION_VECTORS: usize = 16;
+pub const DEFAULT_DEFLATION_VECTORS: usize = 24;
 /// ... and Hutchinson's samples for the rest of the trace: at most 40 products in all.
-pub const DEFAULT_TRACE_SAMPLES: u32 = 24;
+pub const DEFAULT_TRACE_SAMPLES: u32 = 16;
 
 /// An eigenpair estimate and how it was reached. `value` is the Rayleigh quotient of
 /// `vector`, and `residual` is `‖H·vector − value·vector‖ / |value|`: all three describe the
