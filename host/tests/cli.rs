@@ -192,6 +192,8 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
             "2",
             "--repeats",
             "2",
+            "--max-repeats",
+            "2",
             "--calls",
             "1000",
             "--no-python",
@@ -272,10 +274,24 @@ fn bench_measures_bare_and_monitored_training_and_writes_json() {
         );
         assert!(low <= high);
         let upper = config["upper_pct"].as_f64().unwrap();
-        let in_hooks = config["in_hooks_pct"].as_f64().unwrap();
-        assert_eq!(upper, high.max(in_hooks));
+        let lower = config["lower_pct"].as_f64().unwrap();
+        let accounted =
+            config["in_hooks_pct"].as_f64().unwrap() + config["in_service_pct"].as_f64().unwrap();
+        assert_eq!(upper, high.max(accounted));
+        assert_eq!(lower, low.max(accounted));
         let target = config["target_pct"].as_f64().unwrap();
         assert_eq!(config["meets_target"].as_bool().unwrap(), upper <= target);
+        // Met by the upper bound, missed by the lower; with no more repeats allowed, what
+        // neither decides is undecided.
+        let verdict = config["verdict"].as_str().unwrap();
+        let expected = if upper <= target {
+            "met"
+        } else if lower > target {
+            "missed"
+        } else {
+            "undecided"
+        };
+        assert_eq!(verdict, expected, "{config}");
     }
     // The noise monitor averages the gradient every step: its hooks take measurable time.
     assert!(configs[4]["in_hooks_pct"].as_f64().unwrap() > 0.0);

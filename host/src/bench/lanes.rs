@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use super::baseline::ExternalLoop;
 use super::workload::{
-    summarize, LaneMeasure, Segment, Workload, WorkloadOptions, WorkloadReport, ALL, BARE_WEIGHTED,
-    CONTROL, LIGHTNING_VARIANT, SHIPPED_MONITORS, WATCHING,
+    another_repeat_fits, summarize, LaneMeasure, Segment, Workload, WorkloadOptions,
+    WorkloadReport, ALL, BARE_WEIGHTED, CONTROL, LIGHTNING_VARIANT, SHIPPED_MONITORS, WATCHING,
 };
 use crate::config::Settings;
 use crate::data::{self, Dataset};
@@ -229,7 +229,8 @@ pub fn run_workload(
     let probe = workload_settings(options, &[], 1, false)?;
     let dataset: Dataset = data::load(&probe.data.source)?;
     let batches = dataset.train.len().div_ceil(options.batch_size) as u64;
-    let total_steps = options.warmup_steps + options.steps * options.repeats as u64;
+    let max_repeats = options.max_repeats.max(options.repeats);
+    let total_steps = options.warmup_steps + options.steps * max_repeats as u64;
     let epochs = (total_steps / batches.max(1) + 2) as usize;
 
     let mut lanes: Vec<Lane> = Vec::new();
@@ -366,7 +367,10 @@ pub fn run_workload(
     let chunk = options.chunk_steps.clamp(1, options.steps);
     let rounds = options.steps.div_ceil(chunk);
     let mut order_rng = SplitMix64::derived(0, "bench-order");
-    for repeat in 0..options.repeats {
+    let timed = Instant::now();
+    let mut repeat = 0;
+    let mut extra_note = None;
+    loop {
         let started = Instant::now();
         let mut segments = vec![Segment::default(); lanes.len()];
         for round in 0..rounds {
@@ -394,6 +398,36 @@ pub fn run_workload(
             options.repeats,
             started.elapsed().as_secs_f64()
         ));
+        repeat += 1;
+        if repeat < options.repeats {
+            continue;
+        }
+        // A target neither met nor missed: measure again, all configurations alike, until
+        // every verdict is decided or the repeats or the time run out.
+        let measures: Vec<LaneMeasure> = lanes.iter().map(Lane::measure).collect();
+        let undecided: Vec<String> = summarize(options, &dataset, &measures, &pythons)
+            .configs
+            .iter()
+            .filter(|c| c.undecided())
+            .map(|c| c.name.clone())
+            .collect();
+        if undecided.is_empty() {
+            break;
+        }
+        let elapsed = timed.elapsed().as_secs_f64();
+        if !another_repeat_fits(repeat, max_repeats, elapsed, options.time_cap_s) {
+            extra_note = Some(format!(
+                "undecided after {repeat} repeats ({:.0} min; the cap is {max_repeats} repeats or {:.0} min of timed repeats): {}",
+                elapsed / 60.0,
+                options.time_cap_s / 60.0,
+                undecided.join(", ")
+            ));
+            break;
+        }
+        progress(&format!(
+            "undecided after {repeat} repeats: {}; another repeat",
+            undecided.join(", ")
+        ));
     }
     for lane in &mut lanes {
         lane.trainer.finish(&mut lane.hub)?;
@@ -403,6 +437,7 @@ pub fn run_workload(
     let measures: Vec<LaneMeasure> = lanes.iter().map(Lane::measure).collect();
     let mut report = summarize(options, &dataset, &measures, &pythons);
     report.notes.extend(lightning_note);
+    report.notes.extend(extra_note);
     drop(lanes);
     let _ = std::fs::remove_dir_all(&options.scratch);
     Ok(report)

@@ -42,13 +42,21 @@ pub fn workload_table(report: &WorkloadReport) -> String {
         .max()
         .unwrap_or(0)
         .max(13);
+    // The noise floor: the spread of an identical configuration's "overhead".
+    let floor = report
+        .configs
+        .iter()
+        .find(|c| c.name == super::workload::CONTROL)
+        .and_then(|c| c.overhead_pct.as_ref())
+        .map(|o| o.high - o.low);
     out.push_str(&format!(
-        "\n{:<width$}  {:>23}  {:>24}  {:>8}  {:>8}  {:>7}  {:>7}\n",
+        "\n{:<width$}  {:>23}  {:>24}  {:>8}  {:>8}  {:>7}  {:>7}  {:>7}\n",
         "configuration",
         "ms/step (min–max)",
         "overhead % (min–max)",
         "in hooks",
         "service",
+        "lower",
         "upper",
         "target"
     ));
@@ -61,24 +69,40 @@ pub fn workload_table(report: &WorkloadReport) -> String {
             || "—".to_string(),
             |o| format!("{:+.2} ({:+.2}…{:+.2})", o.median, o.min, o.max),
         );
-        let target = match (c.target_pct, c.meets_target) {
-            (Some(t), Some(ok)) => format!("≤{t:.0}% {}", verdict(ok)),
-            (Some(t), None) => format!("≤{t:.0}% not judged (see the notes)"),
+        let target = match (c.target_pct, c.verdict) {
+            (Some(t), Some("not judged")) => format!("≤{t:.0}% not judged (see the notes)"),
+            (Some(t), Some(verdict)) => format!(
+                "≤{t:.0}% {}{}",
+                if verdict == "missed" {
+                    "MISSED"
+                } else {
+                    verdict
+                },
+                floor.map_or_else(String::new, |w| format!(" (noise floor {w:.2} wide)"))
+            ),
             _ => String::new(),
         };
-        let upper = c
-            .upper_pct
-            .map_or_else(|| "—".to_string(), |u| format!("{u:+.2}%"));
+        let bound = |b: Option<f64>| b.map_or_else(|| "—".to_string(), |u| format!("{u:+.2}%"));
         out.push_str(&format!(
-            "{:<width$}  {:>23}  {:>24}  {:>7.2}%  {:>7.2}%  {:>7}  {}\n",
-            c.name, step, overhead, c.in_hooks_pct, c.in_service_pct, upper, target
+            "{:<width$}  {:>23}  {:>24}  {:>7.2}%  {:>7.2}%  {:>7}  {:>7}  {}\n",
+            c.name,
+            step,
+            overhead,
+            c.in_hooks_pct,
+            c.in_service_pct,
+            bound(c.lower_pct),
+            bound(c.upper_pct),
+            target
         ));
     }
     out.push_str(
         "service: the host's time serving the monitors outside their hooks (data for their subscriptions, \
          routing their records and images). upper: the high end of the overhead's 90 % bootstrap interval \
-         (over repeats) or the time in hooks plus service, whichever is larger; a target is met only when \
-         this upper bound meets it. \
+         (over repeats) or the time in hooks plus service, whichever is larger; lower: the low end of that \
+         interval or hooks plus service, whichever is larger. A target is met when the upper bound meets \
+         it and missed when the lower bound misses it; otherwise the benchmark repeats every \
+         configuration again (--max-repeats, --time-cap) and says undecided when those run out. \
+         The noise floor is the width of the control's interval. \
          bare (control) is the noise floor: an identical configuration's overhead.\n",
     );
     if report.configs.iter().any(|c| c.sampler == "weighted") {

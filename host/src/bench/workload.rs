@@ -141,6 +141,11 @@ pub struct WorkloadOptions {
     /// Steps every configuration trains before the first timed segment.
     pub warmup_steps: u64,
     pub repeats: usize,
+    /// While a target is neither met nor missed after `repeats`, more repeats, up to this
+    /// many in all ...
+    pub max_repeats: usize,
+    /// ... and until this many seconds of timed repeats have passed.
+    pub time_cap_s: f64,
     /// Images per step: [`WORKLOAD_BATCH`] for the workloads as defined.
     pub batch_size: usize,
     pub threads: usize,
@@ -176,7 +181,42 @@ pub struct ConfigResult {
     /// and the time in hooks (a floor under the true overhead). The verdict is from this.
     pub upper_pct: Option<f64>,
     pub target_pct: Option<f64>,
+    /// Whether the upper bound meets the target.
     pub meets_target: Option<bool>,
+    /// The overhead's lower bound: the larger of the low end of its 90 % bootstrap interval
+    /// and the time in hooks plus service.
+    pub lower_pct: Option<f64>,
+    /// `met` (the upper bound meets the target), `missed` (the lower bound misses it),
+    /// `undecided` (neither, when the repeats or the time ran out), `not judged`; `None` for
+    /// the bare configurations.
+    pub verdict: Option<&'static str>,
+}
+
+impl ConfigResult {
+    /// Neither met nor missed yet.
+    pub fn undecided(&self) -> bool {
+        self.verdict == Some(UNDECIDED)
+    }
+}
+
+/// A verdict that more repeats may still decide.
+pub const UNDECIDED: &str = "undecided";
+
+/// Met when the upper bound meets the target, missed when the lower bound misses it.
+pub fn judge(target: f64, upper: Option<f64>, lower: Option<f64>, unjudged: bool) -> &'static str {
+    match (upper, lower) {
+        _ if unjudged => "not judged",
+        (Some(upper), _) if upper <= target => "met",
+        (_, Some(lower)) if lower > target => "missed",
+        _ => UNDECIDED,
+    }
+}
+
+/// Whether another repeat of `per_repeat_s` seconds fits: fewer than `max_repeats` so far, and
+/// the timed repeats stay within `cap_s`.
+pub fn another_repeat_fits(done: usize, max_repeats: usize, elapsed_s: f64, cap_s: f64) -> bool {
+    let per_repeat = elapsed_s / done.max(1) as f64;
+    done < max_repeats && elapsed_s + per_repeat <= cap_s
 }
 
 /// A baseline loop beside the host.
@@ -390,7 +430,14 @@ pub(super) fn summarize(
                 ));
             }
             let unjudged = misses_curvature || misses_validation;
+            let lower_pct = overhead_pct
+                .as_ref()
+                .filter(|_| !is_bare)
+                .map(|o| o.low.max(in_hooks_pct + in_service_pct));
+            let verdict = target_pct.map(|target| judge(target, upper_pct, lower_pct, unjudged));
             ConfigResult {
+                lower_pct,
+                verdict,
                 name: lane.name.clone(),
                 monitors: lane.monitors.clone(),
                 sampler: if lane.weighted { "weighted" } else { "shuffle" }.into(),
@@ -524,5 +571,28 @@ pub(super) fn summarize(
         curvature,
         peak_rss_mib: peak_rss_mib(),
         notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_met_missed_or_undecided_by_their_bounds() {
+        assert_eq!(judge(1.0, Some(0.9), Some(0.1), false), "met");
+        assert_eq!(judge(1.0, Some(1.0), Some(0.1), false), "met");
+        assert_eq!(judge(1.0, Some(2.0), Some(1.1), false), "missed");
+        assert_eq!(judge(1.0, Some(2.0), Some(0.5), false), UNDECIDED);
+        assert_eq!(judge(1.0, Some(0.5), Some(0.1), true), "not judged");
+        assert_eq!(judge(1.0, None, None, false), UNDECIDED);
+    }
+
+    #[test]
+    fn repeats_go_on_within_the_cap() {
+        // 5 repeats took 10 min: a sixth fits in an hour, not in 11 min.
+        assert!(another_repeat_fits(5, 15, 600.0, 3600.0));
+        assert!(!another_repeat_fits(5, 15, 600.0, 660.0));
+        assert!(!another_repeat_fits(15, 15, 600.0, 3600.0));
     }
 }

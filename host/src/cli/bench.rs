@@ -42,6 +42,13 @@ pub struct BenchArgs {
     /// Timed segments per configuration; the table shows their median, min and max.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// While a target is neither met (upper bound) nor missed (lower bound), repeat all
+    /// configurations again, up to this many repeats in all ...
+    #[arg(long, default_value_t = 15)]
+    pub max_repeats: usize,
+    /// ... and this many minutes of timed repeats per workload; then it says "undecided".
+    #[arg(long, value_name = "MIN", default_value_t = 60.0)]
+    pub time_cap: f64,
     /// Intra-op threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -273,6 +280,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 chunk_steps: args.chunk_steps,
                 warmup_steps: args.warmup_steps,
                 repeats: args.repeats,
+                max_repeats: args.max_repeats,
+                time_cap_s: args.time_cap * 60.0,
                 batch_size: args.batch_size,
                 threads: args.threads,
                 python: python.clone(),
