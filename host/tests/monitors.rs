@@ -236,6 +236,7 @@ fn curvature_matches_the_exact_hessian_of_a_tiny_model() {
         &mut scalars,
     )
     .unwrap();
+    let scalars = host.named(&scalars);
     let metric = |name: &str| {
         scalars
             .iter()
@@ -656,7 +657,7 @@ fn noise_step(
         &mut scalars,
     )
     .unwrap();
-    scalars
+    host.named(&scalars)
 }
 
 #[test]

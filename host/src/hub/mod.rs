@@ -367,27 +367,41 @@ impl RunHub {
     /// One record per monitor for the scalars monitors logged at one event.
     fn write_monitor_scalars(
         &mut self,
-        scalars: Vec<(String, String, f64)>,
+        scalars: Vec<plugin::Scalar>,
         counters: &StepCounters,
     ) -> Result<()> {
-        let mut records: Vec<Record> = Vec::new();
-        for (monitor, metric, value) in scalars {
-            match records
-                .iter_mut()
-                .find(|r| r.source.as_deref() == Some(monitor.as_str()))
-            {
-                Some(record) => record.metrics.push((metric, value)),
-                None => records.push(Record {
-                    kind: RecordKind::Monitor,
-                    source: Some(monitor),
-                    epoch: counters.epoch as usize,
-                    global_step: counters.global_step,
-                    wall_time: unix_time(),
-                    metrics: vec![(metric, value)],
-                }),
+        if scalars.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        // By monitor index, in the order monitors logged.
+        let mut records: Vec<(usize, Record)> = Vec::new();
+        for scalar in scalars {
+            let (monitor, metric) = self.plugins.scalar_names(scalar);
+            let value = (metric.to_string(), scalar.2);
+            match records.iter_mut().find(|(index, _)| *index == scalar.0) {
+                Some((_, record)) => record.metrics.push(value),
+                None => records.push((
+                    scalar.0,
+                    Record {
+                        kind: RecordKind::Monitor,
+                        source: Some(monitor.to_string()),
+                        epoch: counters.epoch as usize,
+                        global_step: counters.global_step,
+                        wall_time: unix_time(),
+                        metrics: vec![value],
+                    },
+                )),
             }
         }
-        for record in &records {
+        // Building the records is the host's work for the monitors that logged, shared.
+        let built = started.elapsed();
+        let loggers: Vec<String> = records
+            .iter()
+            .filter_map(|(_, record)| record.source.clone())
+            .collect();
+        self.costs.charge_shared(&loggers, built);
+        for (_, record) in &records {
             let started = std::time::Instant::now();
             self.write(record)?;
             if let Some(monitor) = &record.source {

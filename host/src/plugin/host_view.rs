@@ -98,11 +98,45 @@ pub struct RunFacts {
     pub total_parameters: u64,
 }
 
+/// One scalar a monitor logged: (monitor index, metric name's id in [`MetricNames`], value).
+pub type Scalar = (usize, u32, f64);
+
+/// The metric names monitors have logged, each stored once. Monitors log the same names in
+/// the same order step after step, so the next name is looked for where the last one was
+/// found before the whole list is searched.
+#[derive(Debug, Default)]
+pub struct MetricNames {
+    names: Vec<String>,
+    next: usize,
+}
+
+impl MetricNames {
+    /// The id of `name`, added on its first use.
+    pub fn id(&mut self, name: &str) -> u32 {
+        let found = match self.names.get(self.next) {
+            Some(expected) if expected == name => Some(self.next),
+            _ => self.names.iter().position(|known| known == name),
+        };
+        let index = found.unwrap_or_else(|| {
+            self.names.push(name.to_string());
+            self.names.len() - 1
+        });
+        self.next = index + 1;
+        index as u32
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
+    }
+}
+
 /// What monitors produced during events, collected for the trainer to route.
 #[derive(Debug, Default)]
 pub struct Outputs {
-    /// (monitor index, metric name, value)
-    pub scalars: Vec<(usize, String, f64)>,
+    /// (monitor index, metric name's id in `metric_names`, value): logging allocates nothing
+    /// once a name has been seen.
+    pub scalars: Vec<Scalar>,
+    pub metric_names: MetricNames,
     /// (monitor index, level, message)
     pub messages: Vec<(usize, LogLevel, String)>,
     /// (monitor index, file, kind)
@@ -315,9 +349,8 @@ impl HostFfi for HostView<'_> {
 
     fn log_scalar(&mut self, name: RStr<'_>, value: f64) {
         if value.is_finite() {
-            self.outputs
-                .scalars
-                .push((self.monitor, name.to_string(), value));
+            let id = self.outputs.metric_names.id(name.as_str());
+            self.outputs.scalars.push((self.monitor, id, value));
         } else {
             self.outputs
                 .dropped_non_finite
@@ -413,6 +446,18 @@ impl HostFfi for HostView<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metric_names_are_stored_once_with_stable_ids() {
+        let mut names = MetricNames::default();
+        let first: Vec<u32> = ["a", "b", "c"].iter().map(|n| names.id(n)).collect();
+        assert_eq!(first, [0, 1, 2]);
+        // The same order again, another order, and a new name.
+        assert_eq!(["a", "b", "c"].map(|n| names.id(n)), [0, 1, 2]);
+        assert_eq!(["c", "a", "d", "b"].map(|n| names.id(n)), [2, 0, 3, 1]);
+        assert_eq!(names.name(3), "d");
+        assert_eq!(names.name(99), "");
+    }
+
     use super::*;
 
     /// Services that keep gradient averages only as far as counting the updates.

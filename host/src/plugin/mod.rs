@@ -30,7 +30,7 @@ use vigil_plugin_api::{EventKind, EventSet, LogLevel, StepCounters, Subscription
 pub use artifacts::ArtifactWriter;
 pub use dirs::{default_plugin_dirs, search_dirs, user_plugin_dir};
 pub use elf::Inspection;
-pub use host_view::{EventData, HostServices, Outputs, RunFacts};
+pub use host_view::{EventData, HostServices, MetricNames, Outputs, RunFacts, Scalar};
 pub use library::{LibraryInfo, LoadFailure, PluginLibrary};
 pub use monitor_state::MonitorSnapshot;
 pub use resolve::{catalogue, listing, resolve, Listed, PluginSearch};
@@ -296,14 +296,36 @@ impl PluginHost {
         self.monitors.is_empty()
     }
 
+    /// A scalar's monitor and metric names.
+    pub fn scalar_names(&self, (monitor, metric, _): Scalar) -> (&str, &str) {
+        (
+            self.facts
+                .monitor_names
+                .get(monitor)
+                .map_or("", String::as_str),
+            self.outputs.metric_names.name(metric),
+        )
+    }
+
+    /// Scalars with their names (monitor, metric, value).
+    pub fn named(&self, scalars: &[Scalar]) -> Vec<(String, String, f64)> {
+        scalars
+            .iter()
+            .map(|&scalar| {
+                let (monitor, metric) = self.scalar_names(scalar);
+                (monitor.to_string(), metric.to_string(), scalar.2)
+            })
+            .collect()
+    }
+
     /// Call every enabled monitor that wants `event.kind`, in config order. Scalars they log
-    /// are appended to `scalars` as (monitor name, metric, value). Returns an error only when
+    /// are appended to `scalars` as (monitor index, metric id, value) ([`Self::scalar_names`]). Returns an error only when
     /// a monitor with `on_error = "abort"` failed.
     pub fn dispatch(
         &mut self,
         event: &EventData<'_>,
         services: &dyn HostServices,
-        scalars: &mut Vec<(String, String, f64)>,
+        scalars: &mut Vec<Scalar>,
     ) -> Result<()> {
         self.dispatch_where(event, services, scalars, |_| true)
     }
@@ -313,7 +335,7 @@ impl PluginHost {
         &mut self,
         event: &EventData<'_>,
         services: &dyn HostServices,
-        scalars: &mut Vec<(String, String, f64)>,
+        scalars: &mut Vec<Scalar>,
         chosen: impl Fn(usize) -> bool,
     ) -> Result<()> {
         if !self.events.contains(event.kind) {
@@ -463,7 +485,7 @@ impl PluginHost {
         &mut self,
         event: &EventData<'_>,
         services: &dyn HostServices,
-        scalars: &mut Vec<(String, String, f64)>,
+        scalars: &mut Vec<Scalar>,
     ) -> Result<()> {
         let result = self.dispatch(event, services, scalars);
         for monitor in &mut self.monitors {
@@ -519,7 +541,7 @@ impl PluginHost {
 
     /// Move what monitors produced to the caller (scalars), the console (messages) and the
     /// warning list.
-    fn route_outputs(&mut self, scalars: &mut Vec<(String, String, f64)>) {
+    fn route_outputs(&mut self, scalars: &mut Vec<Scalar>) {
         let outputs = &self.outputs;
         if outputs.scalars.is_empty()
             && outputs.messages.is_empty()
@@ -528,12 +550,7 @@ impl PluginHost {
             return;
         }
         let names = &self.facts.monitor_names;
-        scalars.extend(
-            self.outputs
-                .scalars
-                .drain(..)
-                .map(|(index, metric, value)| (names[index].clone(), metric, value)),
-        );
+        scalars.append(&mut self.outputs.scalars);
         let mut warnings = Vec::new();
         for (index, level, message) in self.outputs.messages.drain(..) {
             let name = &names[index];

@@ -66,7 +66,7 @@ impl PluginHost {
         counters: StepCounters,
         epoch_start: Option<&EventData<'_>>,
         services: &dyn HostServices,
-        scalars: &mut Vec<(String, String, f64)>,
+        scalars: &mut Vec<super::Scalar>,
     ) -> Result<()> {
         let mut restoring = vec![None; self.monitors.len()];
         for (index, monitor) in self.monitors.iter_mut().enumerate() {
