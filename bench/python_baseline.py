@@ -96,6 +96,22 @@ def main():
             sys.exit(f"the training loss is {loss_value}")
         return (time.perf_counter() - started) * 1e3 / steps
 
+    def floor(steps):
+        # The floor under any host's step: the time inside ATen ops, as PyTorch's profiler
+        # counts it (the sum of every op's self CPU time on this thread, which waits for the
+        # intra-op threads inside the op), per step of the same loop.
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            started = time.perf_counter()
+            for _ in range(steps):
+                train_step()
+            wall = (time.perf_counter() - started) * 1e3 / steps
+        aten_us = sum(
+            event.self_cpu_time_total for event in prof.key_averages() if event.key.startswith("aten::")
+        )
+        return {"aten_ms_per_step": aten_us / 1e3 / steps, "profiled_ms_per_step": wall}
+
     if args.serve:
         # One segment per request line ("<steps>"), so that a caller can interleave them
         # with its own; EOF ends.
@@ -111,7 +127,12 @@ def main():
             flush=True,
         )
         for line in sys.stdin:
-            steps = int(line.strip() or args.steps)
+            words = line.split()
+            if words and words[0] == "floor":
+                # "floor <steps>": a profiled segment, for the floor (not timed as a segment).
+                print(json.dumps(floor(int(words[1]) if len(words) > 1 else args.steps)), flush=True)
+                continue
+            steps = int(words[0]) if words else args.steps
             print(json.dumps({"ms_per_step": segment(steps)}), flush=True)
         return
 

@@ -360,6 +360,8 @@ fn bench_runs_the_python_loop_plain_and_with_vigils_allocator_setting() {
             "2",
             "--repeats",
             "2",
+            "--max-repeats",
+            "2",
             "--calls",
             "1000",
             "--batch-size",
@@ -375,6 +377,19 @@ fn bench_runs_the_python_loop_plain_and_with_vigils_allocator_setting() {
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
+    // The floor: the plain loop's time inside ATen ops, once per repeat, and the host's bare
+    // step against it.
+    let floor = &json["workloads"][0]["floor"];
+    let floors = floor["aten_ms_per_step"]["samples"].as_array().unwrap();
+    assert_eq!(floors.len(), 2, "{floor}");
+    assert!(floors.iter().all(|f| f.as_f64().unwrap() > 0.0), "{floor}");
+    assert!(floor["host_over_floor"]["median"].as_f64().unwrap() > 0.0);
+    assert!(["met", "missed", "undecided"].contains(&floor["verdict"].as_str().unwrap()));
+    assert!(
+        stdout(&output).contains("inside ATen ops"),
+        "{}",
+        stdout(&output)
+    );
     let loops = json["workloads"][0]["python"].as_array().unwrap();
     let mut variants: Vec<(&str, &str)> = loops
         .iter()

@@ -169,6 +169,26 @@ impl ExternalLoop {
     }
 }
 
+impl ExternalLoop {
+    /// The time inside ATen ops per step of `steps` profiled steps of this loop (PyTorch's
+    /// profiler, self CPU time), in ms.
+    pub fn floor(&mut self, steps: u64) -> Result<f64> {
+        writeln!(self.stdin, "floor {steps}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|err| Error::Subprocess {
+                program: self.script.clone(),
+                reason: format!("writing to it: {err}"),
+            })?;
+        let answer = self.answer()?;
+        answer["aten_ms_per_step"]
+            .as_f64()
+            .ok_or_else(|| Error::Subprocess {
+                program: self.script.clone(),
+                reason: format!("answered {answer} without aten_ms_per_step"),
+            })
+    }
+}
+
 impl Drop for ExternalLoop {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -369,6 +369,13 @@ pub fn run_workload(
     let mut order_rng = SplitMix64::derived(0, "bench-order");
     let timed = Instant::now();
     let mut repeat = 0;
+    // The floor, from the plain Python loop, once per repeat right after it (W2's steps are
+    // long: fewer profiled steps).
+    let mut floors = Vec::new();
+    let floor_steps = options.steps.min(match options.workload {
+        Workload::W1 => 200,
+        Workload::W2 => 20,
+    });
     let mut extra_note = None;
     loop {
         let started = Instant::now();
@@ -392,6 +399,9 @@ pub fn run_workload(
         for (lane, segment) in lanes.iter_mut().zip(segments) {
             lane.segments.push(segment);
         }
+        if let Some(plain) = pythons.iter_mut().find(|p| p.variant == "plain") {
+            floors.push(plain.floor(floor_steps)?);
+        }
         progress(&format!(
             "repeat {}/{} done in {:.0} s",
             repeat + 1,
@@ -405,7 +415,7 @@ pub fn run_workload(
         // A target neither met nor missed: measure again, all configurations alike, until
         // every verdict is decided or the repeats or the time run out.
         let measures: Vec<LaneMeasure> = lanes.iter().map(Lane::measure).collect();
-        let undecided: Vec<String> = summarize(options, &dataset, &measures, &pythons)
+        let undecided: Vec<String> = summarize(options, &dataset, &measures, &pythons, &floors)
             .configs
             .iter()
             .filter(|c| c.undecided())
@@ -435,7 +445,7 @@ pub fn run_workload(
     }
 
     let measures: Vec<LaneMeasure> = lanes.iter().map(Lane::measure).collect();
-    let mut report = summarize(options, &dataset, &measures, &pythons);
+    let mut report = summarize(options, &dataset, &measures, &pythons, &floors);
     report.notes.extend(lightning_note);
     report.notes.extend(extra_note);
     drop(lanes);

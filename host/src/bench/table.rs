@@ -35,6 +35,20 @@ pub fn workload_table(report: &WorkloadReport) -> String {
     if let Some(l) = &report.lightning {
         out.push_str(&baseline_lines(l, None));
     }
+    if let Some(f) = &report.floor {
+        out.push_str(&format!(
+            "floor: {:.2} ms/step inside ATen ops (PyTorch's profiler, self CPU time, the plain loop's step; {:.2}–{:.2}); \
+             host bare step / floor {:.3}× (90 % interval {:.3}–{:.3}); target ≤ {:.2}×: {}\n",
+            f.aten_ms_per_step.median,
+            f.aten_ms_per_step.min,
+            f.aten_ms_per_step.max,
+            f.host_over_floor.median,
+            f.host_over_floor.low,
+            f.host_over_floor.high,
+            f.target,
+            if f.verdict == "missed" { "MISSED" } else { f.verdict }
+        ));
+    }
     let width = report
         .configs
         .iter()

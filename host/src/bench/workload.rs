@@ -76,6 +76,8 @@ const TARGET_WATCHING: f64 = 1.0;
 const TARGET_SPEEDUP: f64 = 1.1;
 /// Host steps/s with all monitors over Lightning's with the same monitors as callbacks.
 const TARGET_LIGHTNING: f64 = 1.5;
+/// The host's bare step over the floor (the time inside ATen ops of the same step).
+const TARGET_FLOOR: f64 = 1.05;
 
 /// Which workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -276,8 +278,22 @@ pub struct WorkloadReport {
     /// Lightning with the monitors as callbacks, against the host with all monitors.
     pub lightning: Option<BaselineResult>,
     pub curvature: Option<CurvatureCost>,
+    /// The floor under the step, where the plain Python loop ran.
+    pub floor: Option<FloorResult>,
     pub peak_rss_mib: Option<f64>,
     pub notes: Vec<String>,
+}
+
+/// The host's bare step against the floor: the time inside ATen ops per step of the plain
+/// PyTorch loop, by PyTorch's profiler (self CPU time), measured once per repeat right after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorResult {
+    pub aten_ms_per_step: Measurement,
+    /// The host's bare training ms per step over the floor, per repeat.
+    pub host_over_floor: Measurement,
+    pub target: f64,
+    /// `met` (upper bound ≤ target), `missed` (lower bound > target) or `undecided`.
+    pub verdict: &'static str,
 }
 
 /// One timed segment.
@@ -324,6 +340,7 @@ pub(super) fn summarize(
     dataset: &Dataset,
     lanes: &[LaneMeasure],
     loops: &[ExternalLoop],
+    floors: &[f64],
 ) -> WorkloadReport {
     let (bare, control) = (&lanes[0], &lanes[1]);
     let bare_train: Vec<f64> = bare
@@ -569,9 +586,36 @@ pub(super) fn summarize(
         python,
         lightning,
         curvature,
+        floor: floor_result(floors, &bare_train_ms_per_repeat),
         peak_rss_mib: peak_rss_mib(),
         notes,
     }
+}
+
+/// The floor's verdict from the repeats that have both a floor and a bare step.
+fn floor_result(floors: &[f64], bare_ms: &[f64]) -> Option<FloorResult> {
+    let n = floors.len().min(bare_ms.len());
+    if n == 0 {
+        return None;
+    }
+    let ratios: Vec<f64> = bare_ms[..n]
+        .iter()
+        .zip(&floors[..n])
+        .map(|(host, floor)| host / floor)
+        .collect();
+    let host_over_floor = Measurement::of("host bare step / floor", "×", ratios);
+    let verdict = judge(
+        TARGET_FLOOR,
+        Some(host_over_floor.high),
+        Some(host_over_floor.low),
+        false,
+    );
+    Some(FloorResult {
+        aten_ms_per_step: Measurement::of("time inside ATen ops", "ms", floors[..n].to_vec()),
+        host_over_floor,
+        target: TARGET_FLOOR,
+        verdict,
+    })
 }
 
 #[cfg(test)]
