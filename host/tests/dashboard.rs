@@ -514,28 +514,16 @@ fn serving_beyond_loopback_needs_a_token() {
     assert_eq!(get(port, "/api/runs").0, 401);
     assert_eq!(get(port, "/?token=wrong-token-of-some-length").0, 401);
     let host = format!("127.0.0.1:{port}");
-    assert_eq!(
-        raw(
-            port,
-            "GET",
-            "/api/runs",
-            &host,
-            &format!("Authorization: Bearer {token}\r\n")
-        )
-        .0,
-        200
-    );
-    assert_eq!(
-        raw(
-            port,
-            "GET",
-            "/api/runs",
-            &host,
-            &format!("Cookie: vigil_token={token}\r\n")
-        )
-        .0,
-        200
-    );
+    for header in [
+        format!("Authorization: Bearer {token}\r\n"),
+        format!("Cookie: vigil_token={token}\r\n"),
+    ] {
+        assert_eq!(
+            raw(port, "GET", "/api/runs", &host, &header).0,
+            200,
+            "{header}"
+        );
+    }
     // The first visit sets the cookie the page's own requests then carry.
     let answer = exchange(
         port,

@@ -153,39 +153,28 @@ impl ExternalLoop {
 
     /// Run `steps` steps; returns ms per step.
     pub fn segment(&mut self, steps: u64) -> Result<f64> {
-        writeln!(self.stdin, "{steps}")
-            .and_then(|()| self.stdin.flush())
-            .map_err(|err| Error::Subprocess {
-                program: self.script.clone(),
-                reason: format!("writing to it: {err}"),
-            })?;
-        let answer = self.answer()?;
-        answer["ms_per_step"]
-            .as_f64()
-            .ok_or_else(|| Error::Subprocess {
-                program: self.script.clone(),
-                reason: format!("answered {answer} without ms_per_step"),
-            })
+        self.ask(&steps.to_string(), "ms_per_step")
     }
-}
 
-impl ExternalLoop {
     /// The time inside ATen ops per step of `steps` profiled steps of this loop (PyTorch's
     /// profiler, self CPU time), in ms.
     pub fn floor(&mut self, steps: u64) -> Result<f64> {
-        writeln!(self.stdin, "floor {steps}")
+        self.ask(&format!("floor {steps}"), "aten_ms_per_step")
+    }
+
+    /// Send one request line and read the number `field` of the answer.
+    fn ask(&mut self, request: &str, field: &str) -> Result<f64> {
+        writeln!(self.stdin, "{request}")
             .and_then(|()| self.stdin.flush())
             .map_err(|err| Error::Subprocess {
                 program: self.script.clone(),
                 reason: format!("writing to it: {err}"),
             })?;
         let answer = self.answer()?;
-        answer["aten_ms_per_step"]
-            .as_f64()
-            .ok_or_else(|| Error::Subprocess {
-                program: self.script.clone(),
-                reason: format!("answered {answer} without aten_ms_per_step"),
-            })
+        answer[field].as_f64().ok_or_else(|| Error::Subprocess {
+            program: self.script.clone(),
+            reason: format!("answered {answer} without {field}"),
+        })
     }
 }
 
