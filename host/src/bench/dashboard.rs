@@ -274,6 +274,7 @@ fn hold(dir: &Path) -> Result<RunLock> {
     let lock = crate::run_dir::lock_run_dir(dir)?;
     lock.describe(&LockFacts {
         pid: std::process::id(),
+        dataset: "Fashion-MNIST".into(),
         total_steps: 3 * LIST_RUN_LINES as u64,
         steps_per_epoch: LIST_RUN_LINES as u64,
     });

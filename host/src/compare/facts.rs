@@ -96,8 +96,14 @@ pub fn run_facts(dir: &Path, total_steps: Option<u64>) -> RunFacts {
     if needs_tail {
         from_tail(&tail, &mut facts);
     }
-    if running && facts.total_steps.is_none() {
-        facts.total_steps = read_lock_facts(dir).map(|lock| lock.total_steps);
+    if running {
+        if let Some(lock) = read_lock_facts(dir) {
+            facts.total_steps = facts.total_steps.or(Some(lock.total_steps));
+            // The name run.json will give, where the config has only its key.
+            if !lock.dataset.is_empty() {
+                facts.dataset = Some(lock.dataset);
+            }
+        }
     }
     // A run killed before it wrote `run.json`: epochs × the steps of an epoch, read from its
     // tail (a process that trains says so in its lock file; a run that ended needs none).

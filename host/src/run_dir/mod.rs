@@ -182,6 +182,9 @@ pub struct RunLock {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LockFacts {
     pub pid: u32,
+    /// The dataset's name as `run.json` will give it (`Fashion-MNIST`).
+    #[serde(default)]
+    pub dataset: String,
     /// The steps the run takes in all when it trains every epoch.
     pub total_steps: u64,
     pub steps_per_epoch: u64,
@@ -347,6 +350,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let facts = LockFacts {
             pid: 7,
+            dataset: "Fashion-MNIST".into(),
             total_steps: 300,
             steps_per_epoch: 100,
         };

@@ -457,6 +457,7 @@ pub fn train(request: &TrainRequest) -> Result<RunOutcome> {
         let steps_per_epoch = trainer.batches_per_epoch() as u64;
         lock.describe(&run_dir::LockFacts {
             pid: std::process::id(),
+            dataset: dataset.name.clone(),
             total_steps: steps_per_epoch * settings.epochs as u64,
             steps_per_epoch,
         });
