@@ -154,7 +154,7 @@ async function runView(id) {
   drawConfig(config, run.config);
 
   // Live: the lines appended after the series were read, pushed by the server.
-  let source = null, pending = false, lastDraw = 0;
+  let source = null, pending = false, lastDraw = 0, ended = false;
   function redraw() {
     pending = false;
     lastDraw = Date.now();
@@ -163,6 +163,13 @@ async function runView(id) {
   }
   function connect() {
     source = new EventSource(`/api/events?${q({ run: id, offset: store.offset })}`);
+    // EventSource would reconnect by itself with the offset it started from, and add again
+    // what it already had: reconnect from the offset reached instead.
+    source.onerror = () => {
+      if (ended) return;
+      source.close();
+      setTimeout(connect, 2000);
+    };
     source.addEventListener("records", (e) => {
       const message = JSON.parse(e.data);
       store.add(message.records);
@@ -187,6 +194,7 @@ async function runView(id) {
       connect();
     });
     source.addEventListener("end", async () => {
+      ended = true;
       source.close();
       liveBadge.textContent = "";
       const fresh = await getJSON(`/api/run?${q({ run: id })}`);
@@ -205,7 +213,7 @@ async function runView(id) {
     drawProblems(fresh.log_problems);
     if (fresh.images.length !== images.dataset.count * 1) drawImages(images, id, fresh.images);
   }, 10000);
-  onLeave(() => { source.close(); clearInterval(imageTimer); liveBadge.textContent = ""; });
+  onLeave(() => { ended = true; source.close(); clearInterval(imageTimer); liveBadge.textContent = ""; });
 }
 
 // Images grouped by monitor and series, with an epoch slider where a series has epochs.
