@@ -8,11 +8,11 @@
 //! copies); and, beside the training thread, the sinks' threads by whom they wrote for.
 //! Widths are microseconds.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::run_dir::{read_run_info, MonitorReport, RunInfo};
+use crate::train::profile::Phase;
 
 /// The folder of a run directory the profile goes to.
 pub const PROFILE_DIR: &str = "profile";
@@ -112,14 +112,11 @@ fn hook_ms(monitor: &MonitorReport, events: &[&str]) -> f64 {
 pub fn folded_stacks(info: &RunInfo) -> Vec<(String, u64)> {
     let mut stacks = Vec::new();
     let part_ms = |name: &str| info.step_breakdown.get(name).map_or(0.0, |p| p.total_ms);
-    let in_step = [
-        "data",
-        "forward",
-        "backward",
-        "gradient_copy",
-        "optimizer",
-        "record",
-    ];
+    // The step's own parts; `monitors` is one of PART_EVENTS, with the hooks it holds.
+    let in_step = Phase::ALL
+        .iter()
+        .filter(|phase| phase.in_step() && **phase != Phase::Monitors)
+        .map(|phase| phase.name());
     for part in in_step {
         stacks.push((
             format!("training thread;step;{part}"),
@@ -178,20 +175,8 @@ pub fn breakdown(info: &RunInfo) -> String {
         "run {} ({} steps, training loop {:.1} s)\n\npart of the training thread  {:>11}  {:>7}\n",
         info.name, info.global_step, info.wall_time_s, "ms", "share"
     );
-    let order = [
-        "data",
-        "forward",
-        "backward",
-        "gradient_copy",
-        "monitors",
-        "optimizer",
-        "record",
-        "validation",
-        "checkpoint",
-        "epochs",
-    ];
     let mut accounted = 0.0;
-    for part in order {
+    for part in Phase::ALL.map(Phase::name) {
         let ms = info.step_breakdown.get(part).map_or(0.0, |p| p.total_ms);
         accounted += ms;
         out.push_str(&format!(
@@ -209,12 +194,11 @@ pub fn breakdown(info: &RunInfo) -> String {
         "\nmonitor                 {:>10}  {:>10}  {:>10}  {:>7}  {:>12}\n",
         "hooks ms", "service ms", "sinks ms", "share", "of which"
     ));
-    let mut by_share: BTreeMap<i64, Vec<&MonitorReport>> = BTreeMap::new();
-    for monitor in &info.monitors {
-        let key = -((monitor.total_ms + monitor.service_ms) * 1e3) as i64;
-        by_share.entry(key).or_default().push(monitor);
-    }
-    for monitor in by_share.values().flatten() {
+    // Costliest first (a stable sort: equal ones in config order).
+    let mut by_cost: Vec<&MonitorReport> = info.monitors.iter().collect();
+    let cost = |m: &MonitorReport| m.total_ms + m.service_ms;
+    by_cost.sort_by(|a, b| cost(b).total_cmp(&cost(a)));
+    for monitor in by_cost {
         let share = 100.0 * (monitor.total_ms + monitor.service_ms) / loop_ms.max(1e-9);
         out.push_str(&format!(
             "{:<22}  {:>10.1}  {:>10.1}  {:>10.1}  {:>5.2} %  hooks {:.2} %\n",
@@ -237,6 +221,7 @@ pub fn breakdown(info: &RunInfo) -> String {
 mod tests {
     use super::*;
     use crate::run_dir::{HookReport, PhaseReport};
+    use std::collections::BTreeMap;
 
     fn info() -> RunInfo {
         let mut info = RunInfo {

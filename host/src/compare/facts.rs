@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::run_dir::{read_lock_facts, read_run, RunLayout, RunState};
+use crate::run_dir::{read_lock_facts, read_run_info, run_state, RunLayout, RunState};
 
 /// How much of the end of `metrics.jsonl` is read for a running run's recent records.
 const TAIL_BYTES: u64 = 256 * 1024;
@@ -46,18 +46,20 @@ pub struct RunFacts {
 /// Read a run's facts; `total_steps` is the study's count for the run, when it has one.
 pub fn run_facts(dir: &Path, total_steps: Option<u64>) -> RunFacts {
     let layout = RunLayout::new(dir);
-    let status = read_run(dir);
+    // The state without `read_run`'s last record: the tail below is read once, where needed.
+    let summary = read_run_info(dir);
+    let summary = summary.as_ref();
+    let state = run_state(dir, summary);
     let config = config_table(&layout.config());
-    let summary = status.summary.as_ref();
-    let running = status.state == RunState::Running;
+    let running = state == RunState::Running;
     let stopped_early = summary
         .and_then(|s| s.stopped_by.as_ref())
         .is_some_and(|s| s.monitor == "early_stopping");
     let mut facts = RunFacts {
-        status: if status.state == RunState::Completed && stopped_early {
+        status: if state == RunState::Completed && stopped_early {
             "early-stopped".into()
         } else {
-            status.state.name().into()
+            state.name().into()
         },
         model: summary
             .map(|s| s.model.clone())

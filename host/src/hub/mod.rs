@@ -537,10 +537,7 @@ impl RunHub {
             .flat_map(|sink| sink.cpu_by_source())
             .chain(closed)
         {
-            match totals.iter_mut().find(|(name, _)| *name == source) {
-                Some((_, total)) => *total += spent,
-                None => totals.push((source, spent)),
-            }
+            crate::sink::add_by_source(&mut totals, &source, spent);
         }
         totals
     }

@@ -446,6 +446,8 @@ impl HostFfi for HostView<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn metric_names_are_stored_once_with_stable_ids() {
         let mut names = MetricNames::default();
@@ -457,8 +459,6 @@ mod tests {
         assert_eq!(names.name(3), "d");
         assert_eq!(names.name(99), "");
     }
-
-    use super::*;
 
     /// Services that keep gradient averages only as far as counting the updates.
     struct Counting(Cell<u64>);

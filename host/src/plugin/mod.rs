@@ -319,8 +319,8 @@ impl PluginHost {
     }
 
     /// Call every enabled monitor that wants `event.kind`, in config order. Scalars they log
-    /// are appended to `scalars` as (monitor index, metric id, value) ([`Self::scalar_names`]). Returns an error only when
-    /// a monitor with `on_error = "abort"` failed.
+    /// are appended to `scalars` as (monitor index, metric id, value); [`Self::scalar_names`]
+    /// names them. Returns an error only when a monitor with `on_error = "abort"` failed.
     pub fn dispatch(
         &mut self,
         event: &EventData<'_>,

@@ -31,7 +31,7 @@ pub use info::{
     HookReport, MlflowReport, MonitorDisabled, MonitorReport, PhaseReport, RunInfo, SkippedFiles,
     StoppedBy,
 };
-pub use status::{last_line, read_run, RunState, RunStatus};
+pub use status::{last_line, read_run, run_state, RunState, RunStatus};
 
 /// What a study's directory keeps about the study; a run directory whose parent holds it is
 /// one of the study's runs.

@@ -60,22 +60,27 @@ pub fn read_run(dir: &Path) -> RunStatus {
     let summary = read_run_info(dir);
     let last_record =
         last_line(&layout.metrics()).and_then(|line| serde_json::from_str(&line).ok());
-    let empty = is_unused(dir);
-    let state = if is_locked(&layout.lock()) {
-        RunState::Running
-    } else if empty {
-        RunState::Queued
-    } else {
-        match summary.as_ref().map(|s| s.status.as_str()) {
-            Some(RunInfo::COMPLETED | RunInfo::STOPPED) => RunState::Completed,
-            Some(RunInfo::FAILED) => RunState::Failed,
-            _ => RunState::Interrupted,
-        }
-    };
+    let state = run_state(dir, summary.as_ref());
     RunStatus {
         state,
         summary,
         last_record,
+    }
+}
+
+/// A run directory's state, given its `run.json` (read by the caller, who wants it too),
+/// without reading its metrics.
+pub fn run_state(dir: &Path, summary: Option<&RunInfo>) -> RunState {
+    if is_locked(&RunLayout::new(dir).lock()) {
+        RunState::Running
+    } else if is_unused(dir) {
+        RunState::Queued
+    } else {
+        match summary.map(|s| s.status.as_str()) {
+            Some(RunInfo::COMPLETED | RunInfo::STOPPED) => RunState::Completed,
+            Some(RunInfo::FAILED) => RunState::Failed,
+            _ => RunState::Interrupted,
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{thread_cpu_time, Histogram, Record, Sink, HOST_SOURCE};
+use super::{add_by_source, thread_cpu_time, Histogram, Record, Sink, HOST_SOURCE};
 use crate::error::{Error, Result};
 
 const QUEUE: usize = 8192;
@@ -85,10 +85,7 @@ impl Background {
                         }
                     };
                     let took = thread_cpu_time().saturating_sub(started);
-                    match spent.iter_mut().find(|(name, _)| *name == source) {
-                        Some((_, total)) => *total += took,
-                        None => spent.push((source.to_string(), took)),
-                    }
+                    add_by_source(&mut spent, source, took);
                     if let Err(err) = result {
                         if !failed {
                             failed = true;

@@ -165,6 +165,18 @@ pub trait Sink {
 /// weight histograms), in [`Sink::cpu_by_source`].
 pub const HOST_SOURCE: &str = "host";
 
+/// Add `spent` to `source`'s entry of `totals` (a short list, by name: a run's monitors).
+pub fn add_by_source(
+    totals: &mut Vec<(String, std::time::Duration)>,
+    source: &str,
+    spent: std::time::Duration,
+) {
+    match totals.iter_mut().find(|(name, _)| name == source) {
+        Some((_, total)) => *total += spent,
+        None => totals.push((source.to_string(), spent)),
+    }
+}
+
 /// The CPU time this thread has run, from `CLOCK_THREAD_CPUTIME_ID` (zero where unreadable).
 pub fn thread_cpu_time() -> std::time::Duration {
     let mut now = libc::timespec {
