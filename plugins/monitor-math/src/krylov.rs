@@ -211,16 +211,130 @@ pub fn extend_basis<E>(
     Ok(products)
 }
 
-/// Remove from `w` its components along the orthonormal `basis`, twice.
+/// Remove from `w` its components along the orthonormal `basis`, twice ("twice is enough").
 fn orthogonalise(w: &mut [f32], basis: &[Vec<f32>]) {
     for _ in 0..2 {
-        for b in basis {
-            let c = dot(b, w);
-            w.iter_mut()
-                .zip(b)
-                .for_each(|(x, &y)| *x = (f64::from(*x) - c * f64::from(y)) as f32);
+        project_out(&mut [w], basis);
+    }
+}
+
+/// Rows per block of [`project_out`]: a block of every target and of one basis vector (8 KiB
+/// each) stays in the core's caches while it is used.
+const BLOCK_ROWS: usize = 2048;
+
+/// Below this many rows [`project_out`] stays on the calling thread.
+const SPLIT_ROWS: usize = 1 << 16;
+
+/// Subtract from each of `targets` its components along the orthonormal `basis` (classical
+/// Gram-Schmidt), a block of rows at a time: each basis vector is read from memory twice in
+/// all (once for the coefficients, once to subtract), for all targets together, where one
+/// target and one basis vector at a time would read the whole basis twice per target.
+///
+/// The arithmetic is single precision inside a block (sixteen running sums of at most 128
+/// products each, so rounding stays near `f32`'s own 6e-8) and double precision across
+/// blocks: double precision throughout converts every element twice and computes half as
+/// many lanes at once. Reading a basis of tens of parameter-sized vectors is limited by how
+/// fast one core can stream memory, so a long vector is done in two halves on two threads;
+/// the halves are the same on every machine, so the result does not depend on its cores.
+pub fn project_out(targets: &mut [&mut [f32]], basis: &[Vec<f32>]) {
+    let rows = targets.iter().map(|t| t.len()).min().unwrap_or(0);
+    if basis.is_empty() || rows == 0 {
+        return;
+    }
+    let width = basis.len();
+    let split = if rows >= SPLIT_ROWS {
+        (rows / 2).next_multiple_of(BLOCK_ROWS).min(rows)
+    } else {
+        rows
+    };
+    let (front, back): (Vec<&mut [f32]>, Vec<&mut [f32]>) = targets
+        .iter_mut()
+        .map(|t| t[..rows].split_at_mut(split))
+        .unzip();
+    let (mut front, mut back) = (front, back);
+    let coefficients = std::thread::scope(|scope| {
+        let back_half = (split < rows).then(|| {
+            let back = &back;
+            scope.spawn(move || coefficients_over(back, basis, split))
+        });
+        let mut sums = coefficients_over(&front, basis, 0);
+        if let Some(handle) = back_half {
+            let back_sums = handle
+                .join()
+                .expect("the coefficients' thread does not panic");
+            sums.iter_mut().zip(back_sums).for_each(|(s, b)| *s += b);
+        }
+        sums
+    });
+    std::thread::scope(|scope| {
+        if split < rows {
+            let (back, coefficients) = (&mut back, &coefficients);
+            scope.spawn(move || subtract_over(back, basis, coefficients, width, split));
+        }
+        subtract_over(&mut front, basis, &coefficients, width, 0);
+    });
+}
+
+/// `coefficients[t · basis.len() + j] = Σ targets[t]·basis[j]` over the rows the targets
+/// hold, which begin at row `offset` of the basis vectors.
+fn coefficients_over(targets: &[&mut [f32]], basis: &[Vec<f32>], offset: usize) -> Vec<f64> {
+    let rows = targets.iter().map(|t| t.len()).min().unwrap_or(0);
+    let mut coefficients = vec![0.0f64; targets.len() * basis.len()];
+    for start in (0..rows).step_by(BLOCK_ROWS) {
+        let end = (start + BLOCK_ROWS).min(rows);
+        for (j, b) in basis.iter().enumerate() {
+            let b = &b[offset + start..offset + end];
+            for (t, target) in targets.iter().enumerate() {
+                coefficients[t * basis.len() + j] += block_dot(b, &target[start..end]);
+            }
         }
     }
+    coefficients
+}
+
+/// `targets[t] −= Σ_j coefficients[t · width + j] · basis[j]` over the rows the targets hold,
+/// which begin at row `offset` of the basis vectors.
+fn subtract_over(
+    targets: &mut [&mut [f32]],
+    basis: &[Vec<f32>],
+    coefficients: &[f64],
+    width: usize,
+    offset: usize,
+) {
+    let rows = targets.iter().map(|t| t.len()).min().unwrap_or(0);
+    for start in (0..rows).step_by(BLOCK_ROWS) {
+        let end = (start + BLOCK_ROWS).min(rows);
+        for (j, b) in basis.iter().enumerate() {
+            let b = &b[offset + start..offset + end];
+            for (t, target) in targets.iter_mut().enumerate() {
+                let c = coefficients[t * width + j] as f32;
+                target[start..end]
+                    .iter_mut()
+                    .zip(b)
+                    .for_each(|(x, &y)| *x -= c * y);
+            }
+        }
+    }
+}
+
+/// `Σ a·b` over one block: sixteen single-precision running sums, added in double precision.
+fn block_dot(a: &[f32], b: &[f32]) -> f64 {
+    const LANES: usize = 16;
+    let n = a.len().min(b.len());
+    let (a, b) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+    let tail: f64 = a
+        .remainder()
+        .iter()
+        .zip(b.remainder())
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
+    let mut sums = [0.0f32; LANES];
+    for (x, y) in a.zip(b) {
+        for lane in 0..LANES {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    sums.iter().map(|&s| f64::from(s)).sum::<f64>() + tail
 }
 
 /// `v / ‖v‖` (`v` itself when it is zero).
@@ -232,6 +346,9 @@ pub fn unit(mut v: Vec<f32>) -> Vec<f32> {
     }
     v
 }
+
+/// Hutchinson's samples drawn and projected together (parameter-sized vectors each).
+const HUTCHINSON_BLOCK: usize = 16;
 
 /// A trace estimate and its standard error.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -257,19 +374,26 @@ pub fn hutchinson<E>(
     basis: &[Vec<f32>],
     basis_trace: f64,
 ) -> Result<TraceEstimate, E> {
-    let mut z = vec![0.0f32; dimension];
+    // The samples are drawn and projected a block at a time (see `project_out`), in the
+    // order one at a time would draw them.
+    let block = (samples as usize).clamp(1, HUTCHINSON_BLOCK);
+    let mut probes = vec![vec![0.0f32; dimension]; block];
     let mut product = vec![0.0f32; dimension];
     let mut estimates = Vec::with_capacity(samples as usize);
-    for _ in 0..samples {
-        z.iter_mut().for_each(|v| *v = rng.rademacher());
-        for b in basis {
-            let along = dot(b, &z);
-            z.iter_mut()
-                .zip(b)
-                .for_each(|(x, &y)| *x = (f64::from(*x) - along * f64::from(y)) as f32);
+    while estimates.len() < samples as usize {
+        let count = block.min(samples as usize - estimates.len());
+        let probes = &mut probes[..count];
+        for z in probes.iter_mut() {
+            z.iter_mut().for_each(|v| *v = rng.rademacher());
         }
-        hvp(&z, &mut product)?;
-        estimates.push(dot(&z, &product));
+        project_out(
+            &mut probes.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>(),
+            basis,
+        );
+        for z in probes.iter() {
+            hvp(z, &mut product)?;
+            estimates.push(dot(z, &product));
+        }
     }
     let (mean, stderr) = crate::mean_and_stderr(&estimates);
     Ok(TraceEstimate {
@@ -525,6 +649,59 @@ mod tests {
             "{deflated:?} vs {plain:?}"
         );
         assert_eq!(deflated.products, 400);
+    }
+
+    /// Long enough to be done in two halves with a partial last block: what is left of each
+    /// target is orthogonal to the basis, and what was removed is its projection `BBᵀt`.
+    #[test]
+    fn projecting_out_a_basis_leaves_the_orthogonal_part_of_every_target() {
+        let n = SPLIT_ROWS + 3 * BLOCK_ROWS + 17;
+        let mut rng = Rng::new(5);
+        let mut basis: Vec<Vec<f32>> = Vec::new();
+        for _ in 0..3 {
+            let mut v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            for b in &basis {
+                let c = dot(b, &v);
+                v.iter_mut()
+                    .zip(b)
+                    .for_each(|(x, &y)| *x = (f64::from(*x) - c * f64::from(y)) as f32);
+            }
+            basis.push(unit(v));
+        }
+        let originals: Vec<Vec<f32>> = (0..2)
+            .map(|t| {
+                (0..n)
+                    .map(|i| rng.normal() as f32 + t as f32 * (i % 3) as f32)
+                    .collect()
+            })
+            .collect();
+        let mut targets = originals.clone();
+        project_out(
+            &mut targets
+                .iter_mut()
+                .map(Vec::as_mut_slice)
+                .collect::<Vec<_>>(),
+            &basis,
+        );
+        for (original, target) in originals.iter().zip(&targets) {
+            let scale = norm(original);
+            for b in &basis {
+                assert!(dot(b, target).abs() < 1e-5 * scale, "{}", dot(b, target));
+            }
+            let coefficients: Vec<f64> = basis.iter().map(|b| dot(b, original)).collect();
+            let worst = (0..n)
+                .map(|i| {
+                    let removed = f64::from(original[i]) - f64::from(target[i]);
+                    let projection: f64 = coefficients
+                        .iter()
+                        .zip(&basis)
+                        .map(|(c, b)| c * f64::from(b[i]))
+                        .sum();
+                    (removed - projection).abs()
+                })
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-5, "an element is off by {worst}");
+        }
     }
 
     #[test]
