@@ -9,9 +9,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::baseline::ExternalLoop;
+use super::cpu::process_cpu_seconds;
+use super::summary::summarize;
 use super::workload::{
-    another_repeat_fits, summarize, LaneMeasure, Segment, Workload, WorkloadOptions,
-    WorkloadReport, ALL, BARE_WEIGHTED, CONTROL, LIGHTNING_VARIANT, SHIPPED_MONITORS, WATCHING,
+    another_repeat_fits, LaneMeasure, Segment, Workload, WorkloadOptions, WorkloadReport, ALL,
+    BARE_WEIGHTED, CONTROL, LIGHTNING_VARIANT, SHIPPED_MONITORS, WATCHING,
 };
 use crate::config::Settings;
 use crate::data::{self, Dataset};
@@ -82,9 +84,10 @@ impl Lane {
 
     fn run_segment(&mut self, steps: u64) -> Result<Segment> {
         let until = self.trainer.global_step() + steps;
-        let started = Instant::now();
+        let (started, cpu_before) = (Instant::now(), process_cpu_seconds());
         let summary = self.trainer.train_until(&mut self.hub, Some(until))?;
         let wall = started.elapsed().as_secs_f64();
+        let cpu = process_cpu_seconds() - cpu_before;
         self.hvps.0 += summary.hessian_vector_products;
         self.hvps.1 += summary.hessian_vector_seconds;
         if summary.steps != steps {
@@ -104,6 +107,7 @@ impl Lane {
         }
         Ok(Segment {
             wall,
+            cpu,
             validation: summary.validation_seconds,
             validations: summary.validations.len(),
             steps,

@@ -14,10 +14,12 @@
 //! wrong side of the target meets it. Nothing here is a test with a time limit.
 
 pub mod baseline;
+mod cpu;
 pub mod dashboard;
 pub mod image_folder;
 mod lanes;
 pub mod plugins;
+mod summary;
 pub mod table;
 pub mod webdriver;
 pub mod workload;

@@ -64,10 +64,11 @@ pub fn workload_table(report: &WorkloadReport) -> String {
         .and_then(|c| c.overhead_pct.as_ref())
         .map(|o| o.high - o.low);
     out.push_str(&format!(
-        "\n{:<width$}  {:>23}  {:>24}  {:>8}  {:>8}  {:>7}  {:>7}  {:>7}\n",
+        "\n{:<width$}  {:>23}  {:>24}  {:>24}  {:>8}  {:>8}  {:>7}  {:>7}  {:>7}\n",
         "configuration",
         "ms/step (min–max)",
         "overhead % (min–max)",
+        "CPU time % (90 % int.)",
         "in hooks",
         "service",
         "lower",
@@ -83,10 +84,14 @@ pub fn workload_table(report: &WorkloadReport) -> String {
             || "—".to_string(),
             |o| format!("{:+.2} ({:+.2}…{:+.2})", o.median, o.min, o.max),
         );
+        let cpu = c.cpu_overhead_pct.as_ref().map_or_else(
+            || "—".to_string(),
+            |o| format!("{:+.2} ({:+.2}…{:+.2})", o.median, o.low, o.high),
+        );
         let target = match (c.target_pct, c.verdict) {
-            (Some(t), Some("not judged")) => format!("≤{t:.0}% not judged (see the notes)"),
+            (Some(t), Some("not judged")) => format!("≤{t}% not judged (see the notes)"),
             (Some(t), Some(verdict)) => format!(
-                "≤{t:.0}% {}{}",
+                "≤{t}% {}{}",
                 if verdict == "missed" {
                     "MISSED"
                 } else {
@@ -98,10 +103,11 @@ pub fn workload_table(report: &WorkloadReport) -> String {
         };
         let bound = |b: Option<f64>| b.map_or_else(|| "—".to_string(), |u| format!("{u:+.2}%"));
         out.push_str(&format!(
-            "{:<width$}  {:>23}  {:>24}  {:>7.2}%  {:>7.2}%  {:>7}  {:>7}  {}\n",
+            "{:<width$}  {:>23}  {:>24}  {:>24}  {:>7.2}%  {:>7.2}%  {:>7}  {:>7}  {}\n",
             c.name,
             step,
             overhead,
+            cpu,
             c.in_hooks_pct,
             c.in_service_pct,
             bound(c.lower_pct),
@@ -110,7 +116,10 @@ pub fn workload_table(report: &WorkloadReport) -> String {
         ));
     }
     out.push_str(
-        "service: the host's time serving the monitors outside their hooks (data for their subscriptions, \
+        "CPU time %: the same overhead in the process's CPU time (all its threads; validation left out \
+         in its share of wall time), median and the 90 % interval of the mean: time the machine gives to \
+         other processes is not in it. It is shown beside the verdicts, which are on wall time. \
+         service: the host's time serving the monitors outside their hooks (data for their subscriptions, \
          routing their records and images). upper: the high end of the overhead's 90 % bootstrap interval \
          (over repeats) or the time in hooks plus service, whichever is larger; lower: the low end of that \
          interval or hooks plus service, whichever is larger. A target is met when the upper bound meets \
