@@ -170,7 +170,11 @@ def class_names(workload, source):
 
 
 def make_model(workload):
-    return SmallCnn() if workload == "w1" else ResNet18(0.5)
+    """The workload's network, its convolutions' weights channels-last (N x H x W x C in
+    memory) as vigil keeps them on the CPU: libtorch's convolutions and max pooling then run
+    channels-last throughout, the same kernels in both loops."""
+    model = SmallCnn() if workload == "w1" else ResNet18(0.5)
+    return model.to(memory_format=torch.channels_last)
 
 
 def make_optimizer(workload, model, lr):

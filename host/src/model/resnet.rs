@@ -122,8 +122,9 @@ impl ModuleT for ResNet18 {
         for block in &self.blocks {
             ys = block.forward(&ys, train);
         }
+        let rows = ys.size()[0];
         ys.adaptive_avg_pool2d([1, 1])
-            .flat_view()
+            .reshape([rows, -1])
             .apply(&self.classifier)
     }
 }

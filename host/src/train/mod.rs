@@ -31,7 +31,7 @@ use tch::nn;
 use tch::{Device, Tensor};
 use vigil_plugin_api::{EventKind, SamplerDraws, StepCounters};
 
-use crate::config::Settings;
+use crate::config::{ModelKind, Settings};
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::hub::{MonitorTarget, RunHub};
@@ -173,6 +173,12 @@ impl Trainer {
                 module_file,
             )?
         };
+        // The convolutional networks' weights channels-last on the CPU (see
+        // `model::use_channels_last`); the PyTorch loops of `vigil bench` make the same choice.
+        let convolutional = matches!(settings.model.kind, ModelKind::Cnn | ModelKind::Resnet18);
+        if convolutional && device == Device::Cpu {
+            model::use_channels_last(&vars)?;
+        }
         let parameters = vars.trainable_variables();
         let optimizer = Optimizer::new(
             &settings.optim,
