@@ -33,8 +33,11 @@ pub(super) struct TrainerServices<'a> {
 /// Make every parameter's gradient a slice of one flat tensor, in parameter order, so that
 /// the flattened gradient monitors subscribe to is that tensor itself, with no copy on the
 /// CPU. Backward passes accumulate into existing gradients in place, and the optimizer zeroes
-/// them in place, so the aliasing lasts. `None` (nothing changed) while some gradient is
-/// undefined or not `f32`.
+/// them in place, so the aliasing lasts. Each gradient takes its parameter's strides (the
+/// layout autograd expects of it: a channels-last weight's slice is in channels-last order),
+/// so the flat tensor is in logical order only while every parameter is contiguous; readers
+/// check [`all_contiguous`]. `None` (nothing changed) while some gradient is undefined or not
+/// `f32`.
 pub(super) fn flatten_grads(parameters: &[Tensor]) -> Result<Option<Tensor>> {
     let _no_grad = tch::no_grad_guard();
     let mut grads = Vec::with_capacity(parameters.len());
@@ -51,20 +54,22 @@ pub(super) fn flatten_grads(parameters: &[Tensor]) -> Result<Option<Tensor>> {
     let total: i64 = grads.iter().map(|g| g.numel() as i64).sum();
     let flat = Tensor::f_zeros([total], (Kind::Float, first.device()))?;
     let mut offset = 0;
-    for grad in &mut grads {
+    for (grad, parameter) in grads.iter_mut().zip(parameters) {
         let numel = grad.numel() as i64;
-        let shape = grad.size();
-        flat.f_narrow(0, offset, numel)?
-            .f_copy_(&grad.f_reshape([-1])?)?;
-        // Contiguous strides of `shape`.
-        let mut strides = vec![1i64; shape.len()];
-        for dim in (0..shape.len().saturating_sub(1)).rev() {
-            strides[dim] = strides[dim + 1] * shape[dim + 1];
-        }
+        let (shape, strides) = (parameter.size(), parameter.stride());
+        let mut slice = flat.f_as_strided(&shape, &strides, offset)?;
+        slice.f_copy_(grad)?;
         let _ = grad.f_set_source_tensor_storage_offset_(&flat, offset, &shape, &strides)?;
         offset += numel;
     }
     Ok(Some(flat))
+}
+
+/// Whether every parameter is contiguous, so that the flat gradient's order is every
+/// parameter's logical (row-major) order. A parameter with other dense strides
+/// (channels-last, `model::use_channels_last`) is not.
+fn all_contiguous(parameters: &[Tensor]) -> bool {
+    parameters.iter().all(Tensor::is_contiguous)
 }
 
 /// Names and shapes of `parameters`, matched to the var store's names by storage.
@@ -185,7 +190,11 @@ impl HostServices for TrainerServices<'_> {
 
     fn gradient_view(&self) -> Option<&[f32]> {
         let flat = self.flat_grads?;
-        if flat.device() != Device::Cpu || flat.kind() != Kind::Float || !flat.is_contiguous() {
+        if flat.device() != Device::Cpu
+            || flat.kind() != Kind::Float
+            || !flat.is_contiguous()
+            || !all_contiguous(self.parameters)
+        {
             return None;
         }
         // SAFETY: `flat` is a contiguous CPU f32 tensor of `numel` elements that lives as long
@@ -197,7 +206,7 @@ impl HostServices for TrainerServices<'_> {
     }
 
     fn gradient_into(&self, out: &mut Vec<f32>) -> Result<()> {
-        if let Some(flat) = self.flat_grads {
+        if let Some(flat) = self.flat_grads.filter(|_| all_contiguous(self.parameters)) {
             out.resize(flat.numel(), 0.0);
             return Ok(flat
                 .f_to_kind(Kind::Float)?
@@ -547,5 +556,63 @@ mod tests {
                 "{a} vs 3 × {b}"
             );
         }
+    }
+
+    /// A channels-last weight's gradient keeps its parameter's strides once flattened (the
+    /// layout autograd expects: no warning, no strided accumulation), and readers of the
+    /// flattened gradient still get every parameter in logical order.
+    #[test]
+    fn flattened_gradients_of_channels_last_weights_keep_their_layout_and_read_in_order() {
+        tch::manual_seed(5);
+        let vars = nn::VarStore::new(Device::Cpu);
+        let net = crate::model::Network::Native(Box::new(
+            nn::seq_t()
+                .add(nn::conv2d(vars.root() / "c", 2, 3, 3, Default::default()))
+                .add_fn(|x| x.tanh().reshape([x.size()[0], -1]))
+                .add(nn::linear(
+                    vars.root() / "b",
+                    3 * 2 * 2,
+                    2,
+                    Default::default(),
+                )),
+        ));
+        crate::model::use_channels_last(&vars).unwrap();
+        let parameters = vars.trainable_variables();
+        let input = Tensor::randn([4, 2, 4, 4], (Kind::Float, Device::Cpu));
+        net.forward_t(&input, true)
+            .pow_tensor_scalar(2)
+            .sum(Kind::Float)
+            .backward();
+        let expected = concatenated_grads(&parameters);
+        let flat = flatten_grads(&parameters).unwrap().expect("defined");
+        for p in &parameters {
+            assert_eq!(p.grad().stride(), p.stride());
+        }
+        assert!(parameters.iter().any(|p| !p.is_contiguous()));
+        assert_eq!(concatenated_grads(&parameters), expected);
+        let train = TensorSplit::new(
+            &crate::data::ImageSet::empty(1, 1, 1),
+            &[0.0],
+            &[1.0],
+            Device::Cpu,
+            1,
+        )
+        .unwrap();
+        let (probes, averages) = (ProbeCache::default(), GradientAverages::default());
+        let services = TrainerServices {
+            model: &net,
+            parameters: &parameters,
+            train: &train,
+            probes: &probes,
+            averages: &averages,
+            device: Device::Cpu,
+            flat_grads: Some(&flat),
+        };
+        assert!(services.gradient_view().is_none());
+        let mut read = Vec::new();
+        services.gradient_into(&mut read).unwrap();
+        assert_eq!(read, expected);
+        // The flat tensor itself holds the weight in memory order: not what readers get.
+        assert_ne!(Vec::<f32>::try_from(&flat).unwrap(), expected);
     }
 }
