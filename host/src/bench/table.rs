@@ -120,7 +120,7 @@ pub fn workload_table(report: &WorkloadReport) -> String {
          in its share of wall time), median and the 90 % interval of the mean: time the machine gives to \
          other processes is not in it. It is shown beside the verdicts, which are on wall time. \
          service: the host's time serving the monitors outside their hooks (data for their subscriptions, \
-         routing their records and images). upper: the high end of the overhead's 90 % bootstrap interval \
+         routing their records and images). upper: the high end of the overhead's 90 % interval \
          (over repeats) or the time in hooks plus service, whichever is larger; lower: the low end of that \
          interval or hooks plus service, whichever is larger. A target is met when the upper bound meets \
          it and missed when the lower bound misses it; otherwise the benchmark repeats every \

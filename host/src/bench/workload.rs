@@ -182,13 +182,13 @@ pub struct ConfigResult {
     /// The host's time serving the monitors outside their hooks (data for their
     /// subscriptions, routing their output), per bare training time, in percent.
     pub in_service_pct: f64,
-    /// The overhead's upper bound: the larger of the high end of its 90 % bootstrap interval
+    /// The overhead's upper bound: the larger of the high end of its 90 % interval
     /// and the time in hooks (a floor under the true overhead). The verdict is from this.
     pub upper_pct: Option<f64>,
     pub target_pct: Option<f64>,
     /// Whether the upper bound meets the target.
     pub meets_target: Option<bool>,
-    /// The overhead's lower bound: the larger of the low end of its 90 % bootstrap interval
+    /// The overhead's lower bound: the larger of the low end of its 90 % interval
     /// and the time in hooks plus service.
     pub lower_pct: Option<f64>,
     /// `met` (the upper bound meets the target), `missed` (the lower bound misses it),
@@ -245,7 +245,7 @@ pub struct BaselineResult {
     /// That host configuration's steps/s over this loop's, per repeat.
     pub host_speedup: Measurement,
     pub target: f64,
-    /// Whether the low end of the speed-up's 90 % bootstrap interval meets the target.
+    /// Whether the low end of the speed-up's 90 % interval meets the target.
     pub meets_target: bool,
 }
 
