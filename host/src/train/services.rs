@@ -396,6 +396,18 @@ mod tests {
     use super::*;
     use tch::nn::{self, Module, ModuleT};
 
+    /// A training split with nothing in it, for services that read no data.
+    fn empty_split() -> TensorSplit {
+        TensorSplit::new(
+            &crate::data::ImageSet::empty(1, 1, 1),
+            &[0.0],
+            &[1.0],
+            Device::Cpu,
+            1,
+        )
+        .unwrap()
+    }
+
     fn concatenated_grads(parameters: &[Tensor]) -> Vec<f32> {
         parameters
             .iter()
@@ -431,14 +443,7 @@ mod tests {
                     .add(nn::linear(vars.root() / "b", 4, 3, Default::default())),
             ));
             let parameters = vars.trainable_variables();
-            let train = TensorSplit::new(
-                &crate::data::ImageSet::empty(1, 1, 1),
-                &[0.0],
-                &[1.0],
-                Device::Cpu,
-                1,
-            )
-            .unwrap();
+            let train = empty_split();
             let (probes, averages) = (ProbeCache::default(), GradientAverages::default());
             let mut flat_grads = None;
             let beta = 0.75;
@@ -590,14 +595,7 @@ mod tests {
         }
         assert!(parameters.iter().any(|p| !p.is_contiguous()));
         assert_eq!(concatenated_grads(&parameters), expected);
-        let train = TensorSplit::new(
-            &crate::data::ImageSet::empty(1, 1, 1),
-            &[0.0],
-            &[1.0],
-            Device::Cpu,
-            1,
-        )
-        .unwrap();
+        let train = empty_split();
         let (probes, averages) = (ProbeCache::default(), GradientAverages::default());
         let services = TrainerServices {
             model: &net,
