@@ -143,6 +143,14 @@ impl Subscriptions {
     pub const SAMPLE_IMAGES: Subscriptions = Subscriptions(1 << 2);
     /// The indices the training sampler drew for the epoch.
     pub const SAMPLER: Subscriptions = Subscriptions(1 << 3);
+    /// Statistics of the individual gradients (API 1.4) at the steps the monitor schedules:
+    /// the queries of [`crate::per_sample`]. The host records each layer's input and output
+    /// gradient during those steps' forward and backward passes.
+    pub const PER_SAMPLE: Subscriptions = Subscriptions(1 << 4);
+    /// The parameters' motion (API 1.4): the host keeps the weights training started from
+    /// and, at the steps the monitor schedules, the update the optimizer makes
+    /// ([`crate::per_sample::LAST_UPDATE`], [`crate::per_sample::DISTANCE`]).
+    pub const PARAMETER_MOTION: Subscriptions = Subscriptions(1 << 5);
 
     /// Both: `Subscriptions::GRADIENT.union(Subscriptions::SAMPLER)`.
     pub const fn union(self, other: Subscriptions) -> Subscriptions {

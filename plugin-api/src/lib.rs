@@ -88,6 +88,11 @@
 //! `#[non_exhaustive]`. This changed the accessors' signatures (a `?` where they are called),
 //! not the ABI: a plugin built against 1.2 runs unchanged.
 //!
+//! Added in 1.4: statistics of the individual gradients and the parameters' motion
+//! ([`per_sample`]; subscriptions `PER_SAMPLE` and `PARAMETER_MOTION`; typed methods such as
+//! [`Context::per_sample_stats`]), and histograms for the host's sinks
+//! ([`Context::log_histogram`]). Data only: a 1.4 host runs every 1.x plugin.
+//!
 //! **Semantic versioning, and the one exception.** 1.3.0 changed the return types of six
 //! accessors of [`Context`] (`gradient`, `grad_norms`, `weight_norms`, `validation_batch`,
 //! `sample_images`, `sampler_draws`): a source break inside 1.x, which semver forbids, so a
@@ -104,6 +109,7 @@
 pub mod abi;
 mod context;
 pub mod identity;
+pub mod per_sample;
 pub mod query;
 pub mod sdk;
 pub mod state;

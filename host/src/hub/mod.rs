@@ -225,6 +225,11 @@ impl RunHub {
         self.plugins.subscribes(data)
     }
 
+    /// The enabled monitors that subscribed to `data`, by index.
+    pub fn subscriber_indices(&self, data: Subscriptions) -> Vec<usize> {
+        self.plugins.subscriber_indices(data)
+    }
+
     /// The trainer spent `spent` preparing `data` for the monitors that subscribed to it:
     /// their service time, shared equally.
     pub fn charge_subscribers(&mut self, data: Subscriptions, spent: Duration) {
@@ -278,6 +283,14 @@ impl RunHub {
             );
         }
         self.write_monitor_scalars(scalars, &event.counters)?;
+        for (monitor, record) in self.plugins.take_histograms() {
+            let histogram =
+                crate::sink::Histogram::of_buckets(record.low, &record.limits, &record.counts);
+            let (tag, wall_time) = (format!("{monitor}/{}", record.tag), unix_time());
+            for sink in self.sinks.iter_mut() {
+                sink.histogram(&tag, event.counters.global_step, wall_time, &histogram)?;
+            }
+        }
         for (monitor, path, kind) in self.plugins.take_artifacts() {
             if kind != ArtifactKind::PNG {
                 continue;

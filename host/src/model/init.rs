@@ -14,6 +14,8 @@
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init};
 
+use super::taps::{self, LayerOp};
+
 /// Kaiming-uniform with a = √5: gain √(2 / (1 + a²)) = 1/√3, so the bound is
 /// gain · √(3 / fan_in) = 1/√fan_in.
 const KAIMING_UNIFORM_A_SQRT5: Init = Init::Kaiming {
@@ -38,9 +40,9 @@ fn bias_init(fan_in: i64) -> Init {
     }
 }
 
-/// `nn.Linear(in_dim, out_dim)` as PyTorch initialises it.
-pub fn linear(path: nn::Path<'_>, in_dim: i64, out_dim: i64) -> nn::Linear {
-    nn::linear(
+/// `nn.Linear(in_dim, out_dim)` as PyTorch initialises it (a layer that can be recorded).
+pub fn linear(path: nn::Path<'_>, in_dim: i64, out_dim: i64) -> taps::Linear {
+    taps::Linear(nn::linear(
         path,
         in_dim,
         out_dim,
@@ -49,7 +51,7 @@ pub fn linear(path: nn::Path<'_>, in_dim: i64, out_dim: i64) -> nn::Linear {
             bs_init: Some(bias_init(in_dim)),
             bias: true,
         },
-    )
+    ))
 }
 
 /// How a convolution's weight starts.
@@ -88,7 +90,7 @@ pub fn conv2d(
     c_out: i64,
     kernel: i64,
     options: ConvOptions,
-) -> nn::Conv2D {
+) -> taps::Conv2d {
     let ConvOptions {
         stride,
         padding,
@@ -96,7 +98,7 @@ pub fn conv2d(
         init,
     } = options;
     let fan_in = c_in * kernel * kernel;
-    nn::conv2d(
+    let conv = nn::conv2d(
         path,
         c_in,
         c_out,
@@ -112,7 +114,15 @@ pub fn conv2d(
             bs_init: bias_init(fan_in),
             ..Default::default()
         },
-    )
+    );
+    taps::Conv2d {
+        conv,
+        op: LayerOp::Conv2d {
+            kernel,
+            stride,
+            padding,
+        },
+    }
 }
 
 /// `nn.BatchNorm2d(channels)`: weight 1, bias 0 (running mean 0, running variance 1).
@@ -158,7 +168,7 @@ mod tests {
     fn linear_and_conv_weights_and_biases_lie_within_one_over_root_fan_in() {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
-        let fc = linear(vs.root() / "fc", 400, 300);
+        let fc = linear(vs.root() / "fc", 400, 300).0;
         let bound = 1.0 / 400f64.sqrt();
         let (mean, std, max) = stats(&fc.ws);
         assert!(max <= bound && max > 0.99 * bound, "{max} vs {bound}");
@@ -172,7 +182,7 @@ mod tests {
             padding: 1,
             ..ConvOptions::TORCH
         };
-        let conv = conv2d(vs.root() / "conv", 32, 64, 3, same);
+        let conv = conv2d(vs.root() / "conv", 32, 64, 3, same).conv;
         let bound = 1.0 / (32.0 * 9.0f64).sqrt();
         let (_, std, max) = stats(&conv.ws);
         assert!(max <= bound && max > 0.99 * bound, "{max} vs {bound}");
@@ -191,7 +201,7 @@ mod tests {
             bias: false,
             init: ConvInit::TorchvisionResnet,
         };
-        let conv = conv2d(vs.root() / "conv", 64, 128, 3, options);
+        let conv = conv2d(vs.root() / "conv", 64, 128, 3, options).conv;
         assert!(conv.bs.is_none());
         let (mean, std, _) = stats(&conv.ws);
         let expected = (2.0 / (128.0 * 9.0f64)).sqrt();

@@ -3,6 +3,7 @@
 
 pub mod init;
 mod resnet;
+pub mod taps;
 mod torchscript;
 
 use tch::nn::{self, ModuleT};

@@ -10,6 +10,7 @@ use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use super::init::{self, ConvInit, ConvOptions};
+use super::taps;
 use crate::config::Norm;
 
 /// Channels of a stage of nominal width `channels` at `width_mult`.
@@ -21,7 +22,7 @@ pub fn scaled_channels(channels: usize, width_mult: f64) -> i64 {
 /// A 3×3 convolution, optionally followed by batch norm.
 #[derive(Debug)]
 struct ConvNorm {
-    conv: nn::Conv2D,
+    conv: taps::Conv2d,
     norm: Option<nn::BatchNorm>,
 }
 
@@ -81,7 +82,7 @@ impl BasicBlock {
 pub struct ResNet18 {
     stem: ConvNorm,
     blocks: Vec<BasicBlock>,
-    classifier: nn::Linear,
+    classifier: taps::Linear,
 }
 
 impl ResNet18 {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
 use vigil_plugin_api::abi::{Artifact, HostFfi};
+use vigil_plugin_api::per_sample;
 use vigil_plugin_api::query::{self, ParameterCount};
 use vigil_plugin_api::state;
 use vigil_plugin_api::GradientEma;
@@ -52,6 +53,42 @@ pub trait HostServices {
     fn gradient_ema(&self, _owner: usize) -> crate::Result<Option<GradientEma>> {
         Ok(None)
     }
+    /// Serve monitor `owner` individual gradients (and the parameters' motion) at the steps
+    /// `schedule` covers.
+    fn schedule_per_sample(
+        &self,
+        _owner: usize,
+        _schedule: per_sample::Schedule,
+    ) -> crate::Result<()> {
+        Err(no_per_sample())
+    }
+    /// This step's statistics of the individual gradients.
+    fn per_sample_stats(&self) -> crate::Result<per_sample::PerSampleStats> {
+        Err(no_per_sample())
+    }
+    /// `Σₙ gₙ²` in the flattened gradient's order.
+    fn per_sample_second_moment(&self) -> crate::Result<Vec<f32>> {
+        Err(no_per_sample())
+    }
+    /// Histograms of the individual gradients' elements.
+    fn per_sample_histograms(
+        &self,
+        _spec: &per_sample::HistogramSpec,
+    ) -> crate::Result<per_sample::Histograms> {
+        Err(no_per_sample())
+    }
+    /// The last update made at a motion step.
+    fn last_update(&self) -> crate::Result<per_sample::LastUpdate> {
+        Err(no_per_sample())
+    }
+    /// `‖θ − θ₀‖` per parameter.
+    fn distance_from_init(&self) -> crate::Result<Vec<f64>> {
+        Err(no_per_sample())
+    }
+}
+
+fn no_per_sample() -> crate::Error {
+    crate::Error::Capability("this host computes no individual gradients".into())
 }
 
 /// The data of one event, prepared by the trainer.
@@ -149,6 +186,8 @@ pub struct Outputs {
     pub saved_states: Vec<(usize, Vec<u8>)>,
     /// During `RESTORE_STATE`: per monitor index, (plugin version that saved, bytes).
     pub restoring: Vec<Option<(String, Vec<u8>)>>,
+    /// Histograms for the sinks: (monitor index, histogram).
+    pub histograms: Vec<(usize, per_sample::HistogramRecord)>,
 }
 
 /// The host, as one event's monitors see it.
@@ -217,6 +256,57 @@ impl<'a> HostView<'a> {
         self.gradient
             .take()
             .unwrap_or_else(|| self.gradient_buffer.take())
+    }
+
+    /// The queries of API 1.4's [`per_sample`] module.
+    fn per_sample_query(&mut self, name: &str, input: &[u8]) -> crate::Result<Vec<u8>> {
+        let at_batch_end = || {
+            if self.event.kind == EventKind::TRAIN_BATCH_END {
+                Ok(())
+            } else {
+                Err(crate::Error::Capability(format!(
+                    "{name} works at train_batch_end, not at {}",
+                    self.event.kind.name()
+                )))
+            }
+        };
+        let host = |err: vigil_plugin_api::Error| crate::Error::Capability(err.to_string());
+        match name {
+            per_sample::SCHEDULE => {
+                let schedule = per_sample::Schedule::decode(input).map_err(host)?;
+                self.services.schedule_per_sample(self.monitor, schedule)?;
+                Ok(Vec::new())
+            }
+            per_sample::STATS => {
+                at_batch_end()?;
+                Ok(self.services.per_sample_stats()?.encode())
+            }
+            per_sample::SECOND_MOMENT => {
+                at_batch_end()?;
+                let values = self.services.per_sample_second_moment()?;
+                Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            per_sample::HISTOGRAM => {
+                at_batch_end()?;
+                let spec = per_sample::HistogramSpec::decode(input).map_err(host)?;
+                Ok(self.services.per_sample_histograms(&spec)?.encode())
+            }
+            per_sample::LAST_UPDATE => {
+                at_batch_end()?;
+                Ok(self.services.last_update()?.encode())
+            }
+            per_sample::DISTANCE => {
+                at_batch_end()?;
+                Ok(per_sample::encode_f64s(
+                    &self.services.distance_from_init()?,
+                ))
+            }
+            _ => {
+                let record = per_sample::HistogramRecord::decode(input).map_err(host)?;
+                self.outputs.histograms.push((self.monitor, record));
+                Ok(Vec::new())
+            }
+        }
     }
 
     fn monitor_name(&self) -> &str {
@@ -417,6 +507,16 @@ impl HostFfi for HostView<'_> {
                 }
                 _ => RErr(format!("{} works at restore_state, for a monitor that saved state; this is {}", state::SAVED_QUERY, self.event.kind.name()).into()),
             },
+            per_sample::SCHEDULE
+            | per_sample::STATS
+            | per_sample::SECOND_MOMENT
+            | per_sample::HISTOGRAM
+            | per_sample::LAST_UPDATE
+            | per_sample::DISTANCE
+            | per_sample::LOG_HISTOGRAM => match self.per_sample_query(name.as_str(), input.as_slice()) {
+                Ok(answer) => ROk(answer.into()),
+                Err(err) => RErr(err.to_string().into()),
+            },
             query::VERSION => ROk(env!("CARGO_PKG_VERSION").as_bytes().to_vec().into()),
             query::TRAIN_LABELS => ROk(query::encode_labels(&self.facts.train_labels).into()),
             query::VAL_LABELS => ROk(query::encode_labels(&self.facts.val_labels).into()),
@@ -436,7 +536,7 @@ impl HostFfi for HostView<'_> {
                 format!(
                     "monitor `{}` asked for unknown capability `{other}`; this host knows: {}",
                     self.monitor_name(),
-                    query::ALL.join(", ")
+                    query::ALL.iter().chain(&per_sample::ALL).copied().collect::<Vec<_>>().join(", ")
                 )
                 .into(),
             ),

@@ -469,6 +469,29 @@ impl PluginHost {
             .map(|(index, reason)| (self.facts.monitor_names[index].clone(), reason))
     }
 
+    /// Histograms monitors logged since the last call: (monitor, histogram).
+    pub fn take_histograms(
+        &mut self,
+    ) -> Vec<(String, vigil_plugin_api::per_sample::HistogramRecord)> {
+        let names = &self.facts.monitor_names;
+        self.outputs
+            .histograms
+            .drain(..)
+            .map(|(index, record)| (names[index].clone(), record))
+            .collect()
+    }
+
+    /// The enabled monitors that subscribed to `data`, by index (the index hooks see).
+    pub fn subscriber_indices(&self, data: Subscriptions) -> Vec<usize> {
+        self.monitors
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.disabled.is_none() && m.handle.is_some())
+            .filter(|(_, m)| m.library.info.subscriptions.contains(data))
+            .map(|(index, _)| index)
+            .collect()
+    }
+
     /// Artifacts written since the last call: (monitor, file, kind).
     pub fn take_artifacts(&mut self) -> Vec<(String, PathBuf, vigil_plugin_api::ArtifactKind)> {
         let names = &self.facts.monitor_names;

@@ -78,6 +78,31 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// A histogram already counted: bucket `i` holds `counts[i]` values in
+    /// `(limits[i-1], limits[i]]`, the first from `low`. Sum and sum of squares take each
+    /// bucket's values at its centre.
+    pub fn of_buckets(low: f64, limits: &[f64], counts: &[f64]) -> Histogram {
+        let lowers = std::iter::once(low).chain(limits.iter().copied());
+        let (mut sum, mut sum_squares) = (0.0, 0.0);
+        for ((lower, upper), count) in lowers.zip(limits).zip(counts) {
+            let centre = (lower + upper) / 2.0;
+            sum += centre * count;
+            sum_squares += centre * centre * count;
+        }
+        let filled = |i: &usize| counts[*i] > 0.0;
+        let first = (0..counts.len()).find(filled).unwrap_or(0);
+        let last = (0..counts.len()).rev().find(filled).unwrap_or(0);
+        Histogram {
+            min: if first == 0 { low } else { limits[first - 1] },
+            max: limits.get(last).copied().unwrap_or(low),
+            count: counts.iter().sum(),
+            sum,
+            sum_squares,
+            bucket_limits: limits.to_vec(),
+            bucket_counts: counts.to_vec(),
+        }
+    }
+
     /// `buckets` equal-width buckets over the finite values' range.
     pub fn of(values: &[f32], buckets: usize) -> Histogram {
         let finite = values

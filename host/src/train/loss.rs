@@ -5,7 +5,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::Result;
 
-pub(super) fn cross_entropy(
+pub(crate) fn cross_entropy(
     logits: &Tensor,
     labels: &Tensor,
     reduction: tch::Reduction,

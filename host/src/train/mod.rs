@@ -9,9 +9,10 @@ mod early_stop;
 mod events;
 mod feed;
 mod hessian;
-mod loss;
+pub(crate) mod loss;
 mod optim;
 mod outcome;
+mod per_sample;
 pub mod profile;
 mod resume;
 mod schedule;
@@ -29,7 +30,7 @@ use std::time::Instant;
 use abi_stable::std_types::{RSlice, RString, RVec};
 use tch::nn;
 use tch::{Device, Tensor};
-use vigil_plugin_api::{EventKind, SamplerDraws, StepCounters};
+use vigil_plugin_api::{EventKind, SamplerDraws, StepCounters, Subscriptions};
 
 use crate::config::{ModelKind, Settings};
 use crate::data::Dataset;
@@ -121,6 +122,8 @@ pub struct Trainer {
     restored_from: Option<String>,
     /// Where the training thread's time went ([`profile`]).
     phases: profile::Phases,
+    /// Individual gradients and the parameters' motion, for monitors that subscribed.
+    per_sample: per_sample::PerSample,
 }
 
 impl Trainer {
@@ -254,6 +257,7 @@ impl Trainer {
             early_stopping: settings.early_stopping.clone().map(EarlyStopping::new),
             restored_from: None,
             phases: profile::Phases::default(),
+            per_sample: per_sample::PerSample::default(),
         })
     }
 
@@ -364,6 +368,8 @@ impl Trainer {
             averages: &self.averages,
             device: self.device,
             flat_grads: self.flat_grads.as_ref(),
+            per_sample: &self.per_sample,
+            step: self.progress.global_step,
         }
     }
 
@@ -433,6 +439,11 @@ impl Trainer {
     /// The start of a run: the `fit_start` event, or, for a resumed run, the monitors'
     /// state handed back.
     pub fn start(&mut self, hub: &mut RunHub) -> Result<()> {
+        self.per_sample.set_subscribers(
+            hub.subscriber_indices(Subscriptions::PER_SAMPLE),
+            hub.subscriber_indices(Subscriptions::PARAMETER_MOTION),
+        );
+        self.keep_initial_weights()?;
         self.start_monitors(hub)
     }
 

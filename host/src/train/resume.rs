@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use abi_stable::std_types::RSlice;
+use tch::Tensor;
 use vigil_plugin_api::{EventKind, SamplerDraws};
 
 use super::checkpoint::{self, Extras, SavedMonitor, TrainingState};
@@ -257,6 +258,56 @@ impl Trainer {
             checksums: Default::default(),
         };
         checkpoints.save(&self.vars, &self.optimizer, &state, &extras)?;
+        Ok(())
+    }
+}
+
+/// The weights a run started from, beside its checkpoints, for the distance
+/// `PARAMETER_MOTION` subscribers are told (so that a resumed run measures from the same
+/// start).
+const INITIAL_WEIGHTS: &str = "initial_weights.ot";
+
+impl Trainer {
+    /// Keep `θ₀` for `PARAMETER_MOTION` subscribers: the weights now, saved beside the
+    /// checkpoints; on resume, those saved.
+    pub(super) fn keep_initial_weights(&mut self) -> Result<()> {
+        if !self.per_sample.wants_motion() {
+            return Ok(());
+        }
+        let file = self
+            .checkpoints
+            .as_ref()
+            .map(|(checkpoints, _)| checkpoints.root().join(INITIAL_WEIGHTS));
+        let resumed = self.progress.global_step > 0;
+        let saved = match &file {
+            Some(file) if resumed && file.exists() => {
+                let mut named = Tensor::load_multi(file)?;
+                named.sort_by_key(|(name, _)| name[1..].parse::<usize>().unwrap_or(usize::MAX));
+                Some(
+                    named
+                        .into_iter()
+                        .map(|(_, tensor)| Ok(tensor.f_to_device(self.device)?))
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            }
+            _ => None,
+        };
+        if resumed && saved.is_none() {
+            let message = "the distance from the initial weights counts from the weights this resume starts from: the run kept none before".to_string();
+            tracing::warn!("{message}");
+            self.warnings.push(message);
+        }
+        self.per_sample.keep_initial(&self.parameters, saved)?;
+        if let (Some(file), false, Some(initial)) = (&file, resumed, self.per_sample.initial()) {
+            let named: Vec<(String, &Tensor)> = initial
+                .iter()
+                .enumerate()
+                .map(|(index, tensor)| (format!("p{index}"), tensor))
+                .collect();
+            let partial = file.with_extension("ot.partial");
+            Tensor::save_multi(&named, &partial)?;
+            std::fs::rename(&partial, file).map_err(|source| Error::io(file, source))?;
+        }
         Ok(())
     }
 }

@@ -17,6 +17,9 @@ use super::TensorSplit;
 use crate::error::{Error, Result};
 use crate::plugin::HostServices;
 use crate::rng::SplitMix64;
+use vigil_plugin_api::per_sample::{
+    HistogramSpec, Histograms, LastUpdate, PerSampleStats, Schedule,
+};
 use vigil_plugin_api::GradientEma as EmaAnswer;
 
 /// A borrowed view of the trainer's model, parameters and data.
@@ -28,6 +31,9 @@ pub(super) struct TrainerServices<'a> {
     pub averages: &'a GradientAverages,
     pub device: Device,
     pub flat_grads: Option<&'a Tensor>,
+    pub per_sample: &'a super::per_sample::PerSample,
+    /// The global step of the event being served.
+    pub step: u64,
 }
 
 /// Make every parameter's gradient a slice of one flat tensor, in parameter order, so that
@@ -179,6 +185,35 @@ impl TrainerServices<'_> {
 }
 
 impl HostServices for TrainerServices<'_> {
+    fn schedule_per_sample(&self, owner: usize, schedule: Schedule) -> Result<()> {
+        self.per_sample.schedule(owner, schedule);
+        Ok(())
+    }
+
+    fn per_sample_stats(&self) -> Result<PerSampleStats> {
+        self.per_sample.captured(self.step)?.stats(self.parameters)
+    }
+
+    fn per_sample_second_moment(&self) -> Result<Vec<f32>> {
+        self.per_sample
+            .captured(self.step)?
+            .second_moment(self.parameters)
+    }
+
+    fn per_sample_histograms(&self, spec: &HistogramSpec) -> Result<Histograms> {
+        self.per_sample
+            .captured(self.step)?
+            .histograms(self.parameters, spec)
+    }
+
+    fn last_update(&self) -> Result<LastUpdate> {
+        self.per_sample.last_update(self.step)
+    }
+
+    fn distance_from_init(&self) -> Result<Vec<f64>> {
+        self.per_sample.distance(self.parameters)
+    }
+
     fn grad_norms(&self) -> Result<Vec<f64>> {
         self.norms(self.parameters.iter().map(Self::grad_or_zeros))
     }
@@ -445,6 +480,7 @@ mod tests {
             let parameters = vars.trainable_variables();
             let train = empty_split();
             let (probes, averages) = (ProbeCache::default(), GradientAverages::default());
+            let per_sample = crate::train::per_sample::PerSample::default();
             let mut flat_grads = None;
             let beta = 0.75;
             let mut mean = Vec::new();
@@ -472,6 +508,8 @@ mod tests {
                     averages: &averages,
                     device: Device::Cpu,
                     flat_grads: flat_grads.as_ref(),
+                    per_sample: &per_sample,
+                    step,
                 };
                 // A second call in the same step folds nothing in.
                 services.update_gradient_ema(2, beta, step).unwrap();
@@ -492,6 +530,8 @@ mod tests {
                 averages: &averages,
                 device: Device::Cpu,
                 flat_grads: flat_grads.as_ref(),
+                per_sample: &per_sample,
+                step: 0,
             };
             assert_eq!(flat_grads.is_some(), flat);
             let summary = services.gradient_ema(2).unwrap().expect("updated");
@@ -597,6 +637,7 @@ mod tests {
         assert_eq!(concatenated_grads(&parameters), expected);
         let train = empty_split();
         let (probes, averages) = (ProbeCache::default(), GradientAverages::default());
+        let per_sample = crate::train::per_sample::PerSample::default();
         let services = TrainerServices {
             model: &net,
             parameters: &parameters,
@@ -605,6 +646,8 @@ mod tests {
             averages: &averages,
             device: Device::Cpu,
             flat_grads: Some(&flat),
+            per_sample: &per_sample,
+            step: 0,
         };
         assert!(services.gradient_view().is_none());
         let mut read = Vec::new();

@@ -8,11 +8,13 @@ use tch::Tensor;
 use vigil_plugin_api::{EventKind, Subscriptions};
 
 use super::loss::{correct_count, cross_entropy};
+use super::per_sample::Arming;
 use super::profile::{Lap, Phase};
 use super::{services, Trainer};
 use crate::config::AnomalyPolicy;
 use crate::error::{Error, Result};
 use crate::hub::RunHub;
+use crate::model::taps;
 use crate::plugin::EventData;
 use crate::sink::RecordKind;
 
@@ -36,7 +38,18 @@ impl Trainer {
         let labels = self.train.labels.f_index_select(0, &indices)?;
         lap.to(&mut self.phases, Phase::Data);
         let lr = self.schedule.at(self.progress.global_step);
-        let logits = self.model.forward(&images, true)?;
+        let step = self.progress.global_step;
+        let arming = if self.per_sample.wanted() {
+            self.per_sample.arm(step)
+        } else {
+            Arming::default()
+        };
+        let (logits, taps) = if arming.per_sample {
+            let (logits, taps) = taps::record(|| self.model.forward(&images, true));
+            (logits?, taps)
+        } else {
+            (self.model.forward(&images, true)?, Vec::new())
+        };
         let loss = cross_entropy(&logits, &labels, tch::Reduction::Mean)?;
         let loss_value = loss.f_double_value(&[])?;
         lap.to(&mut self.phases, Phase::Forward);
@@ -54,6 +67,19 @@ impl Trainer {
                 // Done for the monitors that read the gradient: their service time.
                 hub.charge_subscribers(Subscriptions::GRADIENT, started.elapsed());
                 lap.to(&mut self.phases, Phase::GradientCopy);
+            }
+            if arming.per_sample {
+                let started = Instant::now();
+                self.per_sample.capture(
+                    step,
+                    taps,
+                    &self.model,
+                    &self.parameters,
+                    &self.parameter_names,
+                    (&logits, &images, &labels),
+                )?;
+                hub.charge_subscribers(Subscriptions::PER_SAMPLE, started.elapsed());
+                lap.to(&mut self.phases, Phase::Monitors);
             }
         }
         // With clipping: the norm now, for the anomaly check and the record; the gradients
@@ -96,8 +122,19 @@ impl Trainer {
             }
         }
         if !skip {
+            let mut motion = None;
+            if arming.motion {
+                let started = Instant::now();
+                self.per_sample.before_step(&self.parameters)?;
+                motion = Some(started.elapsed());
+            }
             self.optimizer.step(lr)?;
             self.progress.global_step += 1;
+            if let Some(spent) = motion {
+                let started = Instant::now();
+                self.per_sample.after_step(step, &self.parameters)?;
+                hub.charge_subscribers(Subscriptions::PARAMETER_MOTION, spent + started.elapsed());
+            }
         }
         lap.to(&mut self.phases, Phase::Optimizer);
         self.progress.batches_done += 1;
