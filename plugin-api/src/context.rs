@@ -116,7 +116,8 @@ impl<'a> Context<'a> {
     /// A scalar metric of the current event by name, `None` when the host has none by that
     /// name now. At `train_batch_end`: `train_loss`, `train_loss_bits`, `train_acc`, `lr`,
     /// `wd`; at `validation_end`: `val_loss`, `val_acc` and `val_acc_top{k}` (with
-    /// `val_top_k`).
+    /// `val_top_k`). From a 1.4 host, also any scalar a monitor earlier in the configuration
+    /// logged at this event (`curvature/hutch_trace`), so that a monitor can build on others.
     ///
     /// ```
     /// # fn hook(ctx: &mut vigil_plugin_api::Context<'_>) {

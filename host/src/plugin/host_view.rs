@@ -162,6 +162,14 @@ impl MetricNames {
         index as u32
     }
 
+    /// The id of `name`, if it has been logged.
+    pub fn find(&self, name: &str) -> Option<u32> {
+        self.names
+            .iter()
+            .position(|known| known == name)
+            .map(|i| i as u32)
+    }
+
     pub fn name(&self, id: u32) -> &str {
         self.names.get(id as usize).map_or("", String::as_str)
     }
@@ -346,12 +354,25 @@ impl HostFfi for HostView<'_> {
     }
 
     fn metric(&self, name: RStr<'_>) -> ROption<f64> {
-        self.event
-            .metrics
-            .iter()
-            .find(|(key, _)| *key == name.as_str())
-            .map(|&(_, value)| value)
-            .into()
+        let name = name.as_str();
+        let of_event = self.event.metrics.iter().find(|(key, _)| *key == name);
+        match of_event {
+            Some(&(_, value)) => ROption::RSome(value),
+            // What monitors earlier in the configuration logged at this event (API 1.4).
+            None => self
+                .outputs
+                .metric_names
+                .find(name)
+                .and_then(|id| {
+                    self.outputs
+                        .scalars
+                        .iter()
+                        .rev()
+                        .find(|&&(_, logged, _)| logged == id)
+                })
+                .map(|&(_, _, value)| value)
+                .into(),
+        }
     }
 
     fn parameters(&self) -> RSlice<'_, ParameterInfo> {

@@ -71,13 +71,11 @@ impl Trainer {
             });
         }
         checkpoint::restore(dir, &mut self.vars, &mut self.optimizer, state)?;
+        let host_tensors = checkpoint::host_tensors(dir)?;
         self.averages
-            .restore(
-                &state.gradient_averages,
-                &checkpoint::host_tensors(dir)?,
-                self.device,
-            )
+            .restore(&state.gradient_averages, &host_tensors, self.device)
             .map_err(|err| checkpoint::in_checkpoint(dir, err))?;
+        self.restored_initial = self.initial_from(&host_tensors)?;
         let mut pending = Vec::with_capacity(state.monitors.len());
         for saved in &state.monitors {
             let bytes = match &saved.state_file {
@@ -204,7 +202,8 @@ impl Trainer {
         snapshots: Vec<MonitorSnapshot>,
         val_loss: Option<f64>,
     ) -> Result<()> {
-        let (gradient_averages, tensors) = self.averages.snapshot();
+        let (gradient_averages, mut tensors) = self.averages.snapshot();
+        tensors.extend(self.initial_tensors());
         let mut extras = Extras {
             tensors,
             files: Vec::new(),
@@ -262,52 +261,60 @@ impl Trainer {
     }
 }
 
-/// The weights a run started from, beside its checkpoints, for the distance
-/// `PARAMETER_MOTION` subscribers are told (so that a resumed run measures from the same
-/// start).
-const INITIAL_WEIGHTS: &str = "initial_weights.ot";
+/// The prefix of the initial weights among a checkpoint's host tensors.
+const INITIAL: &str = "initial.";
 
 impl Trainer {
-    /// Keep `θ₀` for `PARAMETER_MOTION` subscribers: the weights now, saved beside the
-    /// checkpoints; on resume, those saved.
+    /// Keep `θ₀` for `PARAMETER_MOTION` subscribers: the weights now, or on resume those the
+    /// checkpoint holds (its host tensors `initial.<parameter>`).
     pub(super) fn keep_initial_weights(&mut self) -> Result<()> {
         if !self.per_sample.wants_motion() {
             return Ok(());
         }
-        let file = self
-            .checkpoints
-            .as_ref()
-            .map(|(checkpoints, _)| checkpoints.root().join(INITIAL_WEIGHTS));
-        let resumed = self.progress.global_step > 0;
-        let saved = match &file {
-            Some(file) if resumed && file.exists() => {
-                let mut named = Tensor::load_multi(file)?;
-                named.sort_by_key(|(name, _)| name[1..].parse::<usize>().unwrap_or(usize::MAX));
-                Some(
-                    named
-                        .into_iter()
-                        .map(|(_, tensor)| Ok(tensor.f_to_device(self.device)?))
-                        .collect::<Result<Vec<_>>>()?,
-                )
-            }
-            _ => None,
-        };
-        if resumed && saved.is_none() {
-            let message = "the distance from the initial weights counts from the weights this resume starts from: the run kept none before".to_string();
+        let saved = self.restored_initial.take();
+        if self.progress.global_step > 0 && saved.is_none() {
+            let message = "the distance from the initial weights counts from the weights this resume starts from: the checkpoint holds none (no PARAMETER_MOTION subscriber before)".to_string();
             tracing::warn!("{message}");
             self.warnings.push(message);
         }
-        self.per_sample.keep_initial(&self.parameters, saved)?;
-        if let (Some(file), false, Some(initial)) = (&file, resumed, self.per_sample.initial()) {
-            let named: Vec<(String, &Tensor)> = initial
-                .iter()
-                .enumerate()
-                .map(|(index, tensor)| (format!("p{index}"), tensor))
-                .collect();
-            let partial = file.with_extension("ot.partial");
-            Tensor::save_multi(&named, &partial)?;
-            std::fs::rename(&partial, file).map_err(|source| Error::io(file, source))?;
-        }
-        Ok(())
+        self.per_sample.keep_initial(&self.parameters, saved)
+    }
+
+    /// The initial weights among a checkpoint's host tensors, in parameter order, if all are
+    /// there.
+    fn initial_from(&self, tensors: &[(String, Tensor)]) -> Result<Option<Vec<Tensor>>> {
+        let found: Option<Vec<Tensor>> = self
+            .parameter_names
+            .iter()
+            .map(|name| {
+                let key = format!("{INITIAL}{name}");
+                tensors
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, t)| t.shallow_clone())
+            })
+            .collect();
+        found
+            .map(|tensors| {
+                tensors
+                    .into_iter()
+                    .map(|t| Ok(t.f_to_device(self.device)?))
+                    .collect()
+            })
+            .transpose()
+    }
+
+    /// The initial weights as host tensors for a checkpoint.
+    pub(super) fn initial_tensors(&self) -> Vec<(String, Tensor)> {
+        self.per_sample
+            .initial()
+            .map(|initial| {
+                self.parameter_names
+                    .iter()
+                    .zip(initial)
+                    .map(|(name, t)| (format!("{INITIAL}{name}"), t.shallow_clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

@@ -89,6 +89,8 @@ pub struct FakeHost {
     pub(super) stops: Vec<String>,
     pub(super) queries: Vec<String>,
     pub(super) products: Vec<ProductCall>,
+    pub(super) schedule: Option<crate::per_sample::Schedule>,
+    pub(super) histograms: Vec<(u64, crate::per_sample::HistogramRecord)>,
 }
 
 impl Default for FakeHost {
@@ -146,6 +148,8 @@ impl FakeHost {
             stops: Vec::new(),
             queries: Vec::new(),
             products: Vec::new(),
+            schedule: None,
+            histograms: Vec::new(),
         }
     }
 
@@ -378,6 +382,16 @@ impl FakeHost {
     /// Every Hessian-vector product the monitor asked for.
     pub fn products(&self) -> &[ProductCall] {
         &self.products
+    }
+
+    /// The schedule the monitor asked individual gradients at (API 1.4), if any.
+    pub fn schedule(&self) -> Option<crate::per_sample::Schedule> {
+        self.schedule
+    }
+
+    /// The histograms the monitor logged (API 1.4), with the step.
+    pub fn histograms(&self) -> &[(u64, crate::per_sample::HistogramRecord)] {
+        &self.histograms
     }
 
     /// The state the monitor handed over at the last `save_state`.

@@ -43,6 +43,16 @@ impl FakeHost {
         let event = self.event.map_or("Monitor::new", EventKind::name);
         match name {
             query::VERSION => Ok(b"fake".to_vec()),
+            crate::per_sample::SCHEDULE => {
+                let schedule = crate::per_sample::Schedule::decode(input).map_err(|e| e.to_string())?;
+                self.schedule = Some(schedule);
+                Ok(Vec::new())
+            }
+            crate::per_sample::LOG_HISTOGRAM => {
+                let record = crate::per_sample::HistogramRecord::decode(input).map_err(|e| e.to_string())?;
+                self.histograms.push((self.counters.global_step, record));
+                Ok(Vec::new())
+            }
             query::TRAIN_LABELS => Ok(query::encode_labels(&self.train_labels)),
             query::VAL_LABELS => Ok(query::encode_labels(&self.val_labels)),
             query::PARAMETER_COUNT => {
@@ -91,7 +101,12 @@ impl FakeHost {
             }
             other => Err(format!(
                 "unknown capability `{other}`; the fake host knows: {} (and canned answers)",
-                query::ALL.join(", ")
+                query::ALL
+                    .iter()
+                    .chain(&crate::per_sample::ALL)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }

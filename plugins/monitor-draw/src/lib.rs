@@ -2,6 +2,8 @@
 //! into the plugin, so plots render the same on a machine with no fonts installed. Images are
 //! drawn with plotters into an RGB buffer and encoded as PNG in memory.
 
+pub mod panels;
+
 use std::sync::Once;
 
 use plotters::prelude::*;

@@ -2,6 +2,7 @@
 //! power-law fit built on it), a seeded random number generator, vector arithmetic, and
 //! Krylov methods for eigenvalues and traces ([`krylov`]). Plain Rust: no libtorch, no FFI.
 
+pub mod instruments;
 pub mod krylov;
 
 /// A straight line `y = intercept + slope · x` fitted by least squares.

@@ -16,6 +16,11 @@ use crate::model::taps::LayerOp;
 /// How many elements of individual weight gradients a convolution forms at once.
 const CHUNK_ELEMENTS: i64 = 1 << 23;
 
+/// Up to how many elements a convolution's individual weight gradients are formed once and
+/// kept for the step (128 MiB in f32), so that norms, projections, the second moment and
+/// histograms all read them instead of forming them again.
+const KEPT_ELEMENTS: i64 = 1 << 25;
+
 /// One recorded layer, matched to its parameters.
 #[derive(Debug)]
 pub(super) struct Layer {
@@ -29,6 +34,8 @@ pub(super) struct Layer {
     pub input: Tensor,
     /// Linear: `δ` (`B × out`). Convolution: `δ` as `B × C_out × P`.
     pub delta: Tensor,
+    /// A convolution's individual weight gradients, formed once (see [`KEPT_ELEMENTS`]).
+    kept: std::cell::OnceCell<Tensor>,
 }
 
 impl Layer {
@@ -66,6 +73,7 @@ impl Layer {
             shape,
             input,
             delta,
+            kept: std::cell::OnceCell::new(),
         })
     }
 
@@ -101,11 +109,26 @@ impl Layer {
         (CHUNK_ELEMENTS / per_sample.max(1)).clamp(1, self.batch().max(1))
     }
 
+    /// A convolution's individual weight gradients, all of them, when they fit.
+    fn kept(&self) -> Result<Option<&Tensor>> {
+        let per_sample: i64 = self.shape.iter().product();
+        if self.op == LayerOp::Linear || self.batch() * per_sample > KEPT_ELEMENTS {
+            return Ok(None);
+        }
+        if self.kept.get().is_none() {
+            let _ = self.kept.set(self.weight_chunk(0, self.batch())?);
+        }
+        Ok(self.kept.get())
+    }
+
     /// Call `each(start, grads)` over chunks of the individual weight gradients.
     pub fn for_each_weight_chunk(
         &self,
         mut each: impl FnMut(i64, &Tensor) -> Result<()>,
     ) -> Result<()> {
+        if let Some(all) = self.kept()? {
+            return each(0, all);
+        }
         let (batch, chunk) = (self.batch(), self.chunk());
         let mut start = 0;
         while start < batch {
@@ -205,6 +228,70 @@ impl Layer {
             }
         };
         Ok((weight, bias))
+    }
+
+    /// A linear layer's 1-D histogram of its individual weight gradients' elements
+    /// `δₙᵢ xₙⱼ` (as [`bin_counts`](super::stats) would count them, clamped into `bins` bins
+    /// over `[low, high]`) without forming them: each sample's inputs sorted once; for each
+    /// output `i` and inner bin edge `e`, the inputs with `δₙᵢ x < e` counted by binary search
+    /// for `e / δₙᵢ`. `B · out · bins` searches instead of `B · out · in` elements.
+    pub fn linear_histogram(&self, bins: u64, low: f64, high: f64) -> Result<Tensor> {
+        let (batch, outputs) = (self.delta.size()[0], self.delta.size()[1]);
+        let inputs = self.input.size()[1];
+        let kind = (Kind::Double, self.delta.device());
+        let inner = bins as i64 - 1;
+        let total = (batch * outputs * inputs) as f64;
+        if inner == 0 {
+            return Ok(Tensor::f_full([1], total, kind)?);
+        }
+        let edges = Tensor::f_arange_start(1, bins as i64, kind)?
+            .f_mul_scalar((high - low) / bins as f64)?
+            .f_add_scalar(low)?;
+        let (sorted, _) = self.input.f_to_kind(Kind::Double)?.f_sort(1, false)?;
+        let delta = self.delta.f_to_kind(Kind::Double)?.f_unsqueeze(2)?;
+        let thresholds = edges
+            .f_view([1, 1, inner])?
+            .f_div(&delta)?
+            .f_reshape([batch, outputs * inner])?;
+        let search = |right: bool| -> Result<Tensor> {
+            Ok(thresholds
+                .f_searchsorted(
+                    &sorted,
+                    false,
+                    right,
+                    if right { "right" } else { "left" },
+                    None::<Tensor>,
+                )?
+                .f_reshape([batch, outputs, inner])?
+                .f_to_kind(Kind::Double)?)
+        };
+        // Inputs with δ·x below each edge: for δ > 0 those below e/δ, for δ < 0 those above,
+        // for δ = 0 all of them when the edge is above 0.
+        let positive = search(false)?;
+        let negative = search(true)?.f_neg()?.f_add_scalar(inputs as f64)?;
+        let zero = edges
+            .f_gt(0.0)?
+            .f_to_kind(Kind::Double)?
+            .f_mul_scalar(inputs as f64)?
+            .f_view([1, 1, inner])?
+            .f_expand([batch, outputs, inner], false)?;
+        let below = positive
+            .f_where_self(
+                &delta.f_gt(0.0)?,
+                &negative.f_where_self(&delta.f_lt(0.0)?, &zero)?,
+            )?
+            .f_sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Double)?;
+        let cumulative = Tensor::f_cat(
+            &[
+                Tensor::f_zeros([1], kind)?,
+                below,
+                Tensor::f_full([1], total, kind)?,
+            ],
+            0,
+        )?;
+        Ok(cumulative
+            .f_narrow(0, 1, bins as i64)?
+            .f_sub(&cumulative.f_narrow(0, 0, bins as i64)?)?)
     }
 
     /// Individual bias gradients, for histograms.

@@ -7,6 +7,7 @@ use vigil_plugin_api::per_sample::{HistogramSpec, Histograms, ParameterStats, Pe
 use super::layers::Layer;
 use super::Captured;
 use crate::error::Result;
+use crate::model::taps::LayerOp;
 
 /// Where a step's individual gradients come from.
 pub(super) enum Source {
@@ -23,6 +24,8 @@ pub(super) enum Source {
 pub(super) struct Cache {
     stats: Option<PerSampleStats>,
     second_moment: Option<Vec<f32>>,
+    /// Histograms asked for, by what they count: monitors asking the same share them.
+    histograms: Vec<(HistogramSpec, Histograms)>,
 }
 
 /// The mean gradient `ḡ` of a parameter (zeros where backward left none).
@@ -206,23 +209,53 @@ impl Captured {
 
     /// Histograms of the individual gradients' elements, per parameter.
     pub fn histograms(&self, parameters: &[Tensor], spec: &HistogramSpec) -> Result<Histograms> {
+        let cached = self
+            .cache
+            .borrow()
+            .histograms
+            .iter()
+            .find(|(s, _)| s == spec)
+            .map(|(_, h)| h.clone());
+        if let Some(histograms) = cached {
+            return Ok(histograms);
+        }
+        let histograms = self.count_histograms(parameters, spec)?;
+        self.cache
+            .borrow_mut()
+            .histograms
+            .push((*spec, histograms.clone()));
+        Ok(histograms)
+    }
+
+    fn count_histograms(&self, parameters: &[Tensor], spec: &HistogramSpec) -> Result<Histograms> {
         let _no_grad = tch::no_grad_guard();
         let cells = (spec.bins * spec.value_bins.max(1)) as i64;
         let mut counts: Vec<Option<Tensor>> = parameters.iter().map(|_| None).collect();
-        let mut add = |index: usize, grads: &Tensor| -> Result<()> {
-            let counted = count(grads, &parameters[index], spec)?;
+        let add = |counts: &mut Vec<Option<Tensor>>, index: usize, counted: Tensor| -> Result<()> {
             counts[index] = Some(match counts[index].take() {
                 Some(sum) => sum.f_add(&counted)?,
                 None => counted,
             });
             Ok(())
         };
+        let binned = |index: usize, grads: &Tensor| count(grads, &parameters[index], spec);
         match &self.source {
             Source::Layers(layers) => {
                 for layer in layers {
-                    layer.for_each_weight_chunk(|_, grads| add(layer.weight, grads))?;
+                    if layer.op == LayerOp::Linear && spec.value_bins == 0 {
+                        let counted = layer.linear_histogram(spec.bins, spec.low, spec.high)?;
+                        add(&mut counts, layer.weight, counted)?;
+                    } else {
+                        layer.for_each_weight_chunk(|_, grads| {
+                            add(&mut counts, layer.weight, binned(layer.weight, grads)?)
+                        })?;
+                    }
                     if let Some(index) = layer.bias {
-                        add(index, &layer.bias_individual()?)?;
+                        add(
+                            &mut counts,
+                            index,
+                            binned(index, &layer.bias_individual()?)?,
+                        )?;
                     }
                 }
             }
@@ -230,7 +263,8 @@ impl Captured {
                 for (index, (offset, length)) in offsets(parameters).into_iter().enumerate() {
                     let mut shape = vec![self.batch()];
                     shape.extend(parameters[index].size());
-                    add(index, &rows.f_narrow(1, offset, length)?.f_reshape(shape)?)?;
+                    let grads = rows.f_narrow(1, offset, length)?.f_reshape(shape)?;
+                    add(&mut counts, index, binned(index, &grads)?)?;
                 }
             }
             Source::Undefined(reason) => {
@@ -257,7 +291,6 @@ impl Captured {
 fn bin_index(values: &Tensor, bins: u64, low: f64, high: f64) -> Result<Tensor> {
     let scale = bins as f64 / (high - low);
     Ok(values
-        .f_to_kind(Kind::Double)?
         .f_clamp(low, high)?
         .f_sub_scalar(low)?
         .f_mul_scalar(scale)?
