@@ -12,6 +12,7 @@
 //! weights before it are kept, and the update `d = θ_{s+1} − θ_s` with this step's
 //! individual gradients projected on it is answered at the next steps.
 
+mod binning;
 mod explicit;
 mod layers;
 mod stats;

@@ -4,6 +4,7 @@
 use tch::{Kind, Tensor};
 use vigil_plugin_api::per_sample::{HistogramSpec, Histograms, ParameterStats, PerSampleStats};
 
+use super::binning::{self, with_f32s, Bins};
 use super::layers::Layer;
 use super::Captured;
 use crate::error::Result;
@@ -229,25 +230,58 @@ impl Captured {
 
     fn count_histograms(&self, parameters: &[Tensor], spec: &HistogramSpec) -> Result<Histograms> {
         let _no_grad = tch::no_grad_guard();
-        let cells = (spec.bins * spec.value_bins.max(1)) as i64;
-        let mut counts: Vec<Option<Tensor>> = parameters.iter().map(|_| None).collect();
-        let add = |counts: &mut Vec<Option<Tensor>>, index: usize, counted: Tensor| -> Result<()> {
-            counts[index] = Some(match counts[index].take() {
-                Some(sum) => sum.f_add(&counted)?,
-                None => counted,
-            });
-            Ok(())
+        let cells = (spec.bins * spec.value_bins.max(1)) as usize;
+        let mut counts: Vec<Vec<f64>> = parameters.iter().map(|_| vec![0.0; cells]).collect();
+        let add = |counts: &mut Vec<Vec<f64>>, index: usize, counted: Vec<f64>| {
+            counts[index]
+                .iter_mut()
+                .zip(counted)
+                .for_each(|(sum, c)| *sum += c);
         };
-        let binned = |index: usize, grads: &Tensor| count(grads, &parameters[index], spec);
+        // On the CPU plain loops over the tensors' memory (`binning`); elsewhere libtorch.
+        let on_cpu = self.losses.device() == tch::Device::Cpu;
+        let bins = Bins {
+            count: spec.bins as usize,
+            low: spec.low,
+            high: spec.high,
+        };
+        let value_bins = Bins {
+            count: spec.value_bins as usize,
+            low: spec.value_low,
+            high: spec.value_high,
+        };
+        let binned = |index: usize, grads: &Tensor| -> Result<Vec<f64>> {
+            if !on_cpu {
+                return to_f64s(&count(grads, &parameters[index], spec)?);
+            }
+            let rows = grads.size()[0] as usize;
+            if spec.value_bins == 0 {
+                return with_f32s(grads, |g| binning::count(g, rows, bins, None));
+            }
+            let values = parameters[index].f_detach()?;
+            with_f32s(&values, |v| {
+                with_f32s(grads, |g| {
+                    binning::count(g, rows, bins, Some((v, value_bins)))
+                })
+            })?
+        };
         match &self.source {
             Source::Layers(layers) => {
                 for layer in layers {
                     if layer.op == LayerOp::Linear && spec.value_bins == 0 {
-                        let counted = layer.linear_histogram(spec.bins, spec.low, spec.high)?;
-                        add(&mut counts, layer.weight, counted)?;
+                        let counted = if on_cpu {
+                            let batch = layer.batch() as usize;
+                            with_f32s(&layer.delta, |d| {
+                                with_f32s(&layer.input, |x| binning::count_outer(d, x, batch, bins))
+                            })??
+                        } else {
+                            to_f64s(&layer.linear_histogram(spec.bins, spec.low, spec.high)?)?
+                        };
+                        add(&mut counts, layer.weight, counted);
                     } else {
                         layer.for_each_weight_chunk(|_, grads| {
-                            add(&mut counts, layer.weight, binned(layer.weight, grads)?)
+                            add(&mut counts, layer.weight, binned(layer.weight, grads)?);
+                            Ok(())
                         })?;
                     }
                     if let Some(index) = layer.bias {
@@ -255,7 +289,7 @@ impl Captured {
                             &mut counts,
                             index,
                             binned(index, &layer.bias_individual()?)?,
-                        )?;
+                        );
                     }
                 }
             }
@@ -264,20 +298,13 @@ impl Captured {
                     let mut shape = vec![self.batch()];
                     shape.extend(parameters[index].size());
                     let grads = rows.f_narrow(1, offset, length)?.f_reshape(shape)?;
-                    add(&mut counts, index, binned(index, &grads)?)?;
+                    add(&mut counts, index, binned(index, &grads)?);
                 }
             }
             Source::Undefined(reason) => {
                 return Err(crate::error::Error::Capability(reason.clone()))
             }
         }
-        let counts = counts
-            .into_iter()
-            .map(|c| match c {
-                Some(c) => to_f64s(&c),
-                None => Ok(vec![0.0; cells as usize]),
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(Histograms {
             bins: spec.bins as usize,
             value_bins: spec.value_bins as usize,

@@ -321,3 +321,111 @@ fn a_resnet_with_batch_norm_says_individual_gradients_are_not_defined() {
         "{err}"
     );
 }
+
+/// Where an instrument step's time goes on W1's shapes (batch 128, the small CNN on 28×28):
+/// `cargo test --release -p vigil --lib per_sample::tests::timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "a timing report, not a test"]
+fn timing() {
+    tch::set_num_threads(2);
+    tch::manual_seed(1);
+    let input = InputShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+    let case = case(
+        |root| Box::new(model::small_cnn(root, input, 10)),
+        [128, 1, 28, 28],
+        10,
+        Kind::Float,
+    );
+    model::use_channels_last(&case.vars).unwrap();
+    let parameters = case.vars.trainable_variables();
+    let names: Vec<String> = (0..parameters.len()).map(|i| format!("p{i}")).collect();
+    let mut per_sample = PerSample::default();
+    let mut plain = 0.0;
+    let mut recorded = 0.0;
+    for _ in 0..6 {
+        let started = std::time::Instant::now();
+        let logits = case.net.forward(&case.images, true).unwrap();
+        cross_entropy(&logits, &case.labels, tch::Reduction::Mean)
+            .unwrap()
+            .backward();
+        plain += started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        let (logits, taps) = taps::record(|| case.net.forward(&case.images, true));
+        let logits = logits.unwrap();
+        cross_entropy(&logits, &case.labels, tch::Reduction::Mean)
+            .unwrap()
+            .backward();
+        per_sample
+            .capture(
+                0,
+                taps,
+                &case.net,
+                &parameters,
+                &names,
+                (&logits, &case.images, &case.labels),
+            )
+            .unwrap();
+        recorded += started.elapsed().as_secs_f64();
+    }
+    println!(
+        "forward+backward: {:.2} ms plain, {:.2} ms recorded and captured",
+        plain * 1e3 / 6.0,
+        recorded * 1e3 / 6.0
+    );
+    let direction: Vec<Tensor> = parameters.iter().map(|p| p.randn_like()).collect();
+    let spec = HistogramSpec::one_d(100, -0.05, 0.05);
+    let spec_2d = HistogramSpec {
+        value_bins: 50,
+        value_low: -0.3,
+        value_high: 0.3,
+        ..HistogramSpec::one_d(40, -0.05, 0.05)
+    };
+    let only = std::env::var("TIMING_ONLY").ok();
+    for what in [
+        "projection",
+        "stats",
+        "second moment",
+        "histogram 1-D",
+        "histogram 2-D",
+    ] {
+        if only.as_deref().is_some_and(|o| o != what) {
+            continue;
+        }
+        let (mut first, mut alone) = (0.0, 0.0);
+        for _ in 0..5 {
+            let (logits, taps) = taps::record(|| case.net.forward(&case.images, true));
+            let logits = logits.unwrap();
+            cross_entropy(&logits, &case.labels, tch::Reduction::Mean)
+                .unwrap()
+                .backward();
+            per_sample
+                .capture(
+                    0,
+                    taps,
+                    &case.net,
+                    &parameters,
+                    &names,
+                    (&logits, &case.images, &case.labels),
+                )
+                .unwrap();
+            let captured = per_sample.captured(0).unwrap();
+            let started = std::time::Instant::now();
+            captured.project(&direction).unwrap();
+            first += started.elapsed().as_secs_f64();
+            let started = std::time::Instant::now();
+            match what {
+                "projection" => drop(captured.project(&direction).unwrap()),
+                "stats" => drop(captured.stats(&parameters).unwrap()),
+                "second moment" => drop(captured.second_moment(&parameters).unwrap()),
+                "histogram 1-D" => drop(captured.histograms(&parameters, &spec).unwrap()),
+                _ => drop(captured.histograms(&parameters, &spec_2d).unwrap()),
+            }
+            alone += started.elapsed().as_secs_f64();
+        }
+        println!("{what:>16}: {:8.2} ms (the first projection, forming the convolutions' gradients: {:.2} ms)", alone * 1e3 / 5.0, first * 1e3 / 5.0);
+    }
+}
