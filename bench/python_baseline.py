@@ -14,6 +14,10 @@ one JSON object: milliseconds per step (median, min, max over the segments) and 
 
 `vigil bench` runs it itself, interleaved with its own segments, when it finds the Python
 that `scripts/bootstrap.sh` installed (or the one given with `--python`).
+
+With `--cockpit N` (W1, in the bench venv: `scripts/bench-venv.sh` installs Cockpit and
+BackPACK) every step runs inside Cockpit's economy configuration, its quantities computed every
+N steps: the peer that `vigil bench --instruments` times beside vigil's instrument plugins.
 """
 
 import argparse
@@ -28,7 +32,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import DEFAULT_DATA_DIR, DEFAULT_LR, WORKLOADS, load_data, make_model, make_optimizer  # noqa: E402
+from workloads import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    DEFAULT_LR,
+    WORKLOADS,
+    load_data,
+    make_model,
+    make_optimizer,
+    sequential_cnn,
+)
 
 
 def main():
@@ -41,6 +53,12 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: per workload)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cockpit",
+        type=int,
+        metavar="N",
+        help="run Cockpit's economy configuration, its quantities every N steps (W1)",
+    )
     parser.add_argument(
         "--serve",
         action="store_true",
@@ -59,6 +77,24 @@ def main():
     warmup = batches // 10
 
     model = make_model(args.workload)
+    cockpit = None
+    if args.cockpit:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        from backpack import extend
+        from cockpit import Cockpit
+        from cockpit.utils import schedules
+        from cockpit.utils.configuration import configuration
+
+        if args.workload != "w1":
+            sys.exit("--cockpit runs W1 only")
+        model = extend(sequential_cnn(model).to(memory_format=torch.channels_last))
+        loss_function = extend(torch.nn.CrossEntropyLoss())
+        cockpit = Cockpit(
+            model.parameters(),
+            quantities=configuration("economy", track_schedule=schedules.linear(args.cockpit)),
+        )
     optimizer = make_optimizer(args.workload, model, lr)
     generator = torch.Generator().manual_seed(args.seed)
     state = {"step": 0, "order": None}
@@ -79,10 +115,23 @@ def main():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state["step"])
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        loss_value = loss.item()
         optimizer.zero_grad()
-        loss.backward()
+        if cockpit is None:
+            loss = F.cross_entropy(logits, y)
+            loss_value = loss.item()
+            loss.backward()
+        else:
+            loss = loss_function(logits, y)
+            loss_value = loss.item()
+            step = state["step"]
+            info = {
+                "batch_size": y.shape[0],
+                "individual_losses": F.cross_entropy(logits, y, reduction="none"),
+                "loss": loss,
+                "optimizer": optimizer,
+            }
+            with cockpit(step, info=info):
+                loss.backward(create_graph=cockpit.create_graph(step))
         accuracy = (logits.argmax(1) == y).sum().item() / y.shape[0]
         optimizer.step()
         state["step"] += 1

@@ -106,6 +106,16 @@ class SmallCnn(nn.Module):
         return self.classifier(F.relu(self.fc1(x)))
 
 
+def sequential_cnn(model):
+    """W1's network as modules in a Sequential, with `model`'s weights: what BackPACK (under
+    Cockpit) can extend."""
+    relu, pool = nn.ReLU, nn.MaxPool2d
+    return nn.Sequential(
+        model.conv1, relu(), pool(2), model.conv2, relu(), pool(2), nn.Flatten(),
+        model.fc1, relu(), model.classifier,
+    )
+
+
 def scaled_channels(channels, width_mult):
     return max(8, round(channels * width_mult / 8) * 8)
 

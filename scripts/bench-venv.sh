@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The bench venv: Lightning, torchmetrics and matplotlib for bench/lightning_baseline.py, and
-# torchvision (with Pillow) for bench/decode_baseline.py,
+# The bench venv: Lightning, torchmetrics and matplotlib for bench/lightning_baseline.py,
+# torchvision (with Pillow) for bench/decode_baseline.py, and Cockpit with BackPACK (the peer
+# of the instrument plugins: host/tests/instruments.rs, `vigil bench --instruments`),
 # beside the torch venv that scripts/bootstrap.sh made (run that first). The bench venv sees
 # that venv's packages through a .pth file, so torch 2.13.0 is not downloaded a second time
 # and Lightning trains with the very same libtorch as vigil and the plain Python loop.
@@ -13,7 +14,9 @@ set -euo pipefail
 TORCH_VERSION="2.13.0"
 LIGHTNING_VERSION="2.6.6"
 TORCHVISION_VERSION="0.28.0"   # the release that pairs with torch 2.13.0
-STAMP="lightning $LIGHTNING_VERSION torchvision $TORCHVISION_VERSION"
+COCKPIT_VERSION="1.0.2"
+BACKPACK_VERSION="1.7.1"
+STAMP="lightning $LIGHTNING_VERSION torchvision $TORCHVISION_VERSION cockpit $COCKPIT_VERSION backpack $BACKPACK_VERSION"
 cache_dir="${VIGIL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vigil}"
 torch_venv="$cache_dir/torch-$TORCH_VERSION"
 venv="$cache_dir/bench-lightning"
@@ -49,6 +52,19 @@ say "installing lightning==$LIGHTNING_VERSION, torchmetrics and matplotlib into 
     die "pip could not install torchvision into $venv"
 "$venv/bin/python" -W ignore -c 'import torchvision, PIL' ||
     die "torchvision was installed into $venv but does not import"
+# Cockpit 1.0.2 imports pkg_resources, which setuptools 70 removed; --no-deps keeps BackPACK
+# from replacing the torch venv's torch (its own dependencies are listed here instead, with
+# torch held at the venv's version).
+say "installing cockpit-for-pytorch==$COCKPIT_VERSION and backpack-for-pytorch==$BACKPACK_VERSION"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --no-deps \
+    "cockpit-for-pytorch==$COCKPIT_VERSION" "backpack-for-pytorch==$BACKPACK_VERSION" \
+    "setuptools<70" "einops>=0.3,<1" "unfoldNd>=0.2,<1" "json-tricks>=3.15" ||
+    die "pip could not install Cockpit and BackPACK into $venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+    -c <(echo "torch==$TORCH_VERSION") "scipy>=1.10" "pandas>=2.0" "seaborn>=0.12" ||
+    die "pip could not install Cockpit's dependencies into $venv"
+"$venv/bin/python" -W ignore -c 'import cockpit, backpack; from cockpit.utils.configuration import configuration' ||
+    die "Cockpit was installed into $venv but does not import"
 got="$("$venv/bin/python" -W ignore -c 'import torch, lightning; print(torch.__version__.split("+")[0], lightning.__version__)')" ||
     die "Lightning was installed into $venv but does not import"
 [[ "$got" == "$TORCH_VERSION $LIGHTNING_VERSION" ]] || die "expected torch $TORCH_VERSION and Lightning $LIGHTNING_VERSION in $venv, found $got"

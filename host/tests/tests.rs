@@ -10,6 +10,7 @@ mod export;
 mod fuzz;
 mod idx_files;
 mod init;
+mod instruments;
 mod mlflow;
 mod monitor_kit;
 mod monitors;

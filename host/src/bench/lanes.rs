@@ -13,7 +13,8 @@ use super::cpu::process_cpu_seconds;
 use super::summary::summarize;
 use super::workload::{
     another_repeat_fits, LaneMeasure, Segment, Workload, WorkloadOptions, WorkloadReport, ALL,
-    BARE_WEIGHTED, CONTROL, LIGHTNING_VARIANT, SHIPPED_MONITORS, WATCHING,
+    BARE_WEIGHTED, COCKPIT_16, COCKPIT_EVERY, CONTROL, INSTRUMENTS_16, INSTRUMENTS_EVERY,
+    INSTRUMENT_PLUGINS, LIGHTNING_VARIANT, SHIPPED_MONITORS, WATCHING,
 };
 use crate::config::Settings;
 use crate::data::{self, Dataset};
@@ -183,8 +184,14 @@ enabled = false
             .collect::<Vec<_>>()
             .join(", "),
     );
+    // A monitor is its name, optionally followed by TOML settings after a space
+    // ("gradient-tests every_n_steps = 16").
     for monitor in monitors {
-        text.push_str(&format!("\n[[monitors]]\nname = \"{monitor}\"\n"));
+        let (name, settings) = monitor.split_once(' ').unwrap_or((monitor, ""));
+        text.push_str(&format!("\n[[monitors]]\nname = \"{name}\"\n"));
+        if !settings.is_empty() {
+            text.push_str(&format!("[monitors.settings]\n{settings}\n"));
+        }
     }
     let origin = format!("<vigil bench: {}>", options.workload.key().to_uppercase());
     Settings::from_toml(&text, Path::new(&origin))
@@ -217,17 +224,26 @@ pub fn run_workload(
     }
     // `sampler-distribution` reports the sampler's draws, so where it is measured the sampler
     // is the weighted one, against a bare configuration with the same sampler.
-    let weighted = options.monitors.iter().any(|m| m == "sampler-distribution");
+    let weighted =
+        !options.instruments && options.monitors.iter().any(|m| m == "sampler-distribution");
     if weighted {
         configs.push((BARE_WEIGHTED.into(), Vec::new(), true));
     }
-    if options.workload.each_alone() || options.monitors.len() == 1 {
+    if options.instruments {
+        for (name, every) in [(INSTRUMENTS_16, 16), (INSTRUMENTS_EVERY, 1)] {
+            let monitors = INSTRUMENT_PLUGINS
+                .iter()
+                .map(|plugin| format!("{plugin} every_n_steps = {every}"))
+                .collect();
+            configs.push((name.into(), monitors, false));
+        }
+    } else if options.workload.each_alone() || options.monitors.len() == 1 {
         for monitor in &options.monitors {
             let with_sampler = monitor == "sampler-distribution";
             configs.push((monitor.clone(), vec![monitor.clone()], with_sampler));
         }
     }
-    if options.monitors.len() > 1 {
+    if options.monitors.len() > 1 && !options.instruments {
         configs.push((ALL.into(), options.monitors.clone(), weighted));
     }
     let probe = workload_settings(options, &[], 1, false)?;
@@ -318,6 +334,20 @@ pub fn run_workload(
                 tuned,
                 variant,
                 "give --python PATH, or --no-python",
+            )?);
+        }
+    }
+    if let Some(cockpit) = options.cockpit.as_ref().filter(|_| options.instruments) {
+        progress("starting Cockpit's economy configuration in the plain loop, every 16 steps and every step");
+        for (every, variant) in [(16, COCKPIT_16), (1, COCKPIT_EVERY)] {
+            let mut args = data_args(Some(options.workload));
+            args.extend(["--cockpit".to_string(), every.to_string()]);
+            pythons.push(ExternalLoop::start(
+                cockpit,
+                &args,
+                false,
+                variant,
+                "run scripts/bench-venv.sh (it installs Cockpit and BackPACK)",
             )?);
         }
     }

@@ -32,7 +32,9 @@ pub use image_folder::{image_folder_table, run_image_folder, ImageFolderOptions}
 pub use lanes::run_workload;
 pub use plugins::{plugin_costs, DISPATCH_PLUGIN};
 pub use table::workload_table;
-pub use workload::{Workload, WorkloadOptions, WorkloadReport, SHIPPED_MONITORS, WORKLOAD_BATCH};
+pub use workload::{
+    Workload, WorkloadOptions, WorkloadReport, INSTRUMENT_PLUGINS, SHIPPED_MONITORS, WORKLOAD_BATCH,
+};
 
 /// One measured quantity.
 #[derive(Debug, Clone, Serialize)]

@@ -5,9 +5,11 @@
 use super::baseline::ExternalLoop;
 use super::cpu::{cpu_overhead, CpuSample};
 use super::workload::{
-    judge, BaselineResult, ConfigResult, CurvatureCost, FloorResult, LaneMeasure, Segment,
-    WorkloadOptions, WorkloadReport, ALL, LIGHTNING_VARIANT, TARGET_ALL, TARGET_CURVATURE,
-    TARGET_EACH, TARGET_FLOOR, TARGET_LIGHTNING, TARGET_SPEEDUP, TARGET_WATCHING, WORKLOAD_BATCH,
+    judge, BaselineResult, CockpitResult, ConfigResult, CurvatureCost, FloorResult, LaneMeasure,
+    Segment, WorkloadOptions, WorkloadReport, ALL, COCKPIT_16, COCKPIT_EVERY, INSTRUMENTS_16,
+    INSTRUMENTS_EVERY, LIGHTNING_VARIANT, TARGET_ALL, TARGET_CURVATURE, TARGET_EACH, TARGET_FLOOR,
+    TARGET_INSTRUMENTS_16, TARGET_INSTRUMENTS_EVERY, TARGET_LIGHTNING, TARGET_SPEEDUP,
+    TARGET_WATCHING, WORKLOAD_BATCH,
 };
 use super::{peak_rss_mib, Measurement};
 use crate::data::Dataset;
@@ -113,6 +115,10 @@ pub(super) fn summarize(
             let target_pct = (!is_bare).then(|| {
                 if lane.watching {
                     TARGET_WATCHING
+                } else if lane.name == INSTRUMENTS_16 {
+                    TARGET_INSTRUMENTS_16
+                } else if lane.name == INSTRUMENTS_EVERY {
+                    TARGET_INSTRUMENTS_EVERY
                 } else if lane.monitors.len() > 1 {
                     TARGET_ALL
                 } else if lane.monitors[0] == "curvature" {
@@ -184,8 +190,23 @@ pub(super) fn summarize(
     let all_monitors = lanes.iter().find(|lane| lane.name == ALL);
     let mut python = Vec::new();
     let mut lightning = None;
+    let plain_loop = loops
+        .iter()
+        .find(|l| l.variant == "plain" && !l.segments.is_empty());
+    let mut cockpit = Vec::new();
     for external in loops.iter().filter(|l| !l.segments.is_empty()) {
         let is_lightning = external.variant == LIGHTNING_VARIANT;
+        if external.variant == COCKPIT_16 || external.variant == COCKPIT_EVERY {
+            let lane_name = if external.variant == COCKPIT_16 {
+                INSTRUMENTS_16
+            } else {
+                INSTRUMENTS_EVERY
+            };
+            if let Some(result) = cockpit_result(external, plain_loop, lanes, &configs, lane_name) {
+                cockpit.push(result);
+            }
+            continue;
+        }
         // Python against bare training time; Lightning against the host with all monitors,
         // validation included on both sides.
         let (host_ms, compared_with, target): (Vec<f64>, &str, f64) = if is_lightning {
@@ -284,6 +305,7 @@ pub(super) fn summarize(
         configs,
         python,
         lightning,
+        cockpit,
         curvature,
         floor: floor_result(floors, &bare_train_ms_per_repeat),
         peak_rss_mib: peak_rss_mib(),
@@ -314,5 +336,46 @@ fn floor_result(floors: &[f64], bare_ms: &[f64]) -> Option<FloorResult> {
         host_over_floor,
         target: TARGET_FLOOR,
         verdict,
+    })
+}
+
+/// Cockpit's loop against the plain loop (its own overhead) and against the host with the
+/// instruments at the same cadence, repeat by repeat; validation excluded everywhere.
+fn cockpit_result(
+    external: &ExternalLoop,
+    plain: Option<&ExternalLoop>,
+    lanes: &[LaneMeasure],
+    configs: &[ConfigResult],
+    lane_name: &str,
+) -> Option<CockpitResult> {
+    let plain = plain?;
+    let lane = lanes.iter().find(|l| l.name == lane_name)?;
+    let host_ms: Vec<f64> = lane
+        .segments
+        .iter()
+        .map(|s| (s.wall - s.validation) * 1e3 / s.steps as f64)
+        .collect();
+    let overhead = external
+        .segments
+        .iter()
+        .zip(&plain.segments)
+        .map(|(theirs, plain)| 100.0 * (theirs / plain - 1.0))
+        .collect();
+    let speedup = external
+        .segments
+        .iter()
+        .zip(&host_ms)
+        .map(|(theirs, ours)| theirs / ours)
+        .collect();
+    Some(CockpitResult {
+        variant: external.variant.to_string(),
+        ms_per_step: Measurement::of(external.variant, "ms", external.segments.clone()),
+        overhead_pct: Measurement::of(&format!("{} overhead", external.variant), "%", overhead),
+        compared_with: lane_name.to_string(),
+        host_overhead_pct: configs
+            .iter()
+            .find(|c| c.name == lane_name)
+            .and_then(|c| c.overhead_pct.clone()),
+        host_speedup: Measurement::of(&format!("{} ÷ {lane_name}", external.variant), "×", speedup),
     })
 }

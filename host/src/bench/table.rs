@@ -35,6 +35,28 @@ pub fn workload_table(report: &WorkloadReport) -> String {
     if let Some(l) = &report.lightning {
         out.push_str(&baseline_lines(l, None));
     }
+    for c in &report.cockpit {
+        let host = c.host_overhead_pct.as_ref().map_or("—".to_string(), |o| {
+            format!(
+                "{:+.2} % (90 % interval {:+.2}…{:+.2})",
+                o.median, o.low, o.high
+            )
+        });
+        out.push_str(&format!(
+            "{}: {:.2} ms/step ({:.2}–{:.2}), {:+.1} % over the plain PyTorch loop (90 % interval {:+.1}…{:+.1}); vigil's {}: {host} over bare; Cockpit's step ÷ vigil's: {:.2}× ({:.2}–{:.2})\n",
+            c.variant,
+            c.ms_per_step.median,
+            c.ms_per_step.min,
+            c.ms_per_step.max,
+            c.overhead_pct.median,
+            c.overhead_pct.low,
+            c.overhead_pct.high,
+            c.compared_with,
+            c.host_speedup.median,
+            c.host_speedup.low,
+            c.host_speedup.high,
+        ));
+    }
     if let Some(f) = &report.floor {
         out.push_str(&format!(
             "floor: {:.2} ms/step inside ATen ops (PyTorch's profiler, self CPU time, the plain loop's step; {:.2}–{:.2}); \

@@ -48,6 +48,18 @@ pub const SHIPPED_MONITORS: [&str; 10] = [
     "dataset-statistics",
 ];
 
+/// The instrument plugins that `vigil bench --instruments` measures together, at two
+/// cadences.
+pub const INSTRUMENT_PLUGINS: [&str; 3] = ["gradient-tests", "step-quality", "gradient-histogram"];
+
+/// The instrument plugins every 16 steps, and every step.
+pub const INSTRUMENTS_16: &str = "instruments every 16 steps";
+pub const INSTRUMENTS_EVERY: &str = "instruments every step";
+
+/// Cockpit's economy configuration every 16 steps and every step (the Python loop's variants).
+pub(super) const COCKPIT_16: &str = "Cockpit economy every 16 steps";
+pub(super) const COCKPIT_EVERY: &str = "Cockpit economy every step";
+
 /// The second bare configuration, whose overhead is the benchmark's noise floor.
 pub const CONTROL: &str = "bare (control)";
 
@@ -71,6 +83,9 @@ pub(super) const TARGET_CURVATURE: f64 = 2.0;
 pub(super) const TARGET_ALL: f64 = 3.0;
 /// The MLflow sink and system metrics together.
 pub(super) const TARGET_WATCHING: f64 = 1.0;
+/// The instrument plugins every 16 steps, and every step.
+pub(super) const TARGET_INSTRUMENTS_16: f64 = 1.0;
+pub(super) const TARGET_INSTRUMENTS_EVERY: f64 = 10.0;
 /// Host steps/s over the Python loop's.
 pub(super) const TARGET_SPEEDUP: f64 = 1.1;
 /// Host steps/s with all monitors over Lightning's with the same monitors as callbacks.
@@ -159,6 +174,26 @@ pub struct WorkloadOptions {
     /// An MLflow tracking server: measure the bare configuration sending to it, with system
     /// metrics ([`WATCHING`]).
     pub mlflow: Option<String>,
+    /// Measure the instrument plugins ([`INSTRUMENTS_16`], [`INSTRUMENTS_EVERY`]) instead of
+    /// `monitors`, beside Cockpit's economy configuration run by this Python (the bench venv's)
+    /// when given (W1).
+    pub instruments: bool,
+    pub cockpit: Option<PythonBaseline>,
+}
+
+/// Cockpit's economy configuration in the plain PyTorch loop, against the same loop without
+/// it and against vigil's instrument plugins at the same cadence.
+#[derive(Debug, Clone, Serialize)]
+pub struct CockpitResult {
+    pub variant: String,
+    pub ms_per_step: Measurement,
+    /// Its overhead over the plain PyTorch loop (validation excluded on both sides), %.
+    pub overhead_pct: Measurement,
+    /// The host configuration it is set beside, and that configuration's overhead over bare.
+    pub compared_with: String,
+    pub host_overhead_pct: Option<Measurement>,
+    /// Cockpit's step time over the host's with the instruments, per repeat.
+    pub host_speedup: Measurement,
 }
 
 /// One configuration's results.
@@ -283,6 +318,8 @@ pub struct WorkloadReport {
     pub curvature: Option<CurvatureCost>,
     /// The floor under the step, where the plain Python loop ran.
     pub floor: Option<FloorResult>,
+    /// Cockpit beside the instrument plugins (`--instruments`).
+    pub cockpit: Vec<CockpitResult>,
     pub peak_rss_mib: Option<f64>,
     pub notes: Vec<String>,
 }

@@ -85,6 +85,15 @@ pub struct BenchArgs {
         default_value = "bench/lightning_baseline.py"
     )]
     pub lightning_script: PathBuf,
+    /// Measure the instrument plugins (gradient-tests, step-quality, gradient-histogram)
+    /// together every 16 steps and every step on W1 (targets 1 % and 10 %), beside Cockpit's
+    /// economy configuration at the same cadences in the plain PyTorch loop (the bench venv's
+    /// Python), instead of the other monitors.
+    #[arg(long, conflicts_with_all = ["plugins_only", "image_folder", "dashboard"])]
+    pub instruments: bool,
+    /// With --instruments: do not run Cockpit.
+    #[arg(long)]
+    pub no_cockpit: bool,
     /// Hook calls per repeat of the dispatch benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     pub calls: u64,
@@ -233,7 +242,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             match args.python.or_else(vigil::bench::bootstrap_python) {
                 Some(interpreter) => Some(vigil::bench::PythonBaseline {
                     interpreter,
-                    script: args.python_script,
+                    script: args.python_script.clone(),
                 }),
                 None => {
                     eprintln!("note: no Python with PyTorch found (run scripts/bootstrap.sh, or give --python PATH); skipping the Python baseline");
@@ -241,12 +250,46 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        let workloads = if args.workloads.is_empty() {
+        let workloads = if args.instruments {
+            vec![vigil::bench::Workload::W1]
+        } else if args.workloads.is_empty() {
             vec![vigil::bench::Workload::W1, vigil::bench::Workload::W2]
         } else {
             args.workloads
         };
-        let lightning = if args.no_lightning || !workloads.contains(&vigil::bench::Workload::W1) {
+        if args.instruments {
+            if let Some(missing) = vigil::bench::INSTRUMENT_PLUGINS
+                .iter()
+                .find(|name| !found.iter().any(|f| f == *name))
+            {
+                anyhow::bail!(vigil::Error::Config {
+                    location: "vigil bench --instruments".into(),
+                    message: format!("no plugin `{missing}` found; build the monitors with `cargo build --release --workspace` or give --dir"),
+                });
+            }
+        }
+        let cockpit = if !args.instruments || args.no_cockpit {
+            None
+        } else {
+            match args
+                .lightning
+                .clone()
+                .or_else(vigil::bench::lightning_python)
+            {
+                Some(interpreter) => Some(vigil::bench::PythonBaseline {
+                    interpreter,
+                    script: args.python_script.clone(),
+                }),
+                None => {
+                    eprintln!("note: no bench venv found (run scripts/bench-venv.sh, or give --lightning PATH); skipping Cockpit");
+                    None
+                }
+            }
+        };
+        let lightning = if args.no_lightning
+            || args.instruments
+            || !workloads.contains(&vigil::bench::Workload::W1)
+        {
             None
         } else {
             match args.lightning.or_else(vigil::bench::lightning_python) {
@@ -287,6 +330,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 python: python.clone(),
                 lightning: lightning.clone(),
                 mlflow: args.mlflow.clone(),
+                instruments: args.instruments,
+                cockpit: cockpit.clone(),
                 scratch: std::env::temp_dir().join(format!(
                     "vigil-bench-{}-{}",
                     std::process::id(),
