@@ -44,11 +44,16 @@ fn write_images(path: &Path, count: usize, seed: u64) {
 }
 
 fn instrument_run(dir: &Path) -> std::path::PathBuf {
+    instrument_run_of(dir, "run", "kind = \"cnn\"")
+}
+
+/// A run of the model `model` (the `[model]` table's lines) into `dir/run_name`.
+fn instrument_run_of(dir: &Path, run_name: &str, model: &str) -> std::path::PathBuf {
     write_images(&dir.join("train.safetensors"), SAMPLES, 1);
     write_images(&dir.join("val.safetensors"), 16, 2);
     let config = format!(
         r#"name = "instruments"
-run_dir = "run"
+run_dir = "{run_name}"
 seed = 3
 epochs = {STEPS}
 batch_size = {SAMPLES}
@@ -58,7 +63,7 @@ data = "tensors"
 train = "train.safetensors"
 val = "val.safetensors"
 [model]
-kind = "cnn"
+{model}
 [optim]
 kind = "sgd"
 lr = {LR}
@@ -84,10 +89,11 @@ every_n_steps = 1
 "#,
         dirs = plugin_dirs_toml(),
     );
-    std::fs::write(dir.join("run.toml"), config).unwrap();
-    let output = vigil(dir, &["train", "run.toml"]);
+    let file = format!("{run_name}.toml");
+    std::fs::write(dir.join(&file), config).unwrap();
+    let output = vigil(dir, &["train", &file]);
     assert!(output.status.success(), "{}", stderr(&output));
-    dir.join("run")
+    dir.join(run_name)
 }
 
 /// NormTest, InnerTest, OrthoTest, GradNorm, UpdateSize, Distance and Alpha of Cockpit's
@@ -192,5 +198,90 @@ fn an_instrument_run_logs_every_instrument_and_draws_its_pictures() {
     ] {
         let monitor = monitors.iter().find(|m| m["name"] == name).unwrap();
         assert_eq!(monitor["status"], "ok", "{monitor}");
+    }
+}
+
+/// A TorchScript model gets its individual gradients one backward pass per sample: the same
+/// network with the same initial weights, scripted in PyTorch, gives the same gradient tests
+/// at the first step as the built-in CNN's recorded layers.
+#[test]
+fn a_torchscript_model_gets_the_same_instruments_one_pass_per_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let native = instrument_run(dir.path());
+    let module = dir.path().join("cnn.pt");
+    crate::util::pytorch_fixture(
+        "scripted_from_initial.py",
+        &[native.as_os_str(), module.as_os_str()],
+    );
+    let scripted = instrument_run_of(
+        dir.path(),
+        "scripted",
+        "kind = \"torchscript\"\npath = \"cnn.pt\"",
+    );
+    let first = |run: &Path, name: &str| -> f64 {
+        records(run)
+            .iter()
+            .find(|r| r["global_step"] == 0 && r.get(name).is_some())
+            .unwrap_or_else(|| panic!("{name} at step 0 in {}", run.display()))[name]
+            .as_f64()
+            .unwrap()
+    };
+    for name in [
+        "gradient-tests/norm_test",
+        "gradient-tests/inner_test",
+        "gradient-tests/ortho_test",
+        "gradient-tests/grad_norm",
+        "gradient-tests/mean_gsnr",
+    ] {
+        let (a, b) = (first(&native, name), first(&scripted, name));
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "{name}: built-in {a}, scripted {b}"
+        );
+    }
+}
+
+/// A run trained for two steps and resumed for two more logs what the same run trained for
+/// four in one go logs: the distance counts from the weights the run started from (kept in the
+/// checkpoint), and α, the update size and the tests continue.
+#[test]
+fn a_resumed_run_measures_from_the_same_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = instrument_run(dir.path());
+    let config = std::fs::read_to_string(dir.path().join("run.toml"))
+        .unwrap()
+        .replace("run_dir = \"run\"", "run_dir = \"parts\"")
+        .replace(&format!("epochs = {STEPS}"), "epochs = 2");
+    std::fs::write(dir.path().join("parts.toml"), config).unwrap();
+    let first = vigil(dir.path(), &["train", "parts.toml"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let epochs = format!("epochs={STEPS}");
+    let second = vigil(
+        dir.path(),
+        &["train", "--resume", "parts", "--set", &epochs],
+    );
+    assert!(second.status.success(), "{}", stderr(&second));
+    let parts = dir.path().join("parts");
+    let logged = |run: &Path, name: &str| -> Vec<(u64, f64)> {
+        records(run)
+            .iter()
+            .filter_map(|r| Some((r["global_step"].as_u64()?, r.get(name)?.as_f64()?)))
+            .collect()
+    };
+    for name in [
+        "step-quality/distance",
+        "step-quality/update_size",
+        "step-quality/alpha",
+        "gradient-tests/norm_test",
+    ] {
+        let (a, b) = (logged(&whole, name), logged(&parts, name));
+        assert_eq!(a.len(), b.len(), "{name}: {a:?} vs {b:?}");
+        for ((step_a, a), (step_b, b)) in a.iter().zip(&b) {
+            assert_eq!(step_a, step_b);
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1e-12),
+                "{name} at step {step_a}: {a} vs {b}"
+            );
+        }
     }
 }

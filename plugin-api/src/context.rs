@@ -543,7 +543,7 @@ impl<'a> Context<'a> {
 
     /// Ask for individual-gradient statistics (and the parameters' motion) at the steps
     /// `schedule` covers instead of every step ([`per_sample::SCHEDULE`]); from the next step
-    /// on. Call it from `new` or at `fit_start`.
+    /// on. Call it from `new`: a resumed run calls `restore_state`, not `fit_start`.
     ///
     /// ```
     /// # fn hook(ctx: &mut vigil_plugin_api::Context<'_>) -> Result<(), vigil_plugin_api::Error> {

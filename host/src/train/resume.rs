@@ -76,6 +76,12 @@ impl Trainer {
             .restore(&state.gradient_averages, &host_tensors, self.device)
             .map_err(|err| checkpoint::in_checkpoint(dir, err))?;
         self.restored_initial = self.initial_from(&host_tensors)?;
+        self.per_sample.restore_update(
+            LAST_UPDATE,
+            &self.parameter_names,
+            &host_tensors,
+            self.device,
+        )?;
         let mut pending = Vec::with_capacity(state.monitors.len());
         for saved in &state.monitors {
             let bytes = match &saved.state_file {
@@ -204,6 +210,10 @@ impl Trainer {
     ) -> Result<()> {
         let (gradient_averages, mut tensors) = self.averages.snapshot();
         tensors.extend(self.initial_tensors());
+        tensors.extend(
+            self.per_sample
+                .update_tensors(LAST_UPDATE, &self.parameter_names)?,
+        );
         let mut extras = Extras {
             tensors,
             files: Vec::new(),
@@ -263,6 +273,8 @@ impl Trainer {
 
 /// The prefix of the initial weights among a checkpoint's host tensors.
 const INITIAL: &str = "initial.";
+/// The prefix of the last update a `PARAMETER_MOTION` subscriber is told about.
+const LAST_UPDATE: &str = "last_update.";
 
 impl Trainer {
     /// Keep `θ₀` for `PARAMETER_MOTION` subscribers: the weights now, or on resume those the

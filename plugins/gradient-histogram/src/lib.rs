@@ -200,15 +200,11 @@ impl Monitor for GradientHistogram {
         version: env!("CARGO_PKG_VERSION"),
         description:
             "histograms of individual gradient elements, alone and against parameter values",
-        events: EventSet::of(&[
-            EventKind::FIT_START,
-            EventKind::TRAIN_BATCH_END,
-            EventKind::TRAIN_EPOCH_END,
-        ]),
+        events: EventSet::of(&[EventKind::TRAIN_BATCH_END, EventKind::TRAIN_EPOCH_END]),
         subscriptions: Subscriptions::PER_SAMPLE,
     };
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;
         let ordered = |range: Option<[f64; 2]>| {
             range.is_none_or(|[low, high]| low.is_finite() && high.is_finite() && low < high)
@@ -226,18 +222,17 @@ impl Monitor for GradientHistogram {
                     .into(),
             ));
         }
+        // The steps this monitor needs individual gradients at (every step otherwise). A host
+        // before 1.4 does not know the query; the first statistics it is asked for say so.
+        let _ = ctx.schedule_per_sample(Schedule {
+            every: settings.every_n_steps,
+            span: 1,
+        });
         Ok(GradientHistogram {
             settings,
             ranges: None,
             last: None,
             said: false,
-        })
-    }
-
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        ctx.schedule_per_sample(Schedule {
-            every: self.settings.every_n_steps,
-            span: 1,
         })
     }
 
@@ -291,7 +286,6 @@ mod tests {
         host.answer(HISTOGRAM, Ok(counts.encode()));
         let settings = "every_n_steps = 2\nbins = 4\nrange = [-1.0, 1.0]\ntwo_d = false";
         let mut harness = Harness::<GradientHistogram>::new(settings, host).unwrap();
-        harness.fire(EventKind::FIT_START).unwrap();
         for step in 0..4 {
             harness.host_mut().at_step(step);
             harness.fire(EventKind::TRAIN_BATCH_END).unwrap();

@@ -65,11 +65,11 @@ impl Monitor for GradientTests {
         name: "gradient-tests",
         version: env!("CARGO_PKG_VERSION"),
         description: "norm, inner-product and orthogonality tests, mean GSNR and the EB criterion from individual gradients",
-        events: EventSet::of(&[EventKind::FIT_START, EventKind::TRAIN_BATCH_END]),
+        events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
         subscriptions: Subscriptions(Subscriptions::PER_SAMPLE.0 | Subscriptions::GRADIENT.0),
     };
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;
         let positive = settings.theta.is_finite() && settings.theta > 0.0;
         let non_negative = settings.epsilon.is_finite() && settings.epsilon >= 0.0;
@@ -79,16 +79,15 @@ impl Monitor for GradientTests {
                 settings.every_n_steps, settings.theta, settings.epsilon
             )));
         }
+        // The steps this monitor needs individual gradients at (every step otherwise). A host
+        // before 1.4 does not know the query; the first statistics it is asked for say so.
+        let _ = ctx.schedule_per_sample(Schedule {
+            every: settings.every_n_steps,
+            span: 1,
+        });
         Ok(GradientTests {
             settings,
             said: false,
-        })
-    }
-
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        ctx.schedule_per_sample(Schedule {
-            every: self.settings.every_n_steps,
-            span: 1,
         })
     }
 
@@ -176,7 +175,6 @@ mod tests {
     #[test]
     fn the_tests_are_logged_at_their_cadence_with_cockpits_values() {
         let mut harness = Harness::<GradientTests>::new("every_n_steps = 4", host()).unwrap();
-        harness.fire(EventKind::FIT_START).unwrap();
         for step in 0..9 {
             harness.host_mut().at_step(step);
             harness.fire(EventKind::TRAIN_BATCH_END).unwrap();

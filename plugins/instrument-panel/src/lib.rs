@@ -211,7 +211,6 @@ impl Monitor for InstrumentPanel {
         version: env!("CARGO_PKG_VERSION"),
         description: "one picture per epoch with loss, α, step sizes, gradient tests, curvature and the gradient histogram",
         events: EventSet::of(&[
-            EventKind::FIT_START,
             EventKind::TRAIN_BATCH_END,
             EventKind::VALIDATION_END,
             EventKind::TRAIN_EPOCH_END,
@@ -219,7 +218,7 @@ impl Monitor for InstrumentPanel {
         subscriptions: Subscriptions::PER_SAMPLE,
     };
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;
         if settings.every_n_steps == 0
             || !(1..=4096).contains(&settings.bins)
@@ -229,18 +228,17 @@ impl Monitor for InstrumentPanel {
                 "every_n_steps ≥ 1, bins between 1 and 4096 and max_points ≥ 2".into(),
             ));
         }
+        // The steps this monitor needs individual gradients at (every step otherwise). A host
+        // before 1.4 does not know the query; the first statistics it is asked for say so.
+        let _ = ctx.schedule_per_sample(Schedule {
+            every: settings.every_n_steps,
+            span: 1,
+        });
         Ok(InstrumentPanel {
             settings,
             series: vec![Vec::new(); SERIES.len()],
             histogram: None,
             range: None,
-        })
-    }
-
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        ctx.schedule_per_sample(Schedule {
-            every: self.settings.every_n_steps,
-            span: 1,
         })
     }
 
@@ -313,7 +311,13 @@ mod tests {
             harness.fire(EventKind::TRAIN_BATCH_END).unwrap();
         }
         let saved = harness.save_state().unwrap().unwrap();
-        assert_eq!(harness.host().schedule(), None); // FIT_START was not fired
+        assert_eq!(
+            harness.host().schedule(),
+            Some(Schedule {
+                every: 1000,
+                span: 1
+            })
+        );
         let mut resumed =
             Harness::<InstrumentPanel>::restored("", FakeHost::new(), "1.0.0", saved).unwrap();
         resumed.host_mut().counters_mut().epoch = 1;

@@ -28,7 +28,7 @@ use vigil_monitor_math::instruments::{alpha, Observation};
 use vigil_plugin_api::per_sample::Schedule;
 use vigil_plugin_api::{
     export_monitor, monitor, parse_settings, Context, Error, EventKind, EventSet, Monitor,
-    MonitorInfo, Subscriptions,
+    MonitorInfo, SavedState, StateReader, StateWriter, Subscriptions,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,17 +149,24 @@ impl Monitor for StepQuality {
         name: "step-quality",
         version: env!("CARGO_PKG_VERSION"),
         description: "α (where the step lands on the local quadratic), update size and distance from the initial weights",
-        events: EventSet::of(&[EventKind::FIT_START, EventKind::TRAIN_BATCH_END]),
+        events: EventSet::of(&[EventKind::TRAIN_BATCH_END]),
         subscriptions: Subscriptions(
             Subscriptions::PER_SAMPLE.0 | Subscriptions::PARAMETER_MOTION.0,
         ),
     };
 
-    fn new(settings: &str, _ctx: &mut Context<'_>) -> Result<Self, Error> {
+    fn new(settings: &str, ctx: &mut Context<'_>) -> Result<Self, Error> {
         let settings: Settings = parse_settings(settings)?;
         if settings.every_n_steps == 0 {
             return Err(Error::Settings("every_n_steps must be ≥ 1".into()));
         }
+        // The steps this monitor needs individual gradients at (every step otherwise). A host
+        // before 1.4 does not know the query; the first statistics it is asked for say so.
+        let every = settings.every_n_steps;
+        let _ = ctx.schedule_per_sample(Schedule {
+            every,
+            span: every.min(2),
+        });
         Ok(StepQuality {
             settings,
             start: None,
@@ -167,12 +174,28 @@ impl Monitor for StepQuality {
         })
     }
 
-    fn on_fit_start(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
-        let every = self.settings.every_n_steps;
-        ctx.schedule_per_sample(Schedule {
-            every,
-            span: every.min(2),
-        })
+    /// The start of a step α judges, when a checkpoint falls between its two ends.
+    fn save_state(&mut self, _ctx: &mut Context<'_>) -> Result<Option<Vec<u8>>, Error> {
+        let mut writer = StateWriter::new();
+        writer.option(self.start.as_ref(), |w, start| {
+            w.u64(start.step).f64s(&start.losses);
+        });
+        Ok(Some(writer.finish()))
+    }
+
+    fn restore_state(
+        &mut self,
+        saved: SavedState<'_>,
+        _ctx: &mut Context<'_>,
+    ) -> Result<(), Error> {
+        let mut reader = StateReader::new(saved.bytes);
+        self.start = reader.option(|r| {
+            Ok(Start {
+                step: r.u64()?,
+                losses: r.f64s()?,
+            })
+        })?;
+        reader.finish()
     }
 
     fn on_train_batch_end(&mut self, ctx: &mut Context<'_>) -> Result<(), Error> {
@@ -221,7 +244,6 @@ mod tests {
         host.parameters(&[("w", &[2])]);
         host.answer(DISTANCE, Ok(encode_f64s(&[3.0])));
         let mut harness = Harness::<StepQuality>::new("every_n_steps = 4", host).unwrap();
-        harness.fire(EventKind::FIT_START).unwrap();
         assert_eq!(
             harness.host().schedule(),
             Some(Schedule { every: 4, span: 2 })

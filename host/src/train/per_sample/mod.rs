@@ -239,6 +239,66 @@ impl PerSample {
         })
     }
 
+    /// The last update as tensors for a checkpoint (`<prefix><parameter>` for `d`,
+    /// `<prefix>#step` and `<prefix>#before` for the rest), so that the step after a resume
+    /// answers it as the uninterrupted run would.
+    pub fn update_tensors(&self, prefix: &str, names: &[String]) -> Result<Vec<(String, Tensor)>> {
+        let Some(update) = &self.update else {
+            return Ok(Vec::new());
+        };
+        let mut tensors: Vec<(String, Tensor)> = names
+            .iter()
+            .zip(&update.direction)
+            .map(|(name, d)| (format!("{prefix}{name}"), d.shallow_clone()))
+            .collect();
+        tensors.push((
+            format!("{prefix}#step"),
+            Tensor::f_from_slice(&[update.step as i64])?,
+        ));
+        tensors.push((
+            format!("{prefix}#before"),
+            Tensor::f_from_slice(&update.before)?,
+        ));
+        Ok(tensors)
+    }
+
+    /// Take back what [`PerSample::update_tensors`] saved; nothing when it is not all there.
+    pub fn restore_update(
+        &mut self,
+        prefix: &str,
+        names: &[String],
+        tensors: &[(String, Tensor)],
+        device: tch::Device,
+    ) -> Result<()> {
+        let find = |key: String| tensors.iter().find(|(k, _)| *k == key).map(|(_, t)| t);
+        let direction: Option<Vec<&Tensor>> = names
+            .iter()
+            .map(|name| find(format!("{prefix}{name}")))
+            .collect();
+        let (Some(direction), Some(step), Some(before)) = (
+            direction,
+            find(format!("{prefix}#step")),
+            find(format!("{prefix}#before")),
+        ) else {
+            return Ok(());
+        };
+        let direction = direction
+            .into_iter()
+            .map(|d| Ok(d.f_to_device(device)?))
+            .collect::<Result<Vec<_>>>()?;
+        let sq_norms = direction
+            .iter()
+            .map(|d| Ok(d.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?))
+            .collect::<Result<Vec<_>>>()?;
+        self.update = Some(Update {
+            step: step.f_int64_value(&[0])? as u64,
+            direction,
+            sq_norms,
+            before: Vec::<f64>::try_from(&before.f_to_kind(Kind::Double)?)?,
+        });
+        Ok(())
+    }
+
     /// `‖θ − θ₀‖` per parameter.
     pub fn distance(&self, parameters: &[Tensor]) -> Result<Vec<f64>> {
         let initial = self.initial.as_ref().ok_or_else(|| {
