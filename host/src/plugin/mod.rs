@@ -15,6 +15,7 @@ mod elf;
 mod host_view;
 pub mod library;
 mod monitor_state;
+mod per_sample_query;
 mod report;
 mod resolve;
 pub mod trust;

@@ -118,7 +118,8 @@ pub fn histogram_2d(
     Ok(())
 }
 
-/// Lines of (step, value) in one chart; `log_y` for a positive quantity spanning decades.
+/// Lines of (step, value) in one chart; `log_y` for a positive quantity that may span
+/// decades (drawn on a log scale when it does).
 /// A chart with no points says so instead.
 pub fn lines(
     area: &Area<'_, '_>,
@@ -152,6 +153,9 @@ pub fn lines(
         |(a, b, c, d), (x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
     );
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+    // A log scale only where the values span more than a decade and a bit: within less, its
+    // labels are one or two powers of ten and say little.
+    let log_y = log_y && y1 > 20.0 * y0;
     if log_y {
         let (y0, y1) = (y0 / 1.2, if y1 > y0 { y1 * 1.2 } else { y0 * 10.0 });
         let mut chart =
@@ -162,6 +166,8 @@ pub fn lines(
                 .x_desc("step")
                 .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_label_formatter(&compact)
+                .y_labels(7)
+                .light_line_style(WHITE)
                 .label_style((FONT, 12))
                 .draw(),
         )?;
@@ -176,6 +182,8 @@ pub fn lines(
                 .x_desc("step")
                 .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_label_formatter(&compact)
+                .y_labels(7)
+                .light_line_style(WHITE)
                 .label_style((FONT, 12))
                 .draw(),
         )?;
