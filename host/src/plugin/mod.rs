@@ -18,6 +18,7 @@ mod monitor_state;
 mod per_sample_query;
 mod report;
 mod resolve;
+mod services;
 pub mod trust;
 
 use std::path::PathBuf;
@@ -31,10 +32,11 @@ use vigil_plugin_api::{EventKind, EventSet, LogLevel, StepCounters, Subscription
 pub use artifacts::ArtifactWriter;
 pub use dirs::{default_plugin_dirs, search_dirs, user_plugin_dir};
 pub use elf::Inspection;
-pub use host_view::{EventData, HostServices, MetricNames, Outputs, RunFacts, Scalar};
+pub use host_view::{EventData, MetricNames, Outputs, RunFacts, Scalar};
 pub use library::{LibraryInfo, LoadFailure, PluginLibrary};
 pub use monitor_state::MonitorSnapshot;
 pub use resolve::{catalogue, listing, resolve, Listed, PluginSearch};
+pub use services::HostServices;
 
 use crate::config::{MonitorSettings, OnError};
 use crate::error::{Error, Result};
