@@ -228,6 +228,8 @@ impl PluginHost {
                     (Subscriptions::VALIDATION_OUTPUTS, "validation_outputs"),
                     (Subscriptions::SAMPLE_IMAGES, "sample_images"),
                     (Subscriptions::SAMPLER, "sampler"),
+                    (Subscriptions::PER_SAMPLE, "per_sample"),
+                    (Subscriptions::PARAMETER_MOTION, "parameter_motion"),
                 ]
                 .into_iter()
                 .filter(|(bit, _)| library.info.subscriptions.contains(*bit))
