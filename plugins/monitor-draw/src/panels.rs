@@ -154,80 +154,41 @@ pub fn lines(
     );
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
     // A log scale only where the values span more than a decade and a bit: within less, its
-    // labels are one or two powers of ten and say little.
+    // labels are one or two powers of ten and say little. On a log scale the chart holds
+    // log₁₀ of the values and its labels show the values.
     let log_y = log_y && y1 > 20.0 * y0;
-    if log_y {
-        let (y0, y1) = (y0 / 1.2, if y1 > y0 { y1 * 1.2 } else { y0 * 10.0 });
-        let mut chart =
-            drawing(chart_builder(area, title).build_cartesian_2d(x0..x1, (y0..y1).log_scale()))?;
-        drawing(
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&compact)
-                .y_labels(7)
-                .light_line_style(WHITE)
-                .label_style((FONT, 12))
-                .draw(),
-        )?;
-        draw_lines(&mut chart, series, log_y)
-    } else {
-        let pad = ((y1 - y0) * 0.08).max(1e-9);
-        let mut chart =
-            drawing(chart_builder(area, title).build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)))?;
-        drawing(
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&compact)
-                .y_labels(7)
-                .light_line_style(WHITE)
-                .label_style((FONT, 12))
-                .draw(),
-        )?;
-        draw_lines(&mut chart, series, log_y)
-    }
-}
-
-fn chart_builder<'a, 'b>(
-    area: &'a Area<'b, '_>,
-    title: &str,
-) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
-    let mut builder = ChartBuilder::on(area);
-    builder
-        .caption(title, (FONT, 16))
-        .margin(8)
-        .x_label_area_size(32)
-        .y_label_area_size(56);
-    builder
-}
-
-fn draw_lines<'a, 'b: 'a, Y>(
-    chart: &mut ChartContext<
-        'a,
-        BitMapBackend<'b>,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, Y>,
-    >,
-    series: &[Line<'_>],
-    log_y: bool,
-) -> Result<(), DrawError>
-where
-    Y: Ranged<ValueType = f64>,
-{
-    for (label, points, colour) in series {
+    let to_axis = |y: f64| if log_y { y.log10() } else { y };
+    let (low, high) = (to_axis(y0), to_axis(y1));
+    let pad = ((high - low) * 0.06).max(1e-9);
+    let mut chart =
+        drawing(chart_builder(area, title).build_cartesian_2d(x0..x1, (low - pad)..(high + pad)))?;
+    let label = |v: &f64| compact(&if log_y { 10f64.powf(*v) } else { *v });
+    drawing(
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&label)
+            .y_labels(7)
+            .light_line_style(WHITE)
+            .label_style((FONT, 12))
+            .draw(),
+    )?;
+    for (name, points, colour) in series {
         let colour = *colour;
+        // A thick line's miter joins shoot past the points where a dense, noisy series turns
+        // sharply (a training loss): those are drawn one pixel wide.
+        let width = if points.len() > 300 { 1 } else { 2 };
         drawing(
             chart.draw_series(LineSeries::new(
                 points
                     .iter()
-                    .copied()
-                    .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0)),
-                colour.stroke_width(2),
+                    .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
+                    .map(|&(x, y)| (x, to_axis(y))),
+                colour.stroke_width(width),
             )),
         )?
-        .label(*label)
+        .label(*name)
         .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
     }
     if series.len() > 1 {
@@ -242,4 +203,17 @@ where
         )?;
     }
     Ok(())
+}
+
+fn chart_builder<'a, 'b>(
+    area: &'a Area<'b, '_>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, (FONT, 16))
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(56);
+    builder
 }
