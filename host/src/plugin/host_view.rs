@@ -402,13 +402,7 @@ impl HostFfi for HostView<'_> {
                 }
                 _ => RErr(format!("{} works at restore_state, for a monitor that saved state; this is {}", state::SAVED_QUERY, self.event.kind.name()).into()),
             },
-            per_sample::SCHEDULE
-            | per_sample::STATS
-            | per_sample::SECOND_MOMENT
-            | per_sample::HISTOGRAM
-            | per_sample::LAST_UPDATE
-            | per_sample::DISTANCE
-            | per_sample::LOG_HISTOGRAM => match self.per_sample_query(name.as_str(), input.as_slice()) {
+            name if per_sample::ALL.contains(&name) => match self.per_sample_query(name, input.as_slice()) {
                 Ok(answer) => ROk(answer.into()),
                 Err(err) => RErr(err.to_string().into()),
             },

@@ -50,6 +50,7 @@ impl HostView<'_> {
                     &self.services.distance_from_init()?,
                 ))
             }
+            // per_sample::LOG_HISTOGRAM, the one name left of per_sample::ALL
             _ => {
                 let record = per_sample::HistogramRecord::decode(input).map_err(host)?;
                 self.outputs.histograms.push((self.monitor, record));

@@ -124,8 +124,6 @@ pub struct Trainer {
     phases: profile::Phases,
     /// Individual gradients and the parameters' motion, for monitors that subscribed.
     per_sample: per_sample::PerSample,
-    /// The initial weights a resumed run's checkpoint holds, until training starts.
-    restored_initial: Option<Vec<Tensor>>,
 }
 
 impl Trainer {
@@ -260,7 +258,6 @@ impl Trainer {
             restored_from: None,
             phases: profile::Phases::default(),
             per_sample: per_sample::PerSample::default(),
-            restored_initial: None,
         })
     }
 

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use abi_stable::std_types::RSlice;
-use tch::Tensor;
 use vigil_plugin_api::{EventKind, SamplerDraws};
 
 use super::checkpoint::{self, Extras, SavedMonitor, TrainingState};
@@ -75,13 +74,8 @@ impl Trainer {
         self.averages
             .restore(&state.gradient_averages, &host_tensors, self.device)
             .map_err(|err| checkpoint::in_checkpoint(dir, err))?;
-        self.restored_initial = self.initial_from(&host_tensors)?;
-        self.per_sample.restore_update(
-            LAST_UPDATE,
-            &self.parameter_names,
-            &host_tensors,
-            self.device,
-        )?;
+        self.per_sample
+            .restore(&self.parameter_names, &host_tensors, self.device)?;
         let mut pending = Vec::with_capacity(state.monitors.len());
         for saved in &state.monitors {
             let bytes = match &saved.state_file {
@@ -209,11 +203,7 @@ impl Trainer {
         val_loss: Option<f64>,
     ) -> Result<()> {
         let (gradient_averages, mut tensors) = self.averages.snapshot();
-        tensors.extend(self.initial_tensors());
-        tensors.extend(
-            self.per_sample
-                .update_tensors(LAST_UPDATE, &self.parameter_names)?,
-        );
+        tensors.extend(self.per_sample.checkpoint_tensors(&self.parameter_names)?);
         let mut extras = Extras {
             tensors,
             files: Vec::new(),
@@ -271,62 +261,16 @@ impl Trainer {
     }
 }
 
-/// The prefix of the initial weights among a checkpoint's host tensors.
-const INITIAL: &str = "initial.";
-/// The prefix of the last update a `PARAMETER_MOTION` subscriber is told about.
-const LAST_UPDATE: &str = "last_update.";
-
 impl Trainer {
     /// Keep `θ₀` for `PARAMETER_MOTION` subscribers: the weights now, or on resume those the
-    /// checkpoint holds (its host tensors `initial.<parameter>`).
+    /// checkpoint holds; a warning when a resumed run's checkpoint holds none.
     pub(super) fn keep_initial_weights(&mut self) -> Result<()> {
-        if !self.per_sample.wants_motion() {
-            return Ok(());
-        }
-        let saved = self.restored_initial.take();
-        if self.progress.global_step > 0 && saved.is_none() {
+        let resumed = self.progress.global_step > 0;
+        if !self.per_sample.keep_initial(&self.parameters, resumed)? {
             let message = "the distance from the initial weights counts from the weights this resume starts from: the checkpoint holds none (no PARAMETER_MOTION subscriber before)".to_string();
             tracing::warn!("{message}");
             self.warnings.push(message);
         }
-        self.per_sample.keep_initial(&self.parameters, saved)
-    }
-
-    /// The initial weights among a checkpoint's host tensors, in parameter order, if all are
-    /// there.
-    fn initial_from(&self, tensors: &[(String, Tensor)]) -> Result<Option<Vec<Tensor>>> {
-        let found: Option<Vec<Tensor>> = self
-            .parameter_names
-            .iter()
-            .map(|name| {
-                let key = format!("{INITIAL}{name}");
-                tensors
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, t)| t.shallow_clone())
-            })
-            .collect();
-        found
-            .map(|tensors| {
-                tensors
-                    .into_iter()
-                    .map(|t| Ok(t.f_to_device(self.device)?))
-                    .collect()
-            })
-            .transpose()
-    }
-
-    /// The initial weights as host tensors for a checkpoint.
-    pub(super) fn initial_tensors(&self) -> Vec<(String, Tensor)> {
-        self.per_sample
-            .initial()
-            .map(|initial| {
-                self.parameter_names
-                    .iter()
-                    .zip(initial)
-                    .map(|(name, t)| (format!("{INITIAL}{name}"), t.shallow_clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        Ok(())
     }
 }

@@ -77,10 +77,6 @@ impl PerSample {
         self.subscribers = (per_sample, motion);
     }
 
-    pub fn wants_motion(&self) -> bool {
-        !self.subscribers.1.is_empty()
-    }
-
     pub fn wanted(&self) -> bool {
         !self.subscribers.0.is_empty() || !self.subscribers.1.is_empty()
     }
@@ -110,26 +106,19 @@ impl PerSample {
         }
     }
 
-    /// Keep the weights training starts from (`θ₀`), once; `saved` are those of the run a
-    /// resume continues.
-    pub fn keep_initial(
-        &mut self,
-        parameters: &[Tensor],
-        saved: Option<Vec<Tensor>>,
-    ) -> Result<()> {
-        if self.subscribers.1.is_empty() || self.initial.is_some() {
-            return Ok(());
+    /// Keep the weights training starts from (`θ₀`) for `PARAMETER_MOTION` subscribers: those
+    /// a resume restored ([`PerSample::restore`]), else the weights now. `false` when a resumed
+    /// run's checkpoint held none, so that the distance counts from where it resumes.
+    pub fn keep_initial(&mut self, parameters: &[Tensor], resumed: bool) -> Result<bool> {
+        if self.subscribers.1.is_empty() {
+            self.initial = None;
+            return Ok(true);
         }
-        self.initial = Some(match saved {
-            Some(saved) => saved,
-            None => copies(parameters)?,
-        });
-        Ok(())
-    }
-
-    /// The weights training started from, for checkpoints.
-    pub fn initial(&self) -> Option<&[Tensor]> {
-        self.initial.as_deref()
+        if self.initial.is_some() {
+            return Ok(true);
+        }
+        self.initial = Some(copies(parameters)?);
+        Ok(!resumed)
     }
 
     /// After the backward pass of a per-sample step: keep each recorded layer's input and
@@ -202,10 +191,7 @@ impl PerSample {
             .zip(&before)
             .map(|(now, then)| Ok(now.f_sub(then)?))
             .collect::<Result<Vec<_>>>()?;
-        let sq_norms = direction
-            .iter()
-            .map(|d| Ok(d.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?))
-            .collect::<Result<Vec<_>>>()?;
+        let sq_norms = sq_norms(&direction)?;
         let before = match self.captured(step) {
             Ok(captured) => captured.project(&direction)?,
             Err(_) => Vec::new(),
@@ -239,61 +225,49 @@ impl PerSample {
         })
     }
 
-    /// The last update as tensors for a checkpoint (`<prefix><parameter>` for `d`,
-    /// `<prefix>#step` and `<prefix>#before` for the rest), so that the step after a resume
-    /// answers it as the uninterrupted run would.
-    pub fn update_tensors(&self, prefix: &str, names: &[String]) -> Result<Vec<(String, Tensor)>> {
-        let Some(update) = &self.update else {
-            return Ok(Vec::new());
-        };
-        let mut tensors: Vec<(String, Tensor)> = names
-            .iter()
-            .zip(&update.direction)
-            .map(|(name, d)| (format!("{prefix}{name}"), d.shallow_clone()))
-            .collect();
-        tensors.push((
-            format!("{prefix}#step"),
-            Tensor::f_from_slice(&[update.step as i64])?,
-        ));
-        tensors.push((
-            format!("{prefix}#before"),
-            Tensor::f_from_slice(&update.before)?,
-        ));
+    /// What a checkpoint keeps (its host tensors): `θ₀` as `initial.<parameter>`, and the
+    /// last update as `last_update.<parameter>` for `d` with `last_update.#step` and
+    /// `last_update.#before`, so that a resumed run measures from the same start and its first
+    /// step answers the update as the uninterrupted run would.
+    pub fn checkpoint_tensors(&self, names: &[String]) -> Result<Vec<(String, Tensor)>> {
+        let mut tensors = Vec::new();
+        if let Some(initial) = &self.initial {
+            tensors.extend(named(INITIAL, names, initial));
+        }
+        if let Some(update) = &self.update {
+            tensors.extend(named(LAST_UPDATE, names, &update.direction));
+            tensors.push((
+                format!("{LAST_UPDATE}#step"),
+                Tensor::f_from_slice(&[update.step as i64])?,
+            ));
+            tensors.push((
+                format!("{LAST_UPDATE}#before"),
+                Tensor::f_from_slice(&update.before)?,
+            ));
+        }
         Ok(tensors)
     }
 
-    /// Take back what [`PerSample::update_tensors`] saved; nothing when it is not all there.
-    pub fn restore_update(
+    /// Take back what [`PerSample::checkpoint_tensors`] saved; a part not all there is left out.
+    pub fn restore(
         &mut self,
-        prefix: &str,
         names: &[String],
         tensors: &[(String, Tensor)],
         device: tch::Device,
     ) -> Result<()> {
+        self.initial = found(INITIAL, names, tensors, device)?;
         let find = |key: String| tensors.iter().find(|(k, _)| *k == key).map(|(_, t)| t);
-        let direction: Option<Vec<&Tensor>> = names
-            .iter()
-            .map(|name| find(format!("{prefix}{name}")))
-            .collect();
         let (Some(direction), Some(step), Some(before)) = (
-            direction,
-            find(format!("{prefix}#step")),
-            find(format!("{prefix}#before")),
+            found(LAST_UPDATE, names, tensors, device)?,
+            find(format!("{LAST_UPDATE}#step")),
+            find(format!("{LAST_UPDATE}#before")),
         ) else {
             return Ok(());
         };
-        let direction = direction
-            .into_iter()
-            .map(|d| Ok(d.f_to_device(device)?))
-            .collect::<Result<Vec<_>>>()?;
-        let sq_norms = direction
-            .iter()
-            .map(|d| Ok(d.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?))
-            .collect::<Result<Vec<_>>>()?;
         self.update = Some(Update {
             step: step.f_int64_value(&[0])? as u64,
+            sq_norms: sq_norms(&direction)?,
             direction,
-            sq_norms,
             before: Vec::<f64>::try_from(&before.f_to_kind(Kind::Double)?)?,
         });
         Ok(())
@@ -314,6 +288,52 @@ impl PerSample {
             .map(|(now, then)| Ok(now.f_sub(then)?.f_norm()?.f_double_value(&[])?))
             .collect()
     }
+}
+
+/// The prefixes of the initial weights and of the last update among a checkpoint's host
+/// tensors.
+const INITIAL: &str = "initial.";
+const LAST_UPDATE: &str = "last_update.";
+
+/// `tensors` named `<prefix><parameter>`.
+fn named(prefix: &str, names: &[String], tensors: &[Tensor]) -> Vec<(String, Tensor)> {
+    names
+        .iter()
+        .zip(tensors)
+        .map(|(name, t)| (format!("{prefix}{name}"), t.shallow_clone()))
+        .collect()
+}
+
+/// The tensors named `<prefix><parameter>` for every parameter, in parameter order, on
+/// `device`; `None` unless all are there.
+fn found(
+    prefix: &str,
+    names: &[String],
+    tensors: &[(String, Tensor)],
+    device: tch::Device,
+) -> Result<Option<Vec<Tensor>>> {
+    let found: Option<Vec<&Tensor>> = names
+        .iter()
+        .map(|name| {
+            let key = format!("{prefix}{name}");
+            tensors.iter().find(|(k, _)| *k == key).map(|(_, t)| t)
+        })
+        .collect();
+    found
+        .map(|all| {
+            all.into_iter()
+                .map(|t| Ok(t.f_to_device(device)?))
+                .collect()
+        })
+        .transpose()
+}
+
+/// `‖d‖²` of each tensor.
+fn sq_norms(tensors: &[Tensor]) -> Result<Vec<f64>> {
+    tensors
+        .iter()
+        .map(|d| Ok(d.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?))
+        .collect()
 }
 
 fn copies(parameters: &[Tensor]) -> Result<Vec<Tensor>> {

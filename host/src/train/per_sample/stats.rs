@@ -238,8 +238,7 @@ impl Captured {
                 .zip(counted)
                 .for_each(|(sum, c)| *sum += c);
         };
-        // On the CPU plain loops over the tensors' memory (`binning`); elsewhere libtorch.
-        let on_cpu = self.losses.device() == tch::Device::Cpu;
+        // Counted in plain loops over the tensors' memory (`binning`), on the CPU.
         let bins = Bins {
             count: spec.bins as usize,
             low: spec.low,
@@ -251,9 +250,6 @@ impl Captured {
             high: spec.value_high,
         };
         let binned = |index: usize, grads: &Tensor| -> Result<Vec<f64>> {
-            if !on_cpu {
-                return to_f64s(&count(grads, &parameters[index], spec)?);
-            }
             let rows = grads.size()[0] as usize;
             if spec.value_bins == 0 {
                 return with_f32s(grads, |g| binning::count(g, rows, bins, None));
@@ -269,14 +265,10 @@ impl Captured {
             Source::Layers(layers) => {
                 for layer in layers {
                     if layer.op == LayerOp::Linear && spec.value_bins == 0 {
-                        let counted = if on_cpu {
-                            let batch = layer.batch() as usize;
-                            with_f32s(&layer.delta, |d| {
-                                with_f32s(&layer.input, |x| binning::count_outer(d, x, batch, bins))
-                            })??
-                        } else {
-                            to_f64s(&layer.linear_histogram(spec.bins, spec.low, spec.high)?)?
-                        };
+                        let batch = layer.batch() as usize;
+                        let counted = with_f32s(&layer.delta, |d| {
+                            with_f32s(&layer.input, |x| binning::count_outer(d, x, batch, bins))
+                        })??;
                         add(&mut counts, layer.weight, counted);
                     } else {
                         layer.for_each_weight_chunk(|_, grads| {
@@ -311,39 +303,4 @@ impl Captured {
             counts,
         })
     }
-}
-
-/// Bin indices of `values` in `bins` equal bins over `[low, high]`, outside values clamped
-/// into the end bins (`torch.histc` after `clamp`, as Cockpit does).
-fn bin_index(values: &Tensor, bins: u64, low: f64, high: f64) -> Result<Tensor> {
-    let scale = bins as f64 / (high - low);
-    Ok(values
-        .f_clamp(low, high)?
-        .f_sub_scalar(low)?
-        .f_mul_scalar(scale)?
-        .f_floor()?
-        .f_clamp(0.0, (bins - 1) as f64)?
-        .f_to_kind(Kind::Int64)?)
-}
-
-/// The histogram of `grads` (`count × parameter shape`), against `parameter`'s values for a
-/// 2-D one.
-fn count(grads: &Tensor, parameter: &Tensor, spec: &HistogramSpec) -> Result<Tensor> {
-    let cells = (spec.bins * spec.value_bins.max(1)) as i64;
-    let mut index = bin_index(grads, spec.bins, spec.low, spec.high)?;
-    if spec.value_bins > 0 {
-        let values = bin_index(
-            &parameter.f_detach()?,
-            spec.value_bins,
-            spec.value_low,
-            spec.value_high,
-        )?;
-        index = index
-            .f_mul_scalar(spec.value_bins as i64)?
-            .f_add(&values.f_unsqueeze(0)?)?;
-    }
-    Ok(index
-        .f_reshape([-1])?
-        .f_bincount::<Tensor>(None, cells)?
-        .f_to_kind(Kind::Double)?)
 }
