@@ -40,14 +40,8 @@ pub fn histogram_1d(
         .map(|c| (1.0 + c).log10())
         .fold(0.0, f64::max)
         .max(1.0);
-    let mut chart = drawing(
-        ChartBuilder::on(area)
-            .caption(title, (FONT, 16))
-            .margin(8)
-            .x_label_area_size(32)
-            .y_label_area_size(48)
-            .build_cartesian_2d(low..high, 0.0..top * 1.05),
-    )?;
+    let mut chart =
+        drawing(chart_builder(area, title, 48).build_cartesian_2d(low..high, 0.0..top * 1.05))?;
     drawing(
         chart
             .configure_mesh()
@@ -89,12 +83,7 @@ pub fn histogram_2d(
         .fold(0.0, f64::max)
         .max(1e-12);
     let mut chart = drawing(
-        ChartBuilder::on(area)
-            .caption(title, (FONT, 16))
-            .margin(8)
-            .x_label_area_size(32)
-            .y_label_area_size(48)
-            .build_cartesian_2d(low..high, value_low..value_high),
+        chart_builder(area, title, 48).build_cartesian_2d(low..high, value_low..value_high),
     )?;
     drawing(
         chart
@@ -160,8 +149,9 @@ pub fn lines(
     let to_axis = |y: f64| if log_y { y.log10() } else { y };
     let (low, high) = (to_axis(y0), to_axis(y1));
     let pad = ((high - low) * 0.06).max(1e-9);
-    let mut chart =
-        drawing(chart_builder(area, title).build_cartesian_2d(x0..x1, (low - pad)..(high + pad)))?;
+    let mut chart = drawing(
+        chart_builder(area, title, 56).build_cartesian_2d(x0..x1, (low - pad)..(high + pad)),
+    )?;
     let label = |v: &f64| compact(&if log_y { 10f64.powf(*v) } else { *v });
     drawing(
         chart
@@ -205,15 +195,17 @@ pub fn lines(
     Ok(())
 }
 
+/// A chart titled `title` in `area`, with `y_labels` pixels for the y axis's labels.
 fn chart_builder<'a, 'b>(
     area: &'a Area<'b, '_>,
     title: &str,
+    y_labels: u32,
 ) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(title, (FONT, 16))
         .margin(8)
         .x_label_area_size(32)
-        .y_label_area_size(56);
+        .y_label_area_size(y_labels);
     builder
 }

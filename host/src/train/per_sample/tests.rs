@@ -66,6 +66,34 @@ fn bins(values: &[f64], bins: u64, low: f64, high: f64) -> Vec<usize> {
 /// Compare in `kind`: in f64 every quantity agrees to 1e-5 (to about 1e-12 in fact); in
 /// f32 the scalar statistics do, and single coordinates of `Σₙ gₙ²` that come out of
 /// cancellation in the backward pass to 1e-4.
+/// The host's way: one forward pass with the layers recorded and the backward pass of the
+/// mean loss, captured at `step`; the logits.
+fn recorded_step(
+    net: &Network,
+    parameters: &[Tensor],
+    (images, labels): (&Tensor, &Tensor),
+    per_sample: &mut PerSample,
+    step: u64,
+) -> Tensor {
+    let names: Vec<String> = (0..parameters.len()).map(|i| format!("p{i}")).collect();
+    let (logits, recorded) = taps::record(|| net.forward(images, true));
+    let logits = logits.unwrap();
+    cross_entropy(&logits, labels, tch::Reduction::Mean)
+        .unwrap()
+        .backward();
+    per_sample
+        .capture(
+            step,
+            recorded,
+            net,
+            parameters,
+            &names,
+            (&logits, images, labels),
+        )
+        .unwrap();
+    logits
+}
+
 fn check(case: Case, kind: Kind) {
     let Case {
         vars,
@@ -75,26 +103,11 @@ fn check(case: Case, kind: Kind) {
     } = case;
     let coordinate_tolerance = if kind == Kind::Double { 1e-5 } else { 1e-4 };
     let parameters = vars.trainable_variables();
-    let names: Vec<String> = (0..parameters.len()).map(|i| format!("p{i}")).collect();
     let batch = images.size()[0] as usize;
 
     // The host's way: one recorded forward and backward pass.
-    let (logits, recorded) = taps::record(|| net.forward(&images, true));
-    let logits = logits.unwrap();
-    cross_entropy(&logits, &labels, tch::Reduction::Mean)
-        .unwrap()
-        .backward();
     let mut per_sample = PerSample::default();
-    per_sample
-        .capture(
-            0,
-            recorded,
-            &net,
-            &parameters,
-            &names,
-            (&logits, &images, &labels),
-        )
-        .unwrap();
+    let logits = recorded_step(&net, &parameters, (&images, &labels), &mut per_sample, 0);
     let captured = per_sample.captured(0).unwrap();
     let stats = captured.stats(&parameters).unwrap();
     let second_moment = captured.second_moment(&parameters).unwrap();
@@ -298,23 +311,14 @@ fn a_resnet_with_batch_norm_says_individual_gradients_are_not_defined() {
         Kind::Float,
     );
     let parameters = case.vars.trainable_variables();
-    let names: Vec<String> = (0..parameters.len()).map(|i| format!("p{i}")).collect();
-    let (logits, recorded) = taps::record(|| case.net.forward(&case.images, true));
-    let logits = logits.unwrap();
-    cross_entropy(&logits, &case.labels, tch::Reduction::Mean)
-        .unwrap()
-        .backward();
     let mut per_sample = PerSample::default();
-    per_sample
-        .capture(
-            3,
-            recorded,
-            &case.net,
-            &parameters,
-            &names,
-            (&logits, &case.images, &case.labels),
-        )
-        .unwrap();
+    let _logits = recorded_step(
+        &case.net,
+        &parameters,
+        (&case.images, &case.labels),
+        &mut per_sample,
+        3,
+    );
     let err = per_sample.captured(3).err().expect("an error").to_string();
     assert!(
         err.contains("not defined") && err.contains("batch norm") && err.contains("model.norm"),
@@ -342,7 +346,6 @@ fn timing() {
     );
     model::use_channels_last(&case.vars).unwrap();
     let parameters = case.vars.trainable_variables();
-    let names: Vec<String> = (0..parameters.len()).map(|i| format!("p{i}")).collect();
     let mut per_sample = PerSample::default();
     let mut plain = 0.0;
     let mut recorded = 0.0;
@@ -354,21 +357,13 @@ fn timing() {
             .backward();
         plain += started.elapsed().as_secs_f64();
         let started = std::time::Instant::now();
-        let (logits, taps) = taps::record(|| case.net.forward(&case.images, true));
-        let logits = logits.unwrap();
-        cross_entropy(&logits, &case.labels, tch::Reduction::Mean)
-            .unwrap()
-            .backward();
-        per_sample
-            .capture(
-                0,
-                taps,
-                &case.net,
-                &parameters,
-                &names,
-                (&logits, &case.images, &case.labels),
-            )
-            .unwrap();
+        let _logits = recorded_step(
+            &case.net,
+            &parameters,
+            (&case.images, &case.labels),
+            &mut per_sample,
+            0,
+        );
         recorded += started.elapsed().as_secs_f64();
     }
     println!(
@@ -397,21 +392,13 @@ fn timing() {
         }
         let (mut first, mut alone) = (0.0, 0.0);
         for _ in 0..5 {
-            let (logits, taps) = taps::record(|| case.net.forward(&case.images, true));
-            let logits = logits.unwrap();
-            cross_entropy(&logits, &case.labels, tch::Reduction::Mean)
-                .unwrap()
-                .backward();
-            per_sample
-                .capture(
-                    0,
-                    taps,
-                    &case.net,
-                    &parameters,
-                    &names,
-                    (&logits, &case.images, &case.labels),
-                )
-                .unwrap();
+            let _logits = recorded_step(
+                &case.net,
+                &parameters,
+                (&case.images, &case.labels),
+                &mut per_sample,
+                0,
+            );
             let captured = per_sample.captured(0).unwrap();
             let started = std::time::Instant::now();
             captured.project(&direction).unwrap();
